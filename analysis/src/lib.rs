@@ -1,0 +1,1 @@
+//! Results analysis: runs.jsonl -> tables, plots, reports.

@@ -1,0 +1,83 @@
+//! Talking to the VMM: ending the run, phase markers, and hypervisor detection.
+
+use hvlab_protocol::{EXIT_PORT, HV_CPUID_BASE, HV_CPUID_SIGNATURE, PHASE_END, PHASE_PORT};
+
+use crate::cpu::{cli, cpuid, hlt, outl};
+
+/// Ends the run with `status`. If the VMM ignores the exit port, the CPU halts with interrupts
+/// off for good, which the VMM's watchdog ends.
+pub fn exit(status: u32) -> ! {
+    outl(EXIT_PORT, status);
+    loop {
+        cli();
+        hlt();
+    }
+}
+
+/// Marks the start of phase `id`.
+#[inline(always)]
+pub fn phase_begin(id: u32) {
+    outl(PHASE_PORT, id);
+}
+
+/// Marks the end of phase `id`.
+#[inline(always)]
+pub fn phase_end(id: u32) {
+    outl(PHASE_PORT, id | PHASE_END);
+}
+
+/// What the guest learned about the hypervisor from CPUID.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hypervisor {
+    /// CPUID.1:ECX[31].
+    pub present: bool,
+    /// Signature of leaf 0x40000000 ("KVMKVMKVM" under KVM).
+    pub signature: [u8; 12],
+    /// Highest hypervisor leaf.
+    pub max_leaf: u32,
+    /// KVM feature bits (leaf 0x40000001 EAX) when the signature is KVM's.
+    pub kvm_features: u32,
+    /// hv's own enlightenment bits (leaf HV_CPUID_BASE + 1 EAX) when hv's signature is present.
+    pub hv_features: Option<u32>,
+}
+
+fn signature(leaf: u32) -> ([u8; 12], u32) {
+    let r = cpuid(leaf, 0);
+    let mut s = [0u8; 12];
+    s[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    s[8..].copy_from_slice(&r.edx.to_le_bytes());
+    (s, r.eax)
+}
+
+impl Hypervisor {
+    /// Detects the hypervisor the way Linux and Windows do: the CPUID "hypervisor present" bit,
+    /// then the vendor leaves.
+    pub fn detect() -> Hypervisor {
+        let present = cpuid(1, 0).ecx & (1 << 31) != 0;
+        if !present {
+            return Hypervisor::default();
+        }
+        let (sig, max_leaf) = signature(0x4000_0000);
+        let kvm_features = if &sig[..9] == b"KVMKVMKVM" {
+            cpuid(0x4000_0001, 0).eax
+        } else {
+            0
+        };
+        let (hv_sig, _) = signature(HV_CPUID_BASE);
+        let hv_features = (hv_sig == HV_CPUID_SIGNATURE).then(|| cpuid(HV_CPUID_BASE + 1, 0).eax);
+        Hypervisor {
+            present,
+            signature: sig,
+            max_leaf,
+            kvm_features,
+            hv_features,
+        }
+    }
+
+    /// The signature as text (non-printable bytes dropped).
+    pub fn signature_str(&self) -> &str {
+        let end = self.signature.iter().position(|&b| b == 0).unwrap_or(12);
+        core::str::from_utf8(&self.signature[..end]).unwrap_or("?")
+    }
+}

@@ -1,0 +1,79 @@
+//! Builds the guest image (guests/ workspace, target x86_64-unknown-none) and exports its path
+//! as `HVLAB_GUEST_ELF`, so that `hv` embeds the exact guest its sources describe.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+const GUEST_TARGET: &str = "x86_64-unknown-none";
+
+fn main() {
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("hv/ lives in the repository root")
+        .to_path_buf();
+    let guests = root.join("guests");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out.join("guest-target");
+
+    for p in [
+        "guests/Cargo.toml",
+        "guests/.cargo/config.toml",
+        "guests/rt",
+        "guests/image",
+        "guests/protocol/src",
+        "workloads/src",
+        "workloads/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&guests)
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "-p",
+            "hvlab-guest",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The host build's flags, wrappers (clippy, coverage) and target must not leak into the
+    // guest build: it has its own flags in guests/.cargo/config.toml.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the guest image");
+    if !status.success() {
+        panic!(
+            "building the guest image failed (see above). If the error says the target \
+             {GUEST_TARGET} is missing, run: rustup target add {GUEST_TARGET}"
+        );
+    }
+    let elf = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("hvlab-guest");
+    println!("cargo:rustc-env=HVLAB_GUEST_ELF={}", elf.display());
+}

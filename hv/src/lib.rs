@@ -1,0 +1,4 @@
+//! hvlab's hypervisor library: partitions (KVM VMs) that boot tiny no_std guests, exit dispatch
+//! through PIO/MMIO buses, counters snapshotted at guest phase markers, and run records.
+
+pub mod record;

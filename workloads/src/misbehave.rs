@@ -1,0 +1,73 @@
+//! misbehave: guests that go wrong on purpose, so tests can check that each way of going wrong
+//! ends its run with a clear status and leaves hv and other partitions running.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "misbehave",
+    summary: "hostile or broken guest behaviour for robustness tests",
+    params: &[Param {
+        key: "how",
+        default: "ud",
+        help: "ud | pf | gp | triple | spin-cli | hlt-cli | port-flood | mmio-flood | exit=N | panic",
+    }],
+    min_vcpus: 1,
+    devices: &[],
+};
+
+#[cfg(target_os = "none")]
+pub fn run(ctx: &mut hvlab_guest_rt::Ctx) -> Result<(), hvlab_guest_rt::Fail> {
+    use core::arch::asm;
+    use hvlab_guest_rt::{Fail, cpu, hv};
+    let how = ctx.args.str_or("how", "ud");
+    match how {
+        // SAFETY (all arms below): deliberately faulting or spinning is the point of this
+        // workload; each fault goes to the runtime's exception handler or ends the VM.
+        "ud" => unsafe { asm!("ud2") },
+        "pf" => {
+            // Above the 4 GiB identity map: not present.
+            // SAFETY: see above.
+            unsafe { core::ptr::read_volatile(0x10_0000_0000 as *const u64) };
+        }
+        "gp" => {
+            // SAFETY: see above (non-canonical address).
+            unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000u64 as *const u64) };
+        }
+        "triple" => {
+            #[repr(C, packed)]
+            struct Empty {
+                limit: u16,
+                base: u64,
+            }
+            let e = Empty { limit: 0, base: 0 };
+            // SAFETY: see above: with an empty IDT, #UD escalates to a triple fault.
+            unsafe { asm!("lidt [{}]", "ud2", in(reg) &e) };
+        }
+        "spin-cli" => {
+            cpu::cli();
+            #[allow(clippy::empty_loop)]
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        "hlt-cli" => loop {
+            cpu::cli();
+            cpu::hlt();
+        },
+        "port-flood" => loop {
+            cpu::outb(0x80, 0);
+        },
+        "mmio-flood" => loop {
+            cpu::mmio_write32(0xe000_0000, 0);
+        },
+        "panic" => panic!("misbehave asked for a panic"),
+        other => {
+            if let Some(code) = other.strip_prefix("exit=") {
+                let code = hvlab_guest_rt::args::parse_u64(code).ok_or(Fail::BadArg("how"))?;
+                hv::exit(code as u32);
+            }
+            return Err(Fail::BadArg("how"));
+        }
+    }
+    Err(Fail::Check("misbehaviour did not stop the guest"))
+}
