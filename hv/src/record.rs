@@ -131,6 +131,32 @@ pub struct RunRecord {
     pub notes: Vec<String>,
 }
 
+/// `results/<run-id>/manifest.json`: what produced a results directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub run_id: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub git_rev: String,
+    pub hv_version: String,
+    /// `rustc --version` of the toolchain that built hv, when known.
+    pub toolchain: String,
+    pub host: HostInfo,
+    /// The full `hv caps --json` document of the host, kept verbatim for the report.
+    pub caps: serde_json::Value,
+    /// The command line that produced the directory.
+    pub command: Vec<String>,
+    /// Experiment specs as run (TOML text parsed to JSON), in order.
+    pub specs: Vec<serde_json::Value>,
+    /// Per experiment: the variant label that ratios are computed against.
+    pub baselines: BTreeMap<String, String>,
+    /// `K/N` when this directory holds one shard of a matrix.
+    pub shard: Option<String>,
+    /// Runs the matrix has in total (this shard's share), for progress and resume checks.
+    pub planned_runs: u64,
+}
+
 impl RunRecord {
     /// Exits of `reason` per operation, or `None` when the phase did no operations.
     pub fn exits_per_op(&self, reason: &str) -> Option<f64> {
