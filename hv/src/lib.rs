@@ -1,4 +1,24 @@
 //! hvlab's hypervisor library: partitions (KVM VMs) that boot tiny no_std guests, exit dispatch
 //! through PIO/MMIO buses, counters snapshotted at guest phase markers, and run records.
+//!
+//! Code map: [`partition`] builds a VM and starts its vCPU threads; [`vcpu`] is the run loop and
+//! exit dispatch; [`bus`] the address spaces; [`devices`] the device models; [`counters`] what
+//! is measured; [`boot`] loads the guest; [`guest_output`] parses what the guest reports;
+//! [`run`] turns a workload request into partitions and run records; [`record`] is the results
+//! schema.
 
+pub mod boot;
+pub mod bus;
+pub mod counters;
+pub mod devices;
+pub mod error;
+pub mod partition;
 pub mod record;
+pub mod status;
+pub mod vcpu;
+
+pub use error::HvError;
+pub use status::RunStatus;
+
+/// The guest image built from guests/ and workloads/ by build.rs.
+pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("HVLAB_GUEST_ELF"));

@@ -1,0 +1,3 @@
+//! Emulated devices: every guest register access is a userspace exit handled here.
+
+pub mod serial;

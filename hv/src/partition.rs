@@ -1,0 +1,497 @@
+//! Partitions: one KVM VM each, with its own guest memory from GPA 0, in-kernel irqchip, vCPU
+//! threads, buses and devices. Partitions share nothing but the host.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hvlab_protocol::{
+    CONSOLE_PORT, EXIT_PORT, KERNEL_PORT, MAX_GUEST_RAM, PHASE_PORT, TEST_MMIO_BASE,
+    TEST_MMIO_SIZE, TEST_PORT,
+};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot;
+use crate::bus::{Bus, SharedDevice};
+use crate::counters::kvm_stats::KvmStatsReader;
+use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
+use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
+use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
+use crate::error::HvError;
+use crate::status::RunStatus;
+use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
+
+/// Smallest guest RAM hv accepts: the image at 1 MiB plus its stacks fit well below it.
+pub const MIN_MEM: u64 = 4 << 20;
+/// Largest vCPU count the guest runtime supports.
+pub const MAX_VCPUS: u32 = 64;
+
+/// How to build one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionConfig {
+    /// Index among the partitions of one run (also passed to the guest as `part=`).
+    pub index: u32,
+    pub vcpus: u32,
+    pub mem_bytes: u64,
+    /// Guest command line.
+    pub cmdline: String,
+    /// Host CPUs to pin vCPU threads to, round-robin (vCPU i -> cpus[i % len]).
+    pub pin: Option<Vec<usize>>,
+    pub unmapped: UnmappedPolicy,
+    /// Open kvm:* tracepoint counters per vCPU thread (needs root; skipped with a note).
+    pub tracepoints: bool,
+    /// Read KVM binary stats at phase markers.
+    pub kvm_stats: bool,
+    /// End the run after this many userspace exits per vCPU.
+    pub max_exits: Option<u64>,
+    /// Echo the guest console to stderr, prefixed.
+    pub echo_console: bool,
+    /// KVM PV feature bits (CPUID 0x40000001 EAX) to expose; the rest are hidden.
+    pub kvm_pv_features: u32,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            index: 0,
+            vcpus: 1,
+            mem_bytes: 16 << 20,
+            cmdline: String::new(),
+            pin: None,
+            unmapped: UnmappedPolicy::Ignore,
+            tracepoints: true,
+            kvm_stats: true,
+            max_exits: None,
+            echo_console: false,
+            kvm_pv_features: 0,
+        }
+    }
+}
+
+impl PartitionConfig {
+    fn validate(&self) -> Result<(), HvError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(HvError::Config(format!(
+                "vCPUs must be 1..={MAX_VCPUS}, not {}",
+                self.vcpus
+            )));
+        }
+        if self.mem_bytes < MIN_MEM || self.mem_bytes > MAX_GUEST_RAM {
+            return Err(HvError::Config(format!(
+                "guest memory must be between {} MiB and {} MiB, not {} bytes",
+                MIN_MEM >> 20,
+                MAX_GUEST_RAM >> 20,
+                self.mem_bytes
+            )));
+        }
+        if self.mem_bytes % 4096 != 0 {
+            return Err(HvError::Config(
+                "guest memory size must be a multiple of 4 KiB".into(),
+            ));
+        }
+        if let Some(p) = &self.pin {
+            if p.is_empty() {
+                return Err(HvError::Config("--cpus needs at least one host CPU".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, HvError> {
+    static CACHE: OnceLock<CpuId> = OnceLock::new();
+    if let Some(c) = CACHE.get() {
+        return Ok(c.clone());
+    }
+    let c = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(HvError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    Ok(CACHE.get_or_init(|| c).clone())
+}
+
+/// CPUID for vCPU `index`: what KVM supports, with this vCPU's APIC ID and only the chosen PV
+/// features. (Some hosts ignore parts of KVM_SET_CPUID2; guests must detect, not assume.)
+fn vcpu_cpuid(base: &CpuId, index: u32, pv_features: u32) -> CpuId {
+    let mut c = base.clone();
+    for e in c.as_mut_slice() {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24),
+            0xb | 0x1f => e.edx = index,
+            0x4000_0001 => e.eax &= pv_features,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// A built partition, ready to start.
+pub struct Partition {
+    cfg: PartitionConfig,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    console: ConsoleSink,
+    tsc_khz: Option<u32>,
+    /// Kept alive for the run: KVM signals it on writes to the kernel port.
+    _kernel_port: EventFd,
+    /// Devices and resources that must live as long as the partition (workers, eventfds).
+    keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("cfg", &self.cfg)
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .finish()
+    }
+}
+
+impl Partition {
+    /// Creates the VM, memory, irqchip, vCPUs and hv's standard devices, and loads `image`.
+    pub fn new(kvm: &Kvm, cfg: PartitionConfig, image: &[u8]) -> Result<Partition, HvError> {
+        cfg.validate()?;
+        let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
+        // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
+        let _ = vm.set_tss_address(0xfffb_d000);
+        vm.create_irq_chip()
+            .map_err(HvError::kvm("KVM_CREATE_IRQCHIP"))?;
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_bytes as usize)])
+            .map_err(|e| HvError::Memory(format!("cannot map {} bytes: {e}", cfg.mem_bytes)))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| HvError::Memory(e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the partition keeps (and
+            // the run outcome after it) for at least as long as the VM exists.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(HvError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let entry = boot::load_elf(&mem, image)?;
+        boot::write_start_info(&mem, cfg.mem_bytes, &cfg.cmdline)?;
+
+        let base_cpuid = supported_cpuid(kvm)?;
+        let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        for i in 0..cfg.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(i))
+                .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
+            fd.set_cpuid2(&vcpu_cpuid(&base_cpuid, i, cfg.kvm_pv_features))
+                .map_err(HvError::kvm("KVM_SET_CPUID2"))?;
+            if i == 0 {
+                let mut sregs = fd.get_sregs().map_err(HvError::kvm("KVM_GET_SREGS"))?;
+                let regs = boot::pvh_entry_state(&mut sregs, entry.pvh_entry);
+                fd.set_sregs(&sregs)
+                    .map_err(HvError::kvm("KVM_SET_SREGS"))?;
+                fd.set_regs(&regs).map_err(HvError::kvm("KVM_SET_REGS"))?;
+            }
+            vcpus.push(fd);
+        }
+        let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
+
+        let console = ConsoleSink(Arc::new(Mutex::new(ConsoleCapture::new(
+            cfg.echo_console.then(|| format!("[p{}] ", cfg.index)),
+        ))));
+        let mut pio = Bus::new();
+        let dev = |d: SharedDevice| d;
+        pio.insert(
+            "serial",
+            u64::from(CONSOLE_PORT),
+            8,
+            dev(Arc::new(Mutex::new(SerialDevice::new(console.clone())))),
+        )?;
+        pio.insert(
+            "exit",
+            u64::from(EXIT_PORT),
+            4,
+            dev(Arc::new(Mutex::new(ExitPort))),
+        )?;
+        pio.insert(
+            "phase",
+            u64::from(PHASE_PORT),
+            1,
+            dev(Arc::new(Mutex::new(PhasePort))),
+        )?;
+        pio.insert(
+            "test-port",
+            u64::from(TEST_PORT),
+            1,
+            dev(Arc::new(Mutex::new(TestRegister))),
+        )?;
+        let mut mmio = Bus::new();
+        mmio.insert(
+            "test-mmio",
+            TEST_MMIO_BASE,
+            TEST_MMIO_SIZE,
+            dev(Arc::new(Mutex::new(TestRegister))),
+        )?;
+
+        let kernel_port = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
+        vm.register_ioevent(
+            &kernel_port,
+            &IoEventAddress::Pio(u64::from(KERNEL_PORT)),
+            NoDatamatch,
+        )
+        .map_err(HvError::kvm("KVM_IOEVENTFD"))?;
+
+        Ok(Partition {
+            cfg,
+            vm: Arc::new(vm),
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            console,
+            tsc_khz,
+            _kernel_port: kernel_port,
+            keep_alive: Vec::new(),
+        })
+    }
+
+    /// The VM, for devices that register ioeventfds, irqfds or routes.
+    pub fn vm(&self) -> &Arc<VmFd> {
+        &self.vm
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &PartitionConfig {
+        &self.cfg
+    }
+
+    /// Attaches a device to the PIO bus.
+    pub fn add_pio_device(
+        &mut self,
+        name: &str,
+        base: u16,
+        len: u16,
+        d: SharedDevice,
+    ) -> Result<usize, HvError> {
+        self.pio.insert(name, u64::from(base), u64::from(len), d)
+    }
+
+    /// Attaches a device to the MMIO bus.
+    pub fn add_mmio_device(
+        &mut self,
+        name: &str,
+        base: u64,
+        len: u64,
+        d: SharedDevice,
+    ) -> Result<usize, HvError> {
+        self.mmio.insert(name, base, len, d)
+    }
+
+    /// Keeps `thing` alive until the partition's run ends (device workers, eventfds).
+    pub fn keep_alive(&mut self, thing: Box<dyn std::any::Any + Send>) {
+        self.keep_alive.push(thing);
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(self) -> Result<RunningPartition, HvError> {
+        let control = Arc::new(RunControl::new().map_err(HvError::Thread)?);
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
+        let counters: Vec<_> = (0..self.cfg.vcpus)
+            .map(|_| Arc::new(VcpuExitCounters::new(pio.len(), mmio.len())))
+            .collect();
+        let mut stats = Vec::new();
+        let mut notes = Vec::new();
+        let mut vm_stats = None;
+        if self.cfg.kvm_stats {
+            for v in &self.vcpus {
+                match KvmStatsReader::for_vcpu(v) {
+                    Ok(r) => stats.push(r),
+                    Err(e) => {
+                        notes.push(format!("KVM vCPU stats unavailable: {e}"));
+                        stats.clear();
+                        break;
+                    }
+                }
+            }
+            match KvmStatsReader::for_vm(&self.vm) {
+                Ok(r) => vm_stats = Some(r),
+                Err(e) => notes.push(format!("KVM VM stats unavailable: {e}")),
+            }
+        }
+        let meter = Arc::new(Meter::new(
+            counters.clone(),
+            &pio.names(),
+            &mmio.names(),
+            stats,
+            vm_stats,
+        ));
+        for n in notes {
+            meter.note(n);
+        }
+        let unmapped_log = Arc::new(UnmappedLog::default());
+        let started = Instant::now();
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        for (i, fd) in self.vcpus.into_iter().enumerate() {
+            let runner = VcpuRunner {
+                index: i as u32,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                counters: counters[i].clone(),
+                meter: meter.clone(),
+                control: control.clone(),
+                unmapped: self.cfg.unmapped,
+                unmapped_log: unmapped_log.clone(),
+                max_exits: self.cfg.max_exits,
+            };
+            let pin = self.cfg.pin.as_ref().map(|p| p[i % p.len()]);
+            let tracepoints = self.cfg.tracepoints;
+            let meter = meter.clone();
+            let ready = ready_tx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("p{}-vcpu{i}", self.cfg.index))
+                .spawn(move || {
+                    if let Some(cpu) = pin {
+                        if let Err(e) = pin_current_thread(cpu) {
+                            meter.note(format!("vCPU {i}: pinning to CPU {cpu} failed: {e}"));
+                        }
+                    }
+                    meter.register_vcpu_thread(tracepoints);
+                    let _ = ready.send(());
+                    runner.run();
+                })
+                .map_err(|e| HvError::Thread(e.to_string()))?;
+            control.add_thread(h.as_pthread_t());
+            threads.push(h);
+        }
+        drop(ready_tx);
+        // Phase snapshots must see every vCPU thread's clock and tracepoints.
+        for _ in 0..threads.len() {
+            let _ = ready_rx.recv();
+        }
+        Ok(RunningPartition {
+            index: self.cfg.index,
+            control,
+            threads,
+            meter,
+            console: self.console,
+            mem: self.mem,
+            started,
+            tsc_khz: self.tsc_khz,
+            _vm: self.vm,
+            _keep_alive: self.keep_alive,
+        })
+    }
+}
+
+fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("CPU {cpu} is out of range"));
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it (cpu checked above);
+    // sched_setaffinity(0, ...) applies to the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
+/// A partition whose vCPUs are running.
+pub struct RunningPartition {
+    index: u32,
+    control: Arc<RunControl>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    meter: Arc<Meter>,
+    console: ConsoleSink,
+    mem: GuestMemoryMmap,
+    started: Instant,
+    tsc_khz: Option<u32>,
+    _vm: Arc<VmFd>,
+    _keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for RunningPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningPartition")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// What a finished partition leaves behind.
+#[derive(Debug)]
+pub struct PartitionOutcome {
+    pub index: u32,
+    pub status: RunStatus,
+    /// Everything the guest printed.
+    pub console: String,
+    /// Console bytes dropped past the capture limit.
+    pub console_dropped: u64,
+    pub phases: Vec<PhaseDelta>,
+    /// Counts over the whole run.
+    pub totals: PhaseDelta,
+    pub notes: Vec<String>,
+    pub wall: Duration,
+    pub tsc_khz: Option<u32>,
+    /// Guest memory, for host-side checks after the run.
+    pub memory: GuestMemoryMmap,
+}
+
+impl RunningPartition {
+    /// Ends the run from outside (another partition failed, or the user interrupted).
+    pub fn stop(&self, why: &str) {
+        self.control.finish(RunStatus::Stopped(why.to_string()));
+    }
+
+    /// Waits until the guest ends the run or `deadline` passes (then: timeout), and collects
+    /// the outcome. `limit` is the timeout reported.
+    pub fn wait(self, deadline: Instant, limit: Duration) -> PartitionOutcome {
+        let status = self.control.wait(deadline, limit);
+        let wall = self.started.elapsed();
+        let mut status = status;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if t.join().is_err() && status.is_ok() {
+                status = RunStatus::VcpuThreadPanicked { vcpu: i as u32 };
+            }
+        }
+        let (console, console_dropped) = {
+            let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
+            (c.text(), c.dropped)
+        };
+        PartitionOutcome {
+            index: self.index,
+            status,
+            console,
+            console_dropped,
+            phases: self.meter.phases(),
+            totals: self.meter.totals(),
+            notes: self.meter.notes(),
+            wall,
+            tsc_khz: self.tsc_khz,
+            memory: self.mem,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! How a partition's run ended.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The end of a run. Only `GuestExit(0)` is success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStatus {
+    /// The guest wrote this status to the exit port.
+    GuestExit(u32),
+    /// KVM_EXIT_SHUTDOWN: a triple fault (or a guest-requested shutdown).
+    TripleFault { vcpu: u32 },
+    /// KVM_EXIT_INTERNAL_ERROR, e.g. an instruction KVM's emulator rejects.
+    InternalError { vcpu: u32, suberror: u32 },
+    /// KVM_EXIT_FAIL_ENTRY: the hardware refused the vCPU state.
+    FailEntry { vcpu: u32, reason: u64 },
+    /// An exit hv does not handle.
+    UnhandledExit { vcpu: u32, what: String },
+    /// An access to an address with no device while unmapped accesses are fatal.
+    UnmappedAccess { vcpu: u32, what: String },
+    /// The vCPU halted and nothing can wake it (no in-kernel irqchip).
+    Halted { vcpu: u32 },
+    /// The run exceeded its wall-clock limit.
+    Timeout(Duration),
+    /// The run exceeded its exit budget.
+    ExitLimit(u64),
+    /// KVM_RUN itself failed.
+    KvmRunError { vcpu: u32, errno: i32 },
+    /// A vCPU thread died unexpectedly.
+    VcpuThreadPanicked { vcpu: u32 },
+    /// hv stopped the run (another partition failed, or the user interrupted).
+    Stopped(String),
+}
+
+impl RunStatus {
+    /// True for a clean guest exit with status 0.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, RunStatus::GuestExit(0))
+    }
+
+    /// A short, stable label for tables and JSON (`ok`, `guest-exit-3`, `timeout`, ...).
+    pub fn label(&self) -> String {
+        match self {
+            RunStatus::GuestExit(0) => "ok".into(),
+            RunStatus::GuestExit(n) => format!("guest-exit-{n}"),
+            RunStatus::TripleFault { .. } => "triple-fault".into(),
+            RunStatus::InternalError { .. } => "kvm-internal-error".into(),
+            RunStatus::FailEntry { .. } => "fail-entry".into(),
+            RunStatus::UnhandledExit { .. } => "unhandled-exit".into(),
+            RunStatus::UnmappedAccess { .. } => "unmapped-access".into(),
+            RunStatus::Halted { .. } => "halted".into(),
+            RunStatus::Timeout(_) => "timeout".into(),
+            RunStatus::ExitLimit(_) => "exit-limit".into(),
+            RunStatus::KvmRunError { .. } => "kvm-run-error".into(),
+            RunStatus::VcpuThreadPanicked { .. } => "vcpu-thread-panicked".into(),
+            RunStatus::Stopped(_) => "stopped".into(),
+        }
+    }
+}
+
+fn guest_status_meaning(n: u32) -> &'static str {
+    use hvlab_protocol::status::*;
+    match n {
+        OK => "success",
+        WORKLOAD_FAILED => "workload check failed",
+        BAD_ARGS => "bad workload arguments",
+        EXCEPTION => "guest exception",
+        PANIC => "guest panic",
+        UNSUPPORTED => "unsupported on this VMM/host",
+        _ => "workload-defined status",
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunStatus::GuestExit(n) => write!(
+                f,
+                "guest exited with status {n} ({})",
+                guest_status_meaning(*n)
+            ),
+            RunStatus::TripleFault { vcpu } => {
+                write!(f, "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN)")
+            }
+            RunStatus::InternalError { vcpu, suberror } => write!(
+                f,
+                "KVM internal error on vCPU {vcpu} (suberror {suberror}{})",
+                if *suberror == 1 {
+                    ": instruction emulation failed"
+                } else {
+                    ""
+                }
+            ),
+            RunStatus::FailEntry { vcpu, reason } => {
+                write!(
+                    f,
+                    "vCPU {vcpu} failed VM entry (hardware reason {reason:#x})"
+                )
+            }
+            RunStatus::UnhandledExit { vcpu, what } => {
+                write!(f, "unhandled exit on vCPU {vcpu}: {what}")
+            }
+            RunStatus::UnmappedAccess { vcpu, what } => {
+                write!(
+                    f,
+                    "vCPU {vcpu} accessed {what}, which no device claims (unmapped accesses are fatal)"
+                )
+            }
+            RunStatus::Halted { vcpu } => write!(f, "vCPU {vcpu} halted with nothing to wake it"),
+            RunStatus::Timeout(d) => write!(f, "timed out after {:.1} s", d.as_secs_f64()),
+            RunStatus::ExitLimit(n) => write!(f, "exceeded the exit budget of {n} userspace exits"),
+            RunStatus::KvmRunError { vcpu, errno } => write!(
+                f,
+                "KVM_RUN failed on vCPU {vcpu}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            RunStatus::VcpuThreadPanicked { vcpu } => {
+                write!(f, "vCPU {vcpu} thread panicked (hv bug)")
+            }
+            RunStatus::Stopped(why) => write!(f, "stopped: {why}"),
+        }
+    }
+}
