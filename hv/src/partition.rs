@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot;
 use crate::bus::{Bus, SharedDevice};
+use crate::counters::cputime::ThreadClock;
 use crate::counters::kvm_stats::KvmStatsReader;
 use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
@@ -141,6 +142,8 @@ pub struct Partition {
     _kernel_port: EventFd,
     /// Devices and resources that must live as long as the partition (workers, eventfds).
     keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    /// CPU clocks of device worker threads, counted as worker time in every phase.
+    worker_clocks: Vec<ThreadClock>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -261,6 +264,7 @@ impl Partition {
             tsc_khz,
             _kernel_port: kernel_port,
             keep_alive: Vec::new(),
+            worker_clocks: Vec::new(),
         })
     }
 
@@ -306,6 +310,12 @@ impl Partition {
         self.keep_alive.push(thing);
     }
 
+    /// Counts a device worker thread's CPU time in this partition's phases (get the clock with
+    /// `ThreadClock::current()` on the worker thread).
+    pub fn add_worker_clock(&mut self, clock: ThreadClock) {
+        self.worker_clocks.push(clock);
+    }
+
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
         let control = Arc::new(RunControl::new().map_err(HvError::Thread)?);
@@ -342,6 +352,9 @@ impl Partition {
         ));
         for n in notes {
             meter.note(n);
+        }
+        for c in self.worker_clocks {
+            meter.add_worker_clock(c);
         }
         let unmapped_log = Arc::new(UnmappedLog::default());
         let started = Instant::now();
