@@ -119,11 +119,9 @@ impl Meter {
         t.tracepoints.extend(tp);
     }
 
-    /// Registers the calling thread as a device worker thread (CPU time).
-    pub fn register_worker_thread(&self) {
-        lock(&self.threads)
-            .worker_clocks
-            .extend(ThreadClock::current());
+    /// Counts `clock` (a device worker thread's) as worker CPU time.
+    pub fn add_worker_clock(&self, clock: ThreadClock) {
+        lock(&self.threads).worker_clocks.push(clock);
     }
 
     /// Adds a remark to the run's records (deduplicated).
