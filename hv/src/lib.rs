@@ -12,8 +12,12 @@ pub mod bus;
 pub mod counters;
 pub mod devices;
 pub mod error;
+pub mod guest_output;
+pub mod host;
+pub mod latency;
 pub mod partition;
 pub mod record;
+pub mod run;
 pub mod status;
 pub mod vcpu;
 

@@ -47,16 +47,24 @@ pub struct DeviceOptions {
     pub polling: bool,
 }
 
+/// Guest command-line words that tell the guest drivers which devices to expect.
+pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
+    if classes.is_empty() {
+        return Vec::new();
+    }
+    vec![format!("dev={}", opts.variant.name())]
+}
+
 /// Attaches the devices of `classes` (as a workload declares them: `console`, `block`) in the
-/// chosen variant to `partition`. Adds the guest command-line words the guest drivers need.
+/// chosen variant to `partition` (the guest learns them from [`cmdline_words`]).
 pub fn attach(
     partition: &mut Partition,
     opts: &DeviceOptions,
     classes: &[&str],
-) -> Result<Vec<String>, HvError> {
+) -> Result<(), HvError> {
     let _ = partition;
     if classes.is_empty() || opts.variant == DeviceVariant::None {
-        return Ok(Vec::new());
+        return Ok(());
     }
     Err(HvError::Setup(format!(
         "{} devices for {} are not available in this build",
