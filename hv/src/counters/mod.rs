@@ -1,0 +1,2 @@
+pub mod kvm_stats;
+pub mod tracepoints;
