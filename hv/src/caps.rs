@@ -510,11 +510,10 @@ fn pv_features(cpuid: &[kvm_bindings::kvm_cpuid_entry2]) -> Vec<Probe> {
     PV_FEATURES
         .iter()
         .map(|&(bit, name)| match eax {
-            Some(eax) => Probe::new(
-                name,
-                eax & (1 << bit) != 0,
-                format!("bit {bit} (advertised, not exercised)"),
-            ),
+            Some(eax) if eax & (1 << bit) != 0 => {
+                Probe::new(name, true, format!("bit {bit} advertised (not exercised)"))
+            }
+            Some(_) => Probe::new(name, false, format!("bit {bit} not advertised")),
             None => Probe::new(name, false, "leaf 0x40000001 not in supported CPUID"),
         })
         .collect()
@@ -526,14 +525,22 @@ fn guest_pmu(cpuid: &[kvm_bindings::kvm_cpuid_entry2]) -> Probe {
             let version = e.eax & 0xff;
             let counters = (e.eax >> 8) & 0xff;
             let width = (e.eax >> 16) & 0xff;
-            Probe::new(
-                "guest-pmu",
-                version > 0,
-                format!(
-                    "CPUID 0xA: version {version}, {counters} GP counters of {width} bits \
-                     (advertised)"
-                ),
-            )
+            if version == 0 {
+                Probe::new(
+                    "guest-pmu",
+                    false,
+                    "CPUID 0xA version 0: no architectural PMU offered to guests",
+                )
+            } else {
+                Probe::new(
+                    "guest-pmu",
+                    true,
+                    format!(
+                        "CPUID 0xA: version {version}, {counters} GP counters of {width} bits \
+                         (advertised, not exercised)"
+                    ),
+                )
+            }
         }
         None => Probe::new(
             "guest-pmu",
@@ -643,8 +650,22 @@ fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> (bool, String) {
         return (false, format!("could not run: {e}"));
     }
     let run = g.run(PROBE_DEADLINE, |_| {});
-    if let GuestEnd::Hypercall { nr } = run.end {
-        return (true, format!("KVM_EXIT_HYPERCALL (nr {nr:#x})"));
+    match run.end {
+        GuestEnd::Hypercall { nr } => {
+            return (true, format!("KVM_EXIT_HYPERCALL (nr {nr:#x})"));
+        }
+        GuestEnd::Timeout {
+            rip: Some(rip @ CODE_AT_U64),
+        } => {
+            return (
+                false,
+                format!(
+                    "hangs: rip stays at the instruction ({rip:#x}) until the watchdog ({} ms)",
+                    PROBE_DEADLINE.as_millis()
+                ),
+            );
+        }
+        _ => {}
     }
     match run.outs.first() {
         Some(o) if o.port == PORT_REPORT => {
@@ -694,6 +715,7 @@ pub(crate) const PORT_EXC: u16 = 0x1f;
 const MEM_SIZE: usize = 0x1_0000;
 const STUB_AT: u16 = 0x0800;
 const CODE_AT: u16 = 0x1000;
+const CODE_AT_U64: u64 = CODE_AT as u64;
 const STACK_TOP: u16 = 0xf000;
 
 /// A `pio out` the guest made.
@@ -720,8 +742,10 @@ pub(crate) enum GuestEnd {
     Hypercall {
         nr: u64,
     },
-    /// The watchdog stopped it.
-    Timeout,
+    /// The watchdog stopped it; `rip` where the vCPU was (if it could be read).
+    Timeout {
+        rip: Option<u64>,
+    },
     RunError(String),
     Unexpected(String),
 }
@@ -748,7 +772,13 @@ impl GuestRun {
             }
             GuestEnd::FailEntry { reason } => format!("entry failed (reason {reason:#x})"),
             GuestEnd::Hypercall { nr } => format!("KVM_EXIT_HYPERCALL nr {nr:#x}"),
-            GuestEnd::Timeout => format!("timeout after {:?}", self.elapsed),
+            GuestEnd::Timeout { rip } => {
+                let at = rip.map(|r| format!(", rip {r:#x}")).unwrap_or_default();
+                format!(
+                    "no progress: watchdog fired after {} ms{at}",
+                    self.elapsed.as_millis()
+                )
+            }
             GuestEnd::RunError(e) => format!("KVM_RUN error: {e}"),
             GuestEnd::Unexpected(e) => format!("unexpected exit: {e}"),
         };
@@ -902,7 +932,7 @@ impl ProbeGuest {
         let start = Instant::now();
         let mut run = GuestRun {
             outs: Vec::new(),
-            end: GuestEnd::Timeout,
+            end: GuestEnd::Timeout { rip: None },
             elapsed: Duration::ZERO,
         };
         if let Err(e) = install_kick_handler() {
@@ -962,7 +992,8 @@ fn vcpu_loop(vcpu: &mut VcpuFd, stop: &AtomicBool, outs: &mut Vec<OutEvent>) -> 
     const MAX_EXITS: usize = 100_000;
     for _ in 0..MAX_EXITS {
         if stop.load(Ordering::SeqCst) {
-            return GuestEnd::Timeout;
+            let rip = vcpu.get_regs().ok().map(|r| r.rip);
+            return GuestEnd::Timeout { rip };
         }
         let (port, value) = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => (port, data.first().copied().unwrap_or(0)),
@@ -1088,7 +1119,7 @@ mod tests {
         let Some(kvm) = kvm() else { return };
         let mut g = ProbeGuest::new(&kvm, &[0xeb, 0xfe]).unwrap(); // jmp $
         let run = g.run(Duration::from_millis(50), |_| {});
-        assert_eq!(run.end, GuestEnd::Timeout, "{run:?}");
+        assert!(matches!(run.end, GuestEnd::Timeout { .. }), "{run:?}");
         assert!(run.elapsed < Duration::from_millis(500), "{run:?}");
     }
 

@@ -100,14 +100,14 @@ struct Layout {
     stats: Vec<StatDesc>,
 }
 
-fn le_u32(buf: &[u8], at: usize) -> Result<u32, StatsError> {
+fn ne_u32(buf: &[u8], at: usize) -> Result<u32, StatsError> {
     buf.get(at..at + 4)
         .and_then(|b| b.try_into().ok())
         .map(u32::from_ne_bytes)
         .ok_or_else(|| StatsError::Malformed(format!("truncated field at byte {at}")))
 }
 
-fn le_u16(buf: &[u8], at: usize) -> Result<u16, StatsError> {
+fn ne_u16(buf: &[u8], at: usize) -> Result<u16, StatsError> {
     buf.get(at..at + 2)
         .and_then(|b| b.try_into().ok())
         .map(u16::from_ne_bytes)
@@ -133,10 +133,10 @@ impl Header {
         }
         let h = Header {
             // flags at 0 and id_offset at 12 are not needed.
-            name_size: le_u32(buf, 4)?,
-            num_desc: le_u32(buf, 8)?,
-            desc_offset: le_u32(buf, 16)?,
-            data_offset: le_u32(buf, 20)?,
+            name_size: ne_u32(buf, 4)?,
+            num_desc: ne_u32(buf, 8)?,
+            desc_offset: ne_u32(buf, 16)?,
+            data_offset: ne_u32(buf, 20)?,
         };
         if h.name_size == 0 || h.name_size > MAX_NAME_SIZE {
             return Err(StatsError::Malformed(format!(
@@ -179,10 +179,10 @@ fn parse_descriptors(header: &Header, block: &[u8]) -> Result<Layout, StatsError
     let mut stats = Vec::new();
     for i in 0..header.num_desc as usize {
         let d = &block[i * desc_len..(i + 1) * desc_len];
-        let flags = le_u32(d, 0)?;
-        let exponent = le_u16(d, 4)? as i16;
-        let size = le_u16(d, 6)?;
-        let offset = le_u32(d, 8)?;
+        let flags = ne_u32(d, 0)?;
+        let exponent = ne_u16(d, 4)? as i16;
+        let size = ne_u16(d, 6)?;
+        let offset = ne_u32(d, 8)?;
         // bucket_size at 12 only matters for linear histograms.
         let raw_name = &d[DESC_FIXED_LEN..];
         let name_len = raw_name.iter().position(|&b| b == 0).ok_or_else(|| {
@@ -472,7 +472,7 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        let hist = bindings_hist();
+        let hist = kvm_bindings::KVM_STATS_TYPE_LOG_HIST;
         image(
             &[
                 // Descriptors deliberately not in data order.
@@ -515,10 +515,6 @@ mod tests {
             ],
             &[100, 1, 7, 55, 66, 3, 9],
         )
-    }
-
-    fn bindings_hist() -> u32 {
-        kvm_bindings::KVM_STATS_TYPE_LOG_HIST
     }
 
     #[test]
