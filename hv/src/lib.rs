@@ -8,6 +8,7 @@
 //! schema.
 
 pub mod boot;
+pub mod caps;
 pub mod bus;
 pub mod counters;
 pub mod devices;
