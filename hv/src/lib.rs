@@ -8,8 +8,8 @@
 //! schema.
 
 pub mod boot;
-pub mod caps;
 pub mod bus;
+pub mod caps;
 pub mod counters;
 pub mod devices;
 pub mod error;
