@@ -20,6 +20,7 @@ pub mod partition;
 pub mod record;
 pub mod run;
 pub mod status;
+pub mod tiny_guest;
 pub mod vcpu;
 
 pub use error::HvError;

@@ -266,6 +266,8 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             max_exits: req.max_exits,
             echo_console: req.echo_console,
             kvm_pv_features: 0,
+            irqchip: Default::default(),
+            kernel_port: info.host_features.contains(&"kernel-port"),
         };
         // The guest learns its devices from command-line words, which depend only on the
         // options, so the line is complete before the partition (and its start info) exists.

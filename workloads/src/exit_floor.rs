@@ -21,6 +21,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
     ],
     min_vcpus: 1,
     devices: &[],
+    host_features: &["kernel-port"],
 };
 
 /// Micro-tests in report order.

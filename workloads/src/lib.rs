@@ -30,6 +30,9 @@ pub struct WorkloadInfo {
     pub min_vcpus: u32,
     /// Device classes it drives (`console`, `block`); empty = none beyond the boot console.
     pub devices: &'static [&'static str],
+    /// hv-side resources it uses beyond the defaults: `kernel-port` (an ioeventfd on
+    /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC/PIT in KVM).
+    pub host_features: &'static [&'static str],
 }
 
 macro_rules! registry {

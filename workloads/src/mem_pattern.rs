@@ -25,6 +25,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
     ],
     min_vcpus: 1,
     devices: &[],
+    host_features: &[],
 };
 
 /// The 64-bit word stored at guest-physical `addr` for `seed` (the host computes the same).

@@ -13,6 +13,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
     }],
     min_vcpus: 1,
     devices: &[],
+    host_features: &[],
 };
 
 #[cfg(target_os = "none")]

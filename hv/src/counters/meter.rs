@@ -27,6 +27,12 @@ pub struct PhaseDelta {
     pub cpu: CpuTime,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    Begin,
+    End,
+}
+
 #[derive(Debug, Clone)]
 struct Snapshot {
     at: Instant,
@@ -142,8 +148,10 @@ impl Meter {
         self.exits.get(index)
     }
 
-    fn snapshot(&self) -> Snapshot {
-        let at = Instant::now();
+    /// Reads every source. `at` is taken after the reads at a phase begin and before them at
+    /// a phase end, so a phase's wall time excludes hv's own snapshot work.
+    fn snapshot(&self, edge: Edge) -> Snapshot {
+        let early = Instant::now();
         let width = self.exits.first().map_or(0, |e| e.width());
         let mut exits = vec![0u64; width];
         let mut scratch = Vec::with_capacity(width);
@@ -193,6 +201,10 @@ impl Meter {
             vcpu_ns: threads.vcpu_clocks.iter().map(|c| c.read_ns()).sum(),
             worker_ns: threads.worker_clocks.iter().map(|c| c.read_ns()).sum(),
         };
+        let at = match edge {
+            Edge::Begin => Instant::now(),
+            Edge::End => early,
+        };
         Snapshot {
             at,
             exits,
@@ -205,7 +217,7 @@ impl Meter {
 
     /// Phase `id` begins: snapshot now.
     pub fn phase_begin(&self, id: u32) {
-        let snap = self.snapshot();
+        let snap = self.snapshot(Edge::Begin);
         let mut book = lock(&self.book);
         if book.open.len() >= MAX_OPEN_PHASES {
             drop(book);
@@ -219,7 +231,7 @@ impl Meter {
 
     /// Phase `id` ends: snapshot now and keep the difference.
     pub fn phase_end(&self, id: u32) {
-        let end = self.snapshot();
+        let end = self.snapshot(Edge::End);
         let mut book = lock(&self.book);
         let Some(begin) = book.open.remove(&id) else {
             drop(book);
@@ -242,7 +254,7 @@ impl Meter {
 
     /// Total counts since the partition started (a delta from zero), for runs without phases.
     pub fn totals(&self) -> PhaseDelta {
-        let end = self.snapshot();
+        let end = self.snapshot(Edge::End);
         let zero = Snapshot {
             at: end.at,
             exits: vec![0; end.exits.len()],
