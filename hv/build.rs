@@ -30,6 +30,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
 
+    ensure_guest_target();
+
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
@@ -94,4 +96,24 @@ fn main() {
         .join("release")
         .join("hvlab-guest");
     println!("cargo:rustc-env=HVLAB_GUEST_ELF={}", elf.display());
+}
+
+/// Installs the guest target through rustup when the toolchain lacks it (rustup does not do
+/// this by itself where RUSTUP_AUTO_INSTALL=0), so a fresh clone builds with one command.
+fn ensure_guest_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.as_ref().is_some_and(|d| d.exists()) {
+        return;
+    }
+    println!("cargo:warning=installing the guest target: rustup target add {GUEST_TARGET}");
+    let ok = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status().is_ok_and(|s| s.success());
+    if !ok {
+        println!("cargo:warning=could not run `rustup target add {GUEST_TARGET}`; install the target by hand");
+    }
 }
