@@ -8,6 +8,9 @@
 //! (the flat polars table), `model` (groups, baselines, ratios), `plots`, `doc` (Markdown/HTML
 //! rendering), `report` (assembly of report and comparison).
 
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -386,6 +389,45 @@ mod tests {
             std::fs::read_to_string(f1.markdown).unwrap(),
             std::fs::read_to_string(f2.markdown).unwrap()
         );
+    }
+
+    #[test]
+    fn write_report_draws_scaling_when_vcpus_vary_and_skips_missing_plots() {
+        let mut recs = Vec::new();
+        for vcpus in [1u32, 2, 4] {
+            for rep in 0..2 {
+                for (v, base) in [("none", 1000.0), ("pv-ipi", 600.0)] {
+                    let mut r = rec(
+                        "ipi",
+                        "ipi-pingpong",
+                        "ipi",
+                        v,
+                        rep,
+                        base * f64::from(vcpus),
+                    );
+                    r.vcpus = vcpus;
+                    recs.push(r);
+                }
+            }
+        }
+        let d = results_dir("scaling", &recs, None);
+        let out = temp_dir("scaling-out");
+        let f = write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&f.markdown).unwrap();
+        assert!(!md.contains("Scaling: skipped"), "{md}");
+        assert!(md.contains("Latency CDF: skipped") && md.contains("Exits per operation: skipped"));
+        assert!(
+            md.contains("| ipi | pv-ipi | hv | 4 | 1 | 2 | 100 | 2400 |"),
+            "{md}"
+        );
+        let svg = out.join("plots/scaling_vCPUs_ipi_ipi-pingpong_ipi_hv.svg");
+        assert!(svg.is_file(), "{:?}", f.plots);
+        assert!(
+            out.join("plots/scaling_vCPUs_ipi_ipi-pingpong_ipi_hv.png")
+                .is_file()
+        );
+        // Baseline rule without a manifest: the variant named `none`.
+        assert!(md.contains("Baseline: `none`."));
     }
 
     #[test]
