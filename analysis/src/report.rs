@@ -236,7 +236,12 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                 r.key.partitions.to_string(),
                 r.reps.to_string(),
                 r.ops.map_or_else(|| "–".into(), |v| format!("{v:.0}")),
-                opt(r.ns_per_op.or(r.wall_ns_per_op)),
+                match (r.ns_per_op, r.wall_ns_per_op) {
+                    (Some(ns), _) => num(ns),
+                    // No guest TSC frequency: host wall time between the markers instead.
+                    (None, Some(w)) => format!("{} (wall)", num(w)),
+                    (None, None) => "–".into(),
+                },
                 opt(r.exits_per_op),
                 r.top_exits
                     .iter()
