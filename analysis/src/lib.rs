@@ -1,1 +1,457 @@
-//! Results analysis: runs.jsonl -> tables, plots, reports.
+//! Results analysis: `runs.jsonl` + `manifest.json` -> tables (Parquet, CSV), plots (SVG, PNG)
+//! and reports (Markdown, self-contained HTML). See DESIGN.md §1 and §5.
+//!
+//! Entry points: [`load`], [`write_report`], [`compare`]. The record types are `hv::record`'s;
+//! this crate never redefines them.
+//!
+//! Module map: [`stats`] (medians, seeded bootstrap), [`hdr`] (latency histograms), `frame`
+//! (the flat polars table), `model` (groups, baselines, ratios), `plots`, `doc` (Markdown/HTML
+//! rendering), `report` (assembly of report and comparison).
+
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hv::record::{Manifest, RunRecord};
+
+mod doc;
+mod frame;
+pub mod hdr;
+mod model;
+mod plots;
+mod report;
+pub mod stats;
+
+pub use frame::records_frame;
+pub use polars::prelude::DataFrame;
+
+/// Errors of loading results and writing reports. Each names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// A results directory has no runs.jsonl.
+    #[error(
+        "{dir}: no runs.jsonl here (is this a results directory written by `hv run`/`hv suite`?)"
+    )]
+    MissingRuns { dir: PathBuf },
+    /// No results directories were given.
+    #[error("no results directories given")]
+    NoInput,
+    /// A file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// A line of runs.jsonl is not a run record.
+    #[error("{path}:{line}: malformed run record: {source}")]
+    Record {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+    /// manifest.json is not a manifest.
+    #[error("{path}: malformed manifest: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// An output file or directory could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    /// Building or writing a table failed.
+    #[error("table: {0}")]
+    Table(#[from] polars::prelude::PolarsError),
+    /// Drawing a plot failed.
+    #[error("plot {name}: {message}")]
+    Plot { name: String, message: String },
+    /// A latency histogram could not be decoded or encoded.
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+}
+
+/// Options of [`write_report`] and [`compare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOptions {
+    /// Report title; default names the run ids.
+    pub title: Option<String>,
+    /// Bootstrap resamples per confidence interval (default 2000).
+    pub bootstrap_resamples: usize,
+    /// Seed of the bootstrap RNG, so that intervals are reproducible.
+    pub seed: u64,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        Self {
+            title: None,
+            bootstrap_resamples: 2000,
+            seed: 0x6876_6c61_6200_0001,
+        }
+    }
+}
+
+/// What [`write_report`] / [`compare`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportFiles {
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+    /// SVG and PNG files under `plots/`.
+    pub plots: Vec<PathBuf>,
+    /// Parquet and CSV tables.
+    pub tables: Vec<PathBuf>,
+}
+
+/// Records and manifests of one or more results directories.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Every record, in directory then line order.
+    pub records: Vec<RunRecord>,
+    /// One per directory (defaults where a directory has no manifest.json).
+    pub manifests: Vec<Manifest>,
+    /// The directories, in the order given.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Loaded {
+    /// The flat table, one row per record (see [`records_frame`]).
+    pub fn frame(&self) -> Result<DataFrame, AnalysisError> {
+        records_frame(&self.records)
+    }
+}
+
+/// Loads records from `dirs` (each has runs.jsonl and, usually, manifest.json). A missing
+/// manifest gives a default one; blank lines are skipped; a malformed line is an error that names
+/// `file:line`.
+pub fn load(dirs: &[PathBuf]) -> Result<Loaded, AnalysisError> {
+    if dirs.is_empty() {
+        return Err(AnalysisError::NoInput);
+    }
+    let mut out = Loaded::default();
+    for dir in dirs {
+        let runs = dir.join("runs.jsonl");
+        if !runs.is_file() {
+            return Err(AnalysisError::MissingRuns { dir: dir.clone() });
+        }
+        let text = read(&runs)?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec = serde_json::from_str::<RunRecord>(line).map_err(|source| {
+                AnalysisError::Record {
+                    path: runs.clone(),
+                    line: i + 1,
+                    source,
+                }
+            })?;
+            out.records.push(rec);
+        }
+        let mpath = dir.join("manifest.json");
+        let manifest = if mpath.is_file() {
+            serde_json::from_str::<Manifest>(&read(&mpath)?).map_err(|source| {
+                AnalysisError::Manifest {
+                    path: mpath,
+                    source,
+                }
+            })?
+        } else {
+            Manifest::default()
+        };
+        out.manifests.push(manifest);
+        out.dirs.push(dir.clone());
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, AnalysisError> {
+    std::fs::read_to_string(path).map_err(|source| AnalysisError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes runs.parquet, runs.csv, summary.csv (+ .parquet), partitions.csv, report.md,
+/// report.html and plots/*.svg|png into `out_dir`.
+pub fn write_report(
+    dirs: &[PathBuf],
+    out_dir: &Path,
+    opts: &ReportOptions,
+) -> Result<ReportFiles, AnalysisError> {
+    let loaded = load(dirs)?;
+    report::write_report(&loaded, out_dir, opts)
+}
+
+/// Two result sets side by side (two hosts or two commits): per (experiment, workload, phase,
+/// variant, vmm, vCPUs, partitions) the medians of A and B and B/A with a bootstrap CI; writes
+/// compare.md, compare.html and compare.csv.
+pub fn compare(
+    a: &[PathBuf],
+    b: &[PathBuf],
+    out_dir: &Path,
+    opts: &ReportOptions,
+) -> Result<ReportFiles, AnalysisError> {
+    let la = load(a)?;
+    let lb = load(b)?;
+    report::write_compare(&la, &lb, out_dir, opts)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{rec, results_dir, temp_dir};
+    use hv::record::{Latency, RecordStatus};
+
+    fn fixture() -> (Vec<RunRecord>, Manifest) {
+        let mut recs = Vec::new();
+        for (rep, (emu, syn)) in [(1000.0, 400.0), (1200.0, 500.0), (1100.0, 450.0)]
+            .iter()
+            .enumerate()
+        {
+            let rep = rep as u32;
+            let mut a = rec("exit-floor", "exit-floor", "pio-out", "emulated", rep, *emu);
+            a.host.kvm_flavour = "nested-pvm".into();
+            a.host.kernel = "6.12.0-test".into();
+            a.exits.insert("io_out".into(), 200);
+            a.exits.insert("hlt".into(), 100);
+            a.latency = Some(Latency {
+                unit: "ns".into(),
+                count: 3,
+                p50: 900.0,
+                p99: 2000.0,
+                hdr: hdr::encode_values(&[800, 900, 2000]).unwrap(),
+                ..Default::default()
+            });
+            recs.push(a);
+            let mut b = rec(
+                "exit-floor",
+                "exit-floor",
+                "pio-out",
+                "synthetic",
+                rep,
+                *syn,
+            );
+            b.device = "synthetic".into();
+            b.exits.insert("mmio_write".into(), 50);
+            b.latency = Some(Latency {
+                unit: "ns".into(),
+                count: 3,
+                p50: 400.0,
+                p99: 700.0,
+                hdr: hdr::encode_values(&[300, 400, 700]).unwrap(),
+                ..Default::default()
+            });
+            recs.push(b);
+            let mut q = rec(
+                "exit-floor",
+                "exit-floor",
+                "pio-out",
+                "emulated",
+                rep,
+                emu * 1.25,
+            );
+            q.vmm = "qemu".into();
+            recs.push(q);
+        }
+        let mut s = rec("exit-floor", "exit-floor", "pio-out", "pv-ipi", 0, 0.0);
+        s.status = RecordStatus::Skipped("hypercalls do not work on this host".into());
+        recs.push(s);
+        let mut f = rec("exit-floor", "exit-floor", "pio-out", "pv-tlb", 0, 0.0);
+        f.status = RecordStatus::Failed("guest exit status 3".into());
+        recs.push(f);
+        let mut m = Manifest {
+            run_id: "run-1".into(),
+            git_rev: "abc1234".into(),
+            command: vec![
+                "hv".into(),
+                "suite".into(),
+                "bench/specs/exit-floor.toml".into(),
+            ],
+            ..Default::default()
+        };
+        m.host.kvm_flavour = "nested-pvm".into();
+        m.baselines.insert("exit-floor".into(), "emulated".into());
+        (recs, m)
+    }
+
+    #[test]
+    fn load_skips_blank_lines_and_defaults_missing_manifest() {
+        let (recs, _) = fixture();
+        let d = results_dir("load", &recs, None);
+        let l = load(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(l.records.len(), recs.len());
+        assert_eq!(l.manifests, vec![Manifest::default()]);
+        assert_eq!(l.frame().unwrap().height(), recs.len());
+    }
+
+    #[test]
+    fn load_malformed_line_names_file_and_line() {
+        let d = temp_dir("bad");
+        let good = serde_json::to_string(&rec("e", "w", "p", "none", 0, 1.0)).unwrap();
+        std::fs::write(
+            d.join("runs.jsonl"),
+            format!("{good}\n\n{{\"schema\": 1, oops\n"),
+        )
+        .unwrap();
+        let err = load(std::slice::from_ref(&d)).unwrap_err();
+        assert!(
+            matches!(err, AnalysisError::Record { line: 3, .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("runs.jsonl:3: malformed run record"), "{msg}");
+    }
+
+    #[test]
+    fn load_missing_runs_and_no_input_are_errors() {
+        assert!(matches!(load(&[]), Err(AnalysisError::NoInput)));
+        let d = temp_dir("empty");
+        let err = load(std::slice::from_ref(&d)).unwrap_err();
+        assert!(err.to_string().contains("no runs.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn write_report_writes_tables_plots_and_readable_report() {
+        let (recs, m) = fixture();
+        let d = results_dir("report", &recs, Some(&m));
+        let out = temp_dir("report-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        // Medians: emulated hv 1100 ns/op, 3 exits/op; synthetic 450 ns/op; ratio 450/1100.
+        assert!(
+            md.contains("| pio-out | emulated | hv | 1 | 1 | 3 | 100 | 1100 | 3.00 | io_out 2.00, hlt 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| pio-out | synthetic | hv | 1 | 1 | 3 | 100 | 450.0 | 0.500 | mmio_write 0.500 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!("{}×", report::num(1100.0 / 450.0))),
+            "{md}"
+        );
+        assert!(md.contains("| 0.409 ["), "ratio 450/1100 = 0.409: {md}");
+        // Peer column: hv/qemu = 1100 / 1375 = 0.8 for the emulated variant.
+        assert!(md.contains("hv/qemu time [95% CI]"));
+        assert!(md.contains("0.800 ["), "{md}");
+        assert!(md.contains("**Trust note:**") && md.contains("instruction emulator"));
+        assert!(md.contains("hv suite bench/specs/exit-floor.toml") && md.contains("abc1234"));
+        assert!(md.contains("## Skipped and failed"));
+        assert!(
+            md.contains(
+                "| pv-ipi | hv | 1 | 1 | skipped | 1 | hypercalls do not work on this host |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| failed | 1 | guest exit status 3 |"), "{md}");
+        assert!(md.contains("Scaling: skipped"));
+        let html = std::fs::read_to_string(&files.html).unwrap();
+        assert!(html.contains("<svg"));
+        assert!(
+            !html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("<img")
+        );
+        assert!(html.contains("<td>synthetic</td>"));
+        // exits, latency, speed-up plots, each SVG + PNG.
+        assert_eq!(files.plots.len(), 6, "{:?}", files.plots);
+        assert!(files.plots.iter().all(|p| p.is_file()));
+        for t in [
+            "runs.parquet",
+            "runs.csv",
+            "summary.csv",
+            "summary.parquet",
+            "partitions.csv",
+        ] {
+            assert!(out.join(t).is_file(), "{t}");
+        }
+        let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+        assert!(
+            summary
+                .lines()
+                .next()
+                .unwrap()
+                .starts_with("experiment,workload,phase,variant,vmm,vcpus,partitions,n,ops")
+        );
+        assert_eq!(summary.lines().count(), 4, "{summary}");
+    }
+
+    #[test]
+    fn write_report_is_deterministic() {
+        let (recs, m) = fixture();
+        let d = results_dir("det", &recs, Some(&m));
+        let (o1, o2) = (temp_dir("det1"), temp_dir("det2"));
+        let f1 = write_report(std::slice::from_ref(&d), &o1, &ReportOptions::default()).unwrap();
+        let f2 = write_report(std::slice::from_ref(&d), &o2, &ReportOptions::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(f1.markdown).unwrap(),
+            std::fs::read_to_string(f2.markdown).unwrap()
+        );
+    }
+
+    #[test]
+    fn write_report_draws_scaling_when_vcpus_vary_and_skips_missing_plots() {
+        let mut recs = Vec::new();
+        for vcpus in [1u32, 2, 4] {
+            for rep in 0..2 {
+                for (v, base) in [("none", 1000.0), ("pv-ipi", 600.0)] {
+                    let mut r = rec(
+                        "ipi",
+                        "ipi-pingpong",
+                        "ipi",
+                        v,
+                        rep,
+                        base * f64::from(vcpus),
+                    );
+                    r.vcpus = vcpus;
+                    recs.push(r);
+                }
+            }
+        }
+        let d = results_dir("scaling", &recs, None);
+        let out = temp_dir("scaling-out");
+        let f = write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&f.markdown).unwrap();
+        assert!(!md.contains("Scaling: skipped"), "{md}");
+        assert!(md.contains("Latency CDF: skipped") && md.contains("Exits per operation: skipped"));
+        assert!(
+            md.contains("| ipi | pv-ipi | hv | 4 | 1 | 2 | 100 | 2400 |"),
+            "{md}"
+        );
+        let svg = out.join("plots/scaling_vCPUs_ipi_ipi-pingpong_ipi_hv.svg");
+        assert!(svg.is_file(), "{:?}", f.plots);
+        assert!(
+            out.join("plots/scaling_vCPUs_ipi_ipi-pingpong_ipi_hv.png")
+                .is_file()
+        );
+        // Baseline rule without a manifest: the variant named `none`.
+        assert!(md.contains("Baseline: `none`."));
+    }
+
+    #[test]
+    fn compare_reports_b_over_a() {
+        let (recs, m) = fixture();
+        let faster: Vec<RunRecord> = recs
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.guest_tsc /= 2;
+                r
+            })
+            .collect();
+        let a = results_dir("cmp-a", &recs, Some(&m));
+        let b = results_dir("cmp-b", &faster, Some(&m));
+        let out = temp_dir("cmp-out");
+        let f = compare(&[a], &[b], &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&f.markdown).unwrap();
+        assert!(
+            md.contains("| pio-out | emulated | hv | 1 | 1 | 1100 | 550.0 | 0.500 ["),
+            "{md}"
+        );
+        let html = std::fs::read_to_string(&f.html).unwrap();
+        assert!(html.contains("<svg") && !html.contains("src=\"http"));
+        assert!(out.join("compare.csv").is_file());
+    }
+}

@@ -1,0 +1,210 @@
+//! The flat table: one row per record, everything "per op" already divided out.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+
+use hv::record::{RecordStatus, RunRecord};
+use polars::prelude::*;
+
+use crate::AnalysisError;
+
+/// Grouping keys of the summary table, in order.
+pub const SUMMARY_KEYS: [&str; 7] = [
+    "experiment",
+    "workload",
+    "phase",
+    "variant",
+    "vmm",
+    "vcpus",
+    "partitions",
+];
+
+/// `(kind, reason)` of a status.
+pub fn status_parts(s: &RecordStatus) -> (&'static str, &str) {
+    match s {
+        RecordStatus::Ok => ("ok", ""),
+        RecordStatus::Skipped(r) => ("skipped", r),
+        RecordStatus::Failed(r) => ("failed", r),
+    }
+}
+
+fn per_op(r: &RunRecord, v: f64) -> Option<f64> {
+    (r.ops > 0).then(|| v / r.ops as f64)
+}
+
+/// Total exits of a record: `exits["total"]` when hv wrote it, else the sum of the reasons.
+pub fn exits_total(r: &RunRecord) -> u64 {
+    r.exits
+        .get("total")
+        .copied()
+        .unwrap_or_else(|| r.exits.values().sum())
+}
+
+/// Builds the flat table from records: identity columns, status, raw counts, `ns_per_op`
+/// (guest TSC -> ns, null when the TSC frequency is unknown), and per-op columns
+/// `exits.<reason>`, `kvm.<stat>`, `tp.<tracepoint>`, `metrics.<k>`, CPU time and latency.
+pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> {
+    let s = |name: &str, f: &dyn Fn(&RunRecord) -> String| {
+        Column::new(name.into(), records.iter().map(f).collect::<Vec<String>>())
+    };
+    let u = |name: &str, f: &dyn Fn(&RunRecord) -> u64| {
+        Column::new(name.into(), records.iter().map(f).collect::<Vec<u64>>())
+    };
+    let o = |name: &str, f: &dyn Fn(&RunRecord) -> Option<f64>| {
+        Column::new(
+            name.into(),
+            records.iter().map(f).collect::<Vec<Option<f64>>>(),
+        )
+    };
+    let mut cols = vec![
+        s("run_id", &|r| r.run_id.clone()),
+        s("experiment", &|r| r.experiment.clone()),
+        s("workload", &|r| r.workload.clone()),
+        s("phase", &|r| r.phase.clone()),
+        s("variant", &|r| r.variant.clone()),
+        s("device", &|r| r.device.clone()),
+        s("enlightenments", &|r| r.enlightenments.join(",")),
+        s("vmm", &|r| r.vmm.clone()),
+        u("vcpus", &|r| u64::from(r.vcpus)),
+        u("partitions", &|r| u64::from(r.partitions)),
+        u("partition", &|r| u64::from(r.partition)),
+        u("repetition", &|r| u64::from(r.repetition)),
+        s("status", &|r| status_parts(&r.status).0.to_string()),
+        s("status_reason", &|r| status_parts(&r.status).1.to_string()),
+        s("kvm_flavour", &|r| r.host.kvm_flavour.clone()),
+        u("ops", &|r| r.ops),
+        u("wall_ns", &|r| r.wall_ns),
+        u("guest_tsc", &|r| r.guest_tsc),
+        u("tsc_khz", &|r| r.tsc_khz),
+        o("ns_per_op", &|r| r.ns_per_op()),
+        o("wall_ns_per_op", &|r| per_op(r, r.wall_ns as f64)),
+        o("exits_total_per_op", &|r| per_op(r, exits_total(r) as f64)),
+        o("cpu.vcpu_ns_per_op", &|r| per_op(r, r.cpu.vcpu_ns as f64)),
+        o("cpu.worker_ns_per_op", &|r| {
+            per_op(r, r.cpu.worker_ns as f64)
+        }),
+        o("latency.p50", &|r| r.latency.as_ref().map(|l| l.p50)),
+        o("latency.p99", &|r| r.latency.as_ref().map(|l| l.p99)),
+    ];
+    let keys = |f: &dyn Fn(&RunRecord) -> Vec<String>| {
+        records.iter().flat_map(f).collect::<BTreeSet<String>>()
+    };
+    for k in keys(&|r| r.exits.keys().cloned().collect()) {
+        if k != "total" {
+            cols.push(o(&format!("exits.{k}"), &|r| {
+                per_op(r, r.exits.get(&k).copied().unwrap_or(0) as f64)
+            }));
+        }
+    }
+    for k in keys(&|r| r.kvm_stats.keys().cloned().collect()) {
+        cols.push(o(&format!("kvm.{k}"), &|r| {
+            r.kvm_stats.get(&k).and_then(|&v| per_op(r, v as f64))
+        }));
+    }
+    for k in keys(&|r| r.tracepoints.keys().cloned().collect()) {
+        cols.push(o(&format!("tp.{k}"), &|r| {
+            r.tracepoints.get(&k).and_then(|&v| per_op(r, v as f64))
+        }));
+    }
+    for k in keys(&|r| r.metrics.keys().cloned().collect()) {
+        cols.push(o(&format!("metrics.{k}"), &|r| {
+            r.metrics.get(&k).and_then(|&v| per_op(r, v))
+        }));
+    }
+    Ok(DataFrame::new(records.len(), cols)?)
+}
+
+/// Medians of every per-op column over the ok rows, grouped by `keys`, with a row count `n`.
+pub fn medians(df: &DataFrame, keys: &[&str]) -> Result<DataFrame, AnalysisError> {
+    let key_set: BTreeSet<&str> = keys.iter().copied().collect();
+    let mut aggs = vec![len().alias("n"), col("ops").median().alias("ops")];
+    for c in df.get_column_names() {
+        let name = c.as_str();
+        if key_set.contains(name) {
+            continue;
+        }
+        if matches!(
+            df.column(name).map(|c| c.dtype().clone()),
+            Ok(DataType::Float64)
+        ) {
+            aggs.push(col(name).median());
+        }
+    }
+    let key_exprs: Vec<Expr> = keys.iter().map(|k| col(*k)).collect();
+    let sort_keys: Vec<PlSmallStr> = keys.iter().map(|k| PlSmallStr::from(*k)).collect();
+    Ok(df
+        .clone()
+        .lazy()
+        .filter(col("status").eq(lit("ok")))
+        .group_by(key_exprs)
+        .agg(aggs)
+        .sort(sort_keys, SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// Writes `df` as Parquet.
+pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), AnalysisError> {
+    let f = create(path)?;
+    ParquetWriter::new(f).finish(df)?;
+    Ok(())
+}
+
+/// Writes `df` as CSV with a header.
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), AnalysisError> {
+    let mut f = create(path)?;
+    CsvWriter::new(&mut f).include_header(true).finish(df)?;
+    Ok(())
+}
+
+fn create(path: &Path) -> Result<File, AnalysisError> {
+    File::create(path).map_err(|source| AnalysisError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rec;
+
+    #[test]
+    fn frame_flattens_per_op_columns() {
+        let mut r = rec("exp", "w", "p", "none", 0, 1000.0);
+        r.exits.insert("io_out".into(), 200);
+        r.exits.insert("hlt".into(), 100);
+        r.kvm_stats.insert("halt_exits".into(), 50);
+        r.enlightenments = vec!["kvm-clock".into(), "pv-eoi".into()];
+        let df = records_frame(&[r]).unwrap();
+        assert_eq!(df.height(), 1);
+        let f = |c: &str| df.column(c).unwrap().f64().unwrap().get(0);
+        assert_eq!(f("ns_per_op"), Some(1000.0));
+        assert_eq!(f("exits.io_out"), Some(2.0));
+        assert_eq!(f("exits.hlt"), Some(1.0));
+        assert_eq!(f("exits_total_per_op"), Some(3.0));
+        assert_eq!(f("kvm.halt_exits"), Some(0.5));
+        let e = df.column("enlightenments").unwrap();
+        assert_eq!(e.str().unwrap().get(0), Some("kvm-clock,pv-eoi"));
+    }
+
+    #[test]
+    fn medians_group_ok_rows_only() {
+        let mut recs = vec![
+            rec("exp", "w", "p", "none", 0, 100.0),
+            rec("exp", "w", "p", "none", 1, 300.0),
+            rec("exp", "w", "p", "none", 2, 200.0),
+        ];
+        let mut bad = rec("exp", "w", "p", "none", 3, 1e9);
+        bad.status = RecordStatus::Failed("boom".into());
+        recs.push(bad);
+        let df = records_frame(&recs).unwrap();
+        let m = medians(&df, &SUMMARY_KEYS).unwrap();
+        assert_eq!(m.height(), 1);
+        assert_eq!(
+            m.column("ns_per_op").unwrap().f64().unwrap().get(0),
+            Some(200.0)
+        );
+        assert_eq!(m.column("n").unwrap().u32().unwrap().get(0), Some(3));
+    }
+}
