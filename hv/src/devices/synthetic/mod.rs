@@ -50,7 +50,7 @@ pub const MMIO_SIZE: u64 = 0x1000;
 /// Largest queue the devices offer.
 pub const QUEUE_MAX: u16 = 256;
 /// How long a polling worker keeps polling after its last request.
-pub const POLL_WINDOW: Duration = Duration::from_micros(1000);
+pub const POLL_WINDOW: Duration = Duration::from_millis(20);
 
 /// Feature bits.
 pub mod feature {
@@ -751,7 +751,8 @@ impl Worker {
                 return false;
             }
             drop(s);
-            std::hint::spin_loop();
+            // Yield rather than spin hard: on an oversubscribed host the vCPU needs the core.
+            std::thread::yield_now();
         }
     }
 }
