@@ -337,3 +337,27 @@ fn measure_exits_and_latency_per_io() {
         println!("{r}");
     }
 }
+
+#[test]
+fn console_io_writes_and_reads_back_on_uart_and_virtio_console() {
+    for variant in [DeviceVariant::Emulated, DeviceVariant::Synthetic] {
+        let Some(r) = boot(&opts(variant), "console-io bytes=256 line=32") else {
+            return;
+        };
+        assert_ok(&r);
+        let (_, kv) = phase(&r, "con-readback");
+        assert_eq!(metric(&kv, "mismatches"), 0);
+        assert_eq!(metric(&kv, "bytes"), 256);
+        // The written lines reached the console capture either way.
+        assert!(
+            r.console.contains("abcdefghijklmnopqrstuvwxyzabcde\n"),
+            "{}",
+            r.console
+        );
+        let (exits, lines) = exits_in(&r, "con-write");
+        println!(
+            "{:?}: con-write {exits} userspace exits for {lines} lines",
+            variant
+        );
+    }
+}

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod blk_io;
+pub mod console_io;
 pub mod exit_floor;
 pub mod mem_pattern;
 pub mod misbehave;
@@ -48,7 +49,7 @@ macro_rules! registry {
     };
 }
 
-registry!(exit_floor, mem_pattern, misbehave, blk_io);
+registry!(exit_floor, mem_pattern, misbehave, blk_io, console_io);
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Option<&'static WorkloadInfo> {

@@ -1,7 +1,8 @@
 //! virtio-console with one port and no multiport: queue 0 receives (device to driver), queue 1
 //! transmits. What the driver transmits goes to the partition's console capture and, as a host
-//! loopback, back to the driver on the receive queue (bounded: bytes beyond
-//! [`LOOPBACK_LIMIT`] waiting for receive buffers are dropped and counted).
+//! loopback, back to the driver on the receive queue while it has receive buffers posted;
+//! bytes that find none are dropped and counted, as on a line nobody reads (at most
+//! [`LOOPBACK_LIMIT`] bytes wait at once).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -92,6 +93,13 @@ impl VirtioBackend for Console {
         self.loopback.extend(&data[..keep]);
         self.stats.dropped += (data.len() - keep) as u64;
         Served::Used(0)
+    }
+
+    fn starved(&mut self, queue: usize) {
+        if queue == 0 {
+            self.stats.dropped += self.loopback.len() as u64;
+            self.loopback.clear();
+        }
     }
 
     fn reset(&mut self) {

@@ -131,6 +131,11 @@ pub trait VirtioBackend: Send + std::fmt::Debug {
     }
     /// Serves one validated chain from `queue`.
     fn serve(&mut self, queue: usize, mem: &GuestMemoryMmap, chain: &Chain) -> Served;
+    /// `queue` is wanted but the driver has no buffers on it (a receive queue with data and
+    /// nowhere to put it).
+    fn starved(&mut self, queue: usize) {
+        let _ = queue;
+    }
     /// The driver reset the device.
     fn reset(&mut self) {}
     /// Counters for the run's notes, as `key=value` words.
@@ -410,6 +415,15 @@ impl DeviceState {
             }
             total += progress;
             if progress == 0 {
+                for qi in 0..self.queues.len() {
+                    let q = &self.queues[qi];
+                    let empty = q
+                        .avail_idx(&self.mem, Ordering::Acquire)
+                        .is_ok_and(|idx| idx == Wrapping(q.next_avail()));
+                    if q.ready() && self.backend.wants(qi) && empty {
+                        self.backend.starved(qi);
+                    }
+                }
                 return total;
             }
         }
