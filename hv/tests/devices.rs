@@ -1,5 +1,6 @@
 //! Integration tests of the block and console devices: real guests through /dev/kvm. Each test
 //! skips (passes with a message) on a host without KVM access.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

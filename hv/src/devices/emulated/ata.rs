@@ -572,6 +572,7 @@ impl AtaCore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::devices::disk::Disk;
