@@ -71,6 +71,24 @@ fn main() {
              {GUEST_TARGET} is missing, run: rustup target add {GUEST_TARGET}"
         );
     }
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=HVLAB_GIT_REV={rev}");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/HEAD").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/refs/heads").display()
+    );
+
     let elf = target_dir
         .join(GUEST_TARGET)
         .join("release")

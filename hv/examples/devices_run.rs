@@ -41,14 +41,15 @@ fn main() {
     let workload = args.first().cloned().unwrap_or_else(|| "blk-io".into());
     let info = hvlab_workloads::find(&workload).expect("unknown workload");
     let kvm = hv::error::open_kvm().expect("open /dev/kvm");
+    let words = hv::devices::cmdline_words(&opts, info.devices);
+    println!("device words: {}", words.join(" "));
     let cfg = hv::partition::PartitionConfig {
-        cmdline: args.join(" "),
+        cmdline: format!("{} {}", args.join(" "), words.join(" ")),
         echo_console: std::env::var_os("ECHO").is_some(),
         ..Default::default()
     };
     let mut p = hv::partition::Partition::new(&kvm, cfg, hv::GUEST_IMAGE).expect("partition");
-    let words = hv::devices::attach(&mut p, &opts, info.devices).expect("attach");
-    println!("device words: {}", words.join(" "));
+    hv::devices::attach(&mut p, &opts, info.devices).expect("attach");
     let o = p.start().expect("start").wait(
         Instant::now() + Duration::from_secs(60),
         Duration::from_secs(60),

@@ -85,6 +85,16 @@ impl HvError {
     }
 }
 
+impl HvError {
+    /// True for errors in what the user asked for (unknown workload or argument, bad value).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            HvError::UnknownWorkload { .. } | HvError::UnknownArgument { .. } | HvError::Config(_)
+        )
+    }
+}
+
 /// Opens /dev/kvm, mapping the common failures to messages that name the fix.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, HvError> {
     match kvm_ioctls::Kvm::new() {

@@ -9,11 +9,16 @@
 
 pub mod boot;
 pub mod bus;
+pub mod caps;
 pub mod counters;
 pub mod devices;
 pub mod error;
+pub mod guest_output;
+pub mod host;
+pub mod latency;
 pub mod partition;
 pub mod record;
+pub mod run;
 pub mod status;
 pub mod vcpu;
 

@@ -319,18 +319,6 @@ impl Partition {
         self.console.clone()
     }
 
-    /// Appends `words` to the guest command line (device attachment adds what the guest
-    /// drivers need to find their devices).
-    pub fn append_cmdline(&mut self, words: &[String]) -> Result<(), HvError> {
-        for w in words {
-            if !self.cfg.cmdline.is_empty() {
-                self.cfg.cmdline.push(' ');
-            }
-            self.cfg.cmdline.push_str(w);
-        }
-        boot::write_start_info(&self.mem, self.cfg.mem_bytes, &self.cfg.cmdline)
-    }
-
     /// Keeps `thing` alive until the partition's run ends (device workers, eventfds).
     pub fn keep_alive(&mut self, thing: Box<dyn std::any::Any + Send>) {
         self.keep_alive.push(thing);

@@ -22,8 +22,9 @@ fn boot(opts: &DeviceOptions, cmdline: &str) -> Option<PartitionOutcome> {
     let kvm = kvm()?;
     let workload = cmdline.split_whitespace().next().unwrap_or("");
     let info = hvlab_workloads::find(workload).expect("known workload");
+    let words = hv::devices::cmdline_words(opts, info.devices);
     let cfg = PartitionConfig {
-        cmdline: cmdline.to_string(),
+        cmdline: format!("{cmdline} {}", words.join(" ")),
         tracepoints: false,
         ..Default::default()
     };

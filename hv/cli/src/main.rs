@@ -1,1 +1,177 @@
-fn main() {}
+//! `hv`: run hvlab workloads on KVM, probe the host, run experiment suites and write reports.
+
+mod args;
+mod table;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hv::HvError;
+use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::run::{RecordContext, RunRequest};
+
+/// hvlab: measure what virtualization costs, and what enlightenments and synthetic devices save.
+///
+/// Start with `hv caps` (what this host can do), `hv list` (the workloads), then
+/// `hv run exit-floor` (the cost of each kind of exit).
+#[derive(Debug, Parser)]
+#[command(name = "hv", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one workload in one variant and print a per-phase table (or JSON run records).
+    ///
+    /// Examples:
+    ///   hv run exit-floor
+    ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
+    ///   hv run mem-pattern --partitions 2 --cpus 0,1
+    #[command(verbatim_doc_comment)]
+    Run(args::RunArgs),
+    /// Probe what this host's KVM can do: capabilities, PV features, whether hypercalls work,
+    /// and whether virtualization is hardware or nested/emulated.
+    Caps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the workloads, their arguments and the devices they drive.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // 2 = the host or the command line is wrong (as clap does for usage errors);
+            // 1 = the run itself failed.
+            let host_access = e
+                .downcast_ref::<HvError>()
+                .is_some_and(|h| h.is_host_access() || h.is_usage())
+                || e.downcast_ref::<hv::caps::CapsError>().is_some_and(|c| {
+                    matches!(
+                        c,
+                        hv::caps::CapsError::NoKvm | hv::caps::CapsError::PermissionDenied
+                    )
+                });
+            eprintln!("hv: {e:#}");
+            ExitCode::from(if host_access { 2 } else { 1 })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Command::Run(a) => cmd_run(a),
+        Command::Caps { json } => cmd_caps(json),
+        Command::List => {
+            print!("{}", table::workloads());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn cmd_caps(json: bool) -> Result<ExitCode> {
+    let caps = hv::caps::probe()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&caps)?);
+    } else {
+        print!("{}", caps.render_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_request(a: &args::RunArgs) -> Result<RunRequest> {
+    let mut wl_args = BTreeMap::new();
+    for kv in &a.workload_args {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!(
+                "workload argument `{kv}` is not key=value (see `hv list` for each workload's arguments)"
+            );
+        };
+        wl_args.insert(k.to_string(), v.to_string());
+    }
+    let variant = match a.device.as_str() {
+        "none" => DeviceVariant::None,
+        "emulated" => DeviceVariant::Emulated,
+        "synthetic" => DeviceVariant::Synthetic,
+        other => bail!("--device {other}: expected none, emulated or synthetic"),
+    };
+    Ok(RunRequest {
+        workload: a.workload.clone(),
+        args: wl_args,
+        vcpus: a.vcpus,
+        mem_bytes: args::parse_size(&a.mem).context("--mem")?,
+        partitions: a.partitions,
+        cpus: a
+            .cpus
+            .as_deref()
+            .map(args::parse_cpu_list)
+            .transpose()
+            .context("--cpus")?,
+        timeout: Duration::from_secs_f64(a.timeout),
+        unmapped: if a.unmapped_fatal {
+            hv::vcpu::UnmappedPolicy::Fatal
+        } else {
+            hv::vcpu::UnmappedPolicy::Ignore
+        },
+        max_exits: a.max_exits,
+        echo_console: a.console,
+        tracepoints: !a.no_tracepoints,
+        devices: DeviceOptions {
+            variant,
+            ..DeviceOptions::default()
+        },
+        enlightenments: Vec::new(),
+        image: match &a.image {
+            Some(p) => Some(
+                std::fs::read(p).with_context(|| format!("reading guest image {}", p.display()))?,
+            ),
+            None => None,
+        },
+    })
+}
+
+fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {
+    let req = build_request(&a)?;
+    hv::run::validate(&req)?;
+    let kvm = hv::error::open_kvm()?;
+    let ctx = RecordContext::adhoc();
+    let result = hv::run::run(&kvm, &req, &ctx)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for r in &result.records {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+    } else {
+        write!(out, "{}", table::run_result(&req, &result))?;
+    }
+    for p in &result.partitions {
+        if !p.outcome.status.is_ok() {
+            eprintln!("hv: partition {}: {}", p.outcome.index, p.outcome.status);
+            if let Some(f) = &p.report.fault {
+                eprintln!("hv: partition {} guest fault: {f}", p.outcome.index);
+            }
+            let tail: Vec<&str> = p.outcome.console.lines().rev().take(5).collect();
+            if !tail.is_empty() && !a.console {
+                eprintln!("hv: last console lines:");
+                for l in tail.iter().rev() {
+                    eprintln!("    {l}");
+                }
+            }
+        }
+    }
+    Ok(if result.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

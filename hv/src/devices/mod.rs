@@ -93,17 +93,52 @@ pub struct DeviceOptions {
     pub polling: bool,
 }
 
+/// Guest command-line words that tell the guest drivers which devices to expect and where:
+/// `blk=ata` or `blk=virtio blk_mmio=ADDR blk_irq=GSI`, `con=uart` or `con=virtio con_mmio=ADDR
+/// con_irq=GSI`, and for synthetic devices `evidx=0|1 poll=0|1`. They depend only on the
+/// options, so the command line is complete before the partition exists.
+pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
+    let mut words = Vec::new();
+    if classes.is_empty() || opts.variant == DeviceVariant::None {
+        return words;
+    }
+    for &class in classes {
+        match (class, opts.variant) {
+            ("block", DeviceVariant::Emulated) => words.push("blk=ata".to_string()),
+            ("block", _) => {
+                words.push("blk=virtio".into());
+                words.push(format!("blk_mmio={:#x}", virtio_mmio_base(BLK_SLOT.into())));
+                words.push(format!("blk_irq={}", virtio_gsi(BLK_SLOT)));
+            }
+            ("console", DeviceVariant::Emulated) => words.push("con=uart".into()),
+            ("console", _) => {
+                words.push("con=virtio".into());
+                words.push(format!(
+                    "con_mmio={:#x}",
+                    virtio_mmio_base(CONSOLE_SLOT.into())
+                ));
+                words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
+            }
+            _ => {}
+        }
+    }
+    if opts.variant == DeviceVariant::Synthetic {
+        words.push(format!("evidx={}", u8::from(opts.event_idx)));
+        words.push(format!("poll={}", u8::from(opts.polling)));
+    }
+    words
+}
+
 /// Attaches the devices of `classes` (as a workload declares them: `console`, `block`) in the
-/// chosen variant to `partition`. Adds the guest command-line words the guest drivers need.
+/// chosen variant to `partition` (the guest learns them from [`cmdline_words`]).
 pub fn attach(
     partition: &mut Partition,
     opts: &DeviceOptions,
     classes: &[&str],
-) -> Result<Vec<String>, HvError> {
+) -> Result<(), HvError> {
     if classes.is_empty() || opts.variant == DeviceVariant::None {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let mut words = Vec::new();
     for &class in classes {
         match (class, opts.variant) {
             ("block", DeviceVariant::Emulated) => {
@@ -121,18 +156,14 @@ pub fn attach(
                     1,
                     Arc::new(Mutex::new(AtaControlBlock(core))),
                 )?;
-                words.push("blk=ata".to_string());
             }
-            ("block", DeviceVariant::Synthetic) => {
+            ("block", _) => {
                 let disk = open_disk(opts)?;
                 let backend = synthetic::blk::Blk::new(disk, partition.device_notes());
                 attach_virtio(partition, opts, "virtio-blk", BLK_SLOT, Box::new(backend))?;
-                words.push("blk=virtio".into());
-                words.push(format!("blk_mmio={:#x}", virtio_mmio_base(BLK_SLOT.into())));
-                words.push(format!("blk_irq={}", virtio_gsi(BLK_SLOT)));
             }
-            ("console", DeviceVariant::Emulated) => words.push("con=uart".into()),
-            ("console", DeviceVariant::Synthetic) => {
+            ("console", DeviceVariant::Emulated) => {} // COM1 is always there
+            ("console", _) => {
                 let backend = synthetic::console::Console::new(partition.console_sink());
                 attach_virtio(
                     partition,
@@ -141,12 +172,6 @@ pub fn attach(
                     CONSOLE_SLOT,
                     Box::new(backend),
                 )?;
-                words.push("con=virtio".into());
-                words.push(format!(
-                    "con_mmio={:#x}",
-                    virtio_mmio_base(CONSOLE_SLOT.into())
-                ));
-                words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
             }
             (other, _) => {
                 return Err(HvError::Setup(format!(
@@ -155,12 +180,7 @@ pub fn attach(
             }
         }
     }
-    if opts.variant == DeviceVariant::Synthetic {
-        words.push(format!("evidx={}", u8::from(opts.event_idx)));
-        words.push(format!("poll={}", u8::from(opts.polling)));
-    }
-    partition.append_cmdline(&words)?;
-    Ok(words)
+    Ok(())
 }
 
 fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {

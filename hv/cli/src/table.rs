@@ -1,0 +1,116 @@
+//! Human-readable tables.
+
+use std::fmt::Write as _;
+
+use hv::record::{RecordStatus, RunRecord};
+use hv::run::{RunRequest, RunResult};
+
+/// `hv list`.
+pub fn workloads() -> String {
+    let mut s = String::new();
+    for w in hvlab_workloads::ALL {
+        let _ = writeln!(s, "{:<14} {}", w.name, w.summary);
+        if !w.devices.is_empty() {
+            let _ = writeln!(s, "{:<14}   devices: {}", "", w.devices.join(", "));
+        }
+        if w.min_vcpus > 1 {
+            let _ = writeln!(s, "{:<14}   needs at least {} vCPUs", "", w.min_vcpus);
+        }
+        for p in w.params {
+            let _ = writeln!(s, "{:<14}   {}={:<8} {}", "", p.key, p.default, p.help);
+        }
+    }
+    s
+}
+
+fn per_op(v: u64, ops: u64) -> String {
+    if ops == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", v as f64 / ops as f64)
+    }
+}
+
+fn top_exits(r: &RunRecord) -> String {
+    let mut v: Vec<(&String, &u64)> = r
+        .exits
+        .iter()
+        .filter(|(k, n)| k.as_str() != "total" && **n > 0)
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    let s: Vec<String> = v
+        .iter()
+        .take(2)
+        .map(|(k, n)| format!("{k}:{}", per_op(**n, r.ops)))
+        .collect();
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.join(" ")
+    }
+}
+
+/// The per-phase table `hv run` prints.
+pub fn run_result(req: &RunRequest, res: &RunResult) -> String {
+    let mut s = String::new();
+    for p in &res.partitions {
+        let o = &p.outcome;
+        let _ = writeln!(
+            s,
+            "{} · variant {} · {} vCPU · partition {}/{} · {} · {:.1} ms",
+            req.workload,
+            req.variant_label(),
+            req.vcpus,
+            o.index,
+            req.partitions,
+            o.status,
+            o.wall.as_secs_f64() * 1e3
+        );
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>8} {:>11} {:>9} {:<28} {:>10} {:>10} {:>9}",
+            "phase", "ops", "ns/op", "exits/op", "top exits/op", "kvm exits", "emul/op", "cpu us"
+        );
+        for r in res.records.iter().filter(|r| r.partition == o.index) {
+            if let RecordStatus::Skipped(why) = &r.status {
+                let _ = writeln!(s, "  {:<14} skipped: {why}", r.phase);
+                continue;
+            }
+            let ns = r.ns_per_op().map_or("-".into(), |v| format!("{v:.0}"));
+            let kvm_exits = r
+                .kvm_stats
+                .get("exits")
+                .map_or("-".into(), |v| per_op(*v as u64, r.ops));
+            let emul = r
+                .kvm_stats
+                .get("insn_emulation")
+                .map_or("-".into(), |v| per_op(*v as u64, r.ops));
+            let _ = writeln!(
+                s,
+                "  {:<14} {:>8} {:>11} {:>9} {:<28} {:>10} {:>10} {:>9}",
+                r.phase,
+                r.ops,
+                ns,
+                per_op(r.exits.get("total").copied().unwrap_or(0), r.ops),
+                top_exits(r),
+                kvm_exits,
+                emul,
+                r.cpu.vcpu_ns / 1000
+            );
+        }
+        let notes: Vec<&String> = res
+            .records
+            .iter()
+            .filter(|r| r.partition == o.index)
+            .flat_map(|r| &r.notes)
+            .collect();
+        let mut seen = Vec::new();
+        for n in notes {
+            if !seen.contains(&n) {
+                let _ = writeln!(s, "  note: {n}");
+                seen.push(n);
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,461 @@
+//! One run: a workload request → partitions → run records.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hvlab_workloads::WorkloadInfo;
+use kvm_ioctls::Kvm;
+
+use crate::devices::{self, DeviceOptions, DeviceVariant};
+use crate::error::HvError;
+use crate::guest_output::{self, GuestReport};
+use crate::partition::{Partition, PartitionConfig, PartitionOutcome};
+use crate::record::{HostInfo, RecordStatus, RunRecord, SCHEMA_VERSION};
+use crate::vcpu::UnmappedPolicy;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub workload: String,
+    /// Workload arguments (`key=value` on the guest command line); checked against the
+    /// workload's declared parameters.
+    pub args: BTreeMap<String, String>,
+    pub vcpus: u32,
+    pub mem_bytes: u64,
+    /// Partitions run at once, each with its own memory and vCPUs.
+    pub partitions: u32,
+    /// Host CPUs for vCPU threads (round-robin over all partitions' vCPUs).
+    pub cpus: Option<Vec<usize>>,
+    pub timeout: Duration,
+    pub unmapped: UnmappedPolicy,
+    pub max_exits: Option<u64>,
+    pub echo_console: bool,
+    pub tracepoints: bool,
+    pub devices: DeviceOptions,
+    /// Names of the enlightenments enabled (sorted); empty = none.
+    pub enlightenments: Vec<String>,
+    /// Guest image; `None` = the embedded one.
+    pub image: Option<Vec<u8>>,
+}
+
+impl Default for RunRequest {
+    fn default() -> Self {
+        RunRequest {
+            workload: String::new(),
+            args: BTreeMap::new(),
+            vcpus: 1,
+            mem_bytes: 32 << 20,
+            partitions: 1,
+            cpus: None,
+            timeout: Duration::from_secs(60),
+            unmapped: UnmappedPolicy::Ignore,
+            max_exits: None,
+            echo_console: false,
+            tracepoints: true,
+            devices: DeviceOptions::default(),
+            enlightenments: Vec::new(),
+            image: None,
+        }
+    }
+}
+
+impl RunRequest {
+    /// The label that names this variant in tables: device, then enlightenments.
+    pub fn variant_label(&self) -> String {
+        let mut dev = self.devices.variant.name().to_string();
+        if self.devices.variant == DeviceVariant::Synthetic {
+            if self.devices.polling {
+                dev.push_str("-poll");
+            } else if !self.devices.event_idx {
+                dev.push_str("-noevidx");
+            }
+        }
+        match (self.devices.variant, self.enlightenments.is_empty()) {
+            (DeviceVariant::None, true) => "none".into(),
+            (DeviceVariant::None, false) => self.enlightenments.join("+"),
+            (_, true) => dev,
+            (_, false) => format!("{dev}+{}", self.enlightenments.join("+")),
+        }
+    }
+}
+
+/// Facts shared by every record of one invocation.
+#[derive(Debug, Clone, Default)]
+pub struct RecordContext {
+    pub run_id: String,
+    pub timestamp: String,
+    pub git_rev: String,
+    pub hv_version: String,
+    pub host: HostInfo,
+    pub experiment: String,
+    pub repetition: u32,
+}
+
+impl RecordContext {
+    /// Context for a one-off `hv run`.
+    pub fn adhoc() -> RecordContext {
+        RecordContext {
+            run_id: new_run_id(),
+            timestamp: rfc3339_now(),
+            git_rev: GIT_REV.to_string(),
+            hv_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: crate::host::host_info(),
+            experiment: "adhoc".into(),
+            repetition: 0,
+        }
+    }
+}
+
+/// Git revision hv was built from (build.rs), `unknown` outside a checkout.
+pub const GIT_REV: &str = env!("HVLAB_GIT_REV");
+
+/// A run id that sorts by time: `YYYYMMDD-HHMMSS-<pid>`.
+pub fn new_run_id() -> String {
+    let (y, mo, d, h, mi, s) = civil_now();
+    format!(
+        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{:x}",
+        std::process::id()
+    )
+}
+
+/// Current UTC time as RFC 3339.
+pub fn rfc3339_now() -> String {
+    let (y, mo, d, h, mi, s) = civil_now();
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+fn civil_now() -> (i64, u32, u32, u32, u32, u32) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    civil_from_unix(secs)
+}
+
+/// Days-to-civil conversion (H. Hinnant's algorithm), UTC.
+fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Checks the workload name and its arguments.
+pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
+    let info = hvlab_workloads::find(&req.workload).ok_or_else(|| HvError::UnknownWorkload {
+        name: req.workload.clone(),
+        valid: hvlab_workloads::ALL
+            .iter()
+            .map(|w| w.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    for (k, v) in &req.args {
+        if !info.params.iter().any(|p| p.key == k) {
+            return Err(HvError::UnknownArgument {
+                workload: info.name.into(),
+                key: k.clone(),
+                valid: info
+                    .params
+                    .iter()
+                    .map(|p| p.key)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '\0') {
+            return Err(HvError::Config(format!(
+                "argument {k}={v:?}: values must be one non-empty word"
+            )));
+        }
+    }
+    if req.vcpus < info.min_vcpus {
+        return Err(HvError::Config(format!(
+            "{} needs at least {} vCPUs",
+            info.name, info.min_vcpus
+        )));
+    }
+    if req.partitions == 0 || req.partitions > 64 {
+        return Err(HvError::Config("--partitions must be 1..=64".into()));
+    }
+    Ok(info)
+}
+
+/// The effective arguments: declared defaults overlaid with the request's.
+pub fn effective_args(info: &WorkloadInfo, req: &RunRequest) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = info
+        .params
+        .iter()
+        .map(|p| (p.key.to_string(), p.default.to_string()))
+        .collect();
+    a.extend(req.args.clone());
+    a
+}
+
+/// The guest command line for partition `index`.
+pub fn guest_cmdline(req: &RunRequest, index: u32, extra: &[String]) -> String {
+    let mut line = format!("{} cpus={} part={}", req.workload, req.vcpus, index);
+    for (k, v) in &req.args {
+        line.push_str(&format!(" {k}={v}"));
+    }
+    for w in extra {
+        line.push(' ');
+        line.push_str(w);
+    }
+    line
+}
+
+/// One partition's outcome with what its guest reported.
+#[derive(Debug)]
+pub struct PartitionResult {
+    pub outcome: PartitionOutcome,
+    pub report: GuestReport,
+}
+
+/// Everything a run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    pub partitions: Vec<PartitionResult>,
+    pub records: Vec<RunRecord>,
+}
+
+impl RunResult {
+    /// True when every partition's guest exited with status 0.
+    pub fn ok(&self) -> bool {
+        self.partitions.iter().all(|p| p.outcome.status.is_ok())
+    }
+}
+
+/// Runs the request: builds every partition, starts them together, waits for all.
+pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult, HvError> {
+    let info = validate(req)?;
+    let image: &[u8] = req.image.as_deref().unwrap_or(crate::GUEST_IMAGE);
+    let mut built = Vec::with_capacity(req.partitions as usize);
+    for index in 0..req.partitions {
+        // Pin round-robin across all partitions' vCPUs, so `--partitions 2 --cpus 0,1` shares
+        // the same two host CPUs between both partitions.
+        let pin = req.cpus.as_ref().map(|cpus| {
+            (0..req.vcpus)
+                .map(|v| cpus[((index * req.vcpus + v) as usize) % cpus.len()])
+                .collect::<Vec<_>>()
+        });
+        let mut cfg = PartitionConfig {
+            index,
+            vcpus: req.vcpus,
+            mem_bytes: req.mem_bytes,
+            cmdline: String::new(),
+            pin,
+            unmapped: req.unmapped,
+            tracepoints: req.tracepoints,
+            kvm_stats: true,
+            max_exits: req.max_exits,
+            echo_console: req.echo_console,
+            kvm_pv_features: 0,
+        };
+        // The guest learns its devices from command-line words, which depend only on the
+        // options, so the line is complete before the partition (and its start info) exists.
+        let device_words = devices::cmdline_words(&req.devices, info.devices);
+        cfg.cmdline = guest_cmdline(req, index, &device_words);
+        let mut p = Partition::new(kvm, cfg, image)?;
+        devices::attach(&mut p, &req.devices, info.devices)?;
+        built.push(p);
+    }
+    let mut running = Vec::with_capacity(built.len());
+    for p in built {
+        running.push(p.start()?);
+    }
+    let deadline = Instant::now() + req.timeout;
+    let mut partitions = Vec::with_capacity(running.len());
+    for r in running {
+        let outcome = r.wait(deadline, req.timeout);
+        let report = guest_output::parse(&outcome.console);
+        partitions.push(PartitionResult { outcome, report });
+    }
+    let params = effective_args(info, req);
+    let records = partitions
+        .iter()
+        .flat_map(|p| records_for(req, ctx, &params, p))
+        .collect();
+    Ok(RunResult {
+        partitions,
+        records,
+    })
+}
+
+fn failure_reason(p: &PartitionResult) -> String {
+    let mut why = p.outcome.status.to_string();
+    if let Some(f) = &p.report.fault {
+        why.push_str(&format!(" [{f}]"));
+    }
+    why
+}
+
+/// The records of one partition: one per reported phase (plus skipped micro-tests), or one
+/// `run` record when the guest reported no phase.
+pub fn records_for(
+    req: &RunRequest,
+    ctx: &RecordContext,
+    params: &BTreeMap<String, String>,
+    p: &PartitionResult,
+) -> Vec<RunRecord> {
+    let o = &p.outcome;
+    let status = if o.status.is_ok() {
+        RecordStatus::Ok
+    } else {
+        RecordStatus::Failed(failure_reason(p))
+    };
+    let tsc_khz = u64::from(o.tsc_khz.unwrap_or(0));
+    let mut notes = o.notes.clone();
+    if p.report.malformed > 0 {
+        notes.push(format!(
+            "{} malformed result lines ignored",
+            p.report.malformed
+        ));
+    }
+    if o.console_dropped > 0 {
+        notes.push(format!(
+            "{} console bytes dropped past the capture limit",
+            o.console_dropped
+        ));
+    }
+    let base = RunRecord {
+        schema: SCHEMA_VERSION,
+        run_id: ctx.run_id.clone(),
+        timestamp: ctx.timestamp.clone(),
+        git_rev: ctx.git_rev.clone(),
+        hv_version: ctx.hv_version.clone(),
+        host: ctx.host.clone(),
+        experiment: ctx.experiment.clone(),
+        vmm: "hv".into(),
+        workload: req.workload.clone(),
+        params: params.clone(),
+        device: req.devices.variant.name().into(),
+        enlightenments: req.enlightenments.clone(),
+        variant: req.variant_label(),
+        vcpus: req.vcpus,
+        partitions: req.partitions,
+        partition: o.index,
+        repetition: ctx.repetition,
+        status: status.clone(),
+        tsc_khz,
+        notes,
+        ..RunRecord::default()
+    };
+    let mut out = Vec::new();
+    for gp in &p.report.phases {
+        let mut r = base.clone();
+        r.phase = gp.name.clone();
+        r.phase_id = gp.id;
+        r.ops = gp.ops;
+        r.guest_tsc = gp.tsc;
+        r.metrics = gp
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        r.latency = crate::latency::summarize(&gp.hist, tsc_khz);
+        match o.phases.iter().find(|d| d.id == gp.id) {
+            Some(d) => {
+                r.wall_ns = d.wall_ns;
+                r.exits = d.exits.clone();
+                r.exits_by_device = d.exits_by_device.clone();
+                r.kvm_stats = d.kvm_stats.clone();
+                r.tracepoints = d.tracepoints.clone();
+                r.cpu = d.cpu;
+            }
+            None => r
+                .notes
+                .push("no phase markers seen for this phase: host counters missing".into()),
+        }
+        out.push(r);
+    }
+    for (name, reason) in &p.report.skips {
+        let mut r = base.clone();
+        r.phase = name.clone();
+        r.status = RecordStatus::Skipped(reason.clone());
+        out.push(r);
+    }
+    if out.is_empty() {
+        let mut r = base;
+        r.phase = "run".into();
+        r.wall_ns = u64::try_from(o.wall.as_nanos()).unwrap_or(u64::MAX);
+        r.exits = o.totals.exits.clone();
+        r.exits_by_device = o.totals.exits_by_device.clone();
+        r.kvm_stats = o.totals.kvm_stats.clone();
+        r.tracepoints = o.totals.tracepoints.clone();
+        r.cpu = o.totals.cpu;
+        out.push(r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time_matches_known_dates() {
+        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil_from_unix(1_795_000_000), (2026, 11, 18, 11, 6, 40));
+    }
+
+    #[test]
+    fn unknown_workload_lists_valid_ones() {
+        let req = RunRequest {
+            workload: "nope".into(),
+            ..Default::default()
+        };
+        let e = validate(&req).unwrap_err().to_string();
+        assert!(e.contains("exit-floor") && e.contains("mem-pattern"), "{e}");
+    }
+
+    #[test]
+    fn unknown_argument_is_refused_with_the_valid_ones() {
+        let mut req = RunRequest {
+            workload: "exit-floor".into(),
+            ..Default::default()
+        };
+        req.args.insert("itres".into(), "5".into());
+        let e = validate(&req).unwrap_err().to_string();
+        assert!(e.contains("itres") && e.contains("iters"), "{e}");
+        req.args.clear();
+        req.args.insert("iters".into(), "5 6".into());
+        assert!(validate(&req).is_err());
+    }
+
+    #[test]
+    fn cmdline_and_variant_label() {
+        let mut req = RunRequest {
+            workload: "exit-floor".into(),
+            vcpus: 2,
+            ..Default::default()
+        };
+        req.args.insert("iters".into(), "7".into());
+        assert_eq!(
+            guest_cmdline(&req, 1, &["blk=ata".into()]),
+            "exit-floor cpus=2 part=1 iters=7 blk=ata"
+        );
+        assert_eq!(req.variant_label(), "none");
+        req.enlightenments = vec!["kvm-clock".into(), "pv-eoi".into()];
+        assert_eq!(req.variant_label(), "kvm-clock+pv-eoi");
+        req.devices.variant = DeviceVariant::Synthetic;
+        req.devices.event_idx = true;
+        assert_eq!(req.variant_label(), "synthetic+kvm-clock+pv-eoi");
+    }
+}
