@@ -33,8 +33,9 @@ enum Command {
     ///   hv run exit-floor
     ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
     ///   hv run mem-pattern --partitions 2 --cpus 0,1
+    ///   hv run blk-io --device both --qd 32 --bs 4K --pattern rand
     #[command(verbatim_doc_comment)]
-    Run(args::RunArgs),
+    Run(Box<args::RunArgs>),
     /// Probe what this host's KVM can do: capabilities, PV features, whether hypercalls work,
     /// and whether virtualization is hardware or nested/emulated.
     Caps {
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Caps { json } => cmd_caps(json),
         Command::List => {
             print!("{}", table::workloads());
