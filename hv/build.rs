@@ -112,8 +112,13 @@ fn ensure_guest_target() {
         return;
     }
     println!("cargo:warning=installing the guest target: rustup target add {GUEST_TARGET}");
-    let ok = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status().is_ok_and(|s| s.success());
+    let ok = Command::new("rustup")
+        .args(["target", "add", GUEST_TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        println!("cargo:warning=could not run `rustup target add {GUEST_TARGET}`; install the target by hand");
+        println!(
+            "cargo:warning=could not run `rustup target add {GUEST_TARGET}`; install the target by hand"
+        );
     }
 }

@@ -22,6 +22,7 @@ use crate::bus::{Bus, SharedDevice};
 use crate::counters::cputime::ThreadClock;
 use crate::counters::kvm_stats::KvmStatsReader;
 use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
+use crate::devices::NoteSink;
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
 use crate::error::HvError;
@@ -163,6 +164,8 @@ pub struct Partition {
     keep_alive: Vec<Box<dyn std::any::Any + Send>>,
     /// CPU clocks of device worker threads, counted as worker time in every phase.
     worker_clocks: Vec<ThreadClock>,
+    /// Remarks from devices (guest-caused errors, counters), merged into the run's notes.
+    device_notes: NoteSink,
 }
 
 impl std::fmt::Debug for Partition {
@@ -304,6 +307,7 @@ impl Partition {
             _kernel_port: kernel_port,
             keep_alive: Vec::new(),
             worker_clocks: Vec::new(),
+            device_notes: NoteSink::default(),
         })
     }
 
@@ -342,6 +346,16 @@ impl Partition {
         d: SharedDevice,
     ) -> Result<usize, HvError> {
         self.mmio.insert(name, base, len, d)
+    }
+
+    /// Where devices report remarks for the run's notes.
+    pub fn device_notes(&self) -> NoteSink {
+        self.device_notes.clone()
+    }
+
+    /// The console capture (the 16550's), for other console devices to write into.
+    pub fn console_sink(&self) -> ConsoleSink {
+        self.console.clone()
     }
 
     /// Keeps `thing` alive until the partition's run ends (device workers, eventfds).
@@ -447,7 +461,8 @@ impl Partition {
             started,
             tsc_khz: self.tsc_khz,
             _vm: self.vm,
-            _keep_alive: self.keep_alive,
+            keep_alive: self.keep_alive,
+            device_notes: self.device_notes,
         })
     }
 }
@@ -482,7 +497,8 @@ pub struct RunningPartition {
     started: Instant,
     tsc_khz: Option<u32>,
     _vm: Arc<VmFd>,
-    _keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    device_notes: NoteSink,
 }
 
 impl std::fmt::Debug for RunningPartition {
@@ -529,6 +545,11 @@ impl RunningPartition {
                 status = RunStatus::VcpuThreadPanicked { vcpu: i as u32 };
             }
         }
+        // Device workers stop (and file-backed disks sync) before the outcome is read, so a
+        // clean exit leaves every completed write in the image and their remarks in the notes.
+        drop(self.keep_alive);
+        let mut notes = self.meter.notes();
+        notes.extend(self.device_notes.snapshot());
         let (console, console_dropped) = {
             let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
             (c.text(), c.dropped)
@@ -540,7 +561,7 @@ impl RunningPartition {
             console_dropped,
             phases: self.meter.phases(),
             totals: self.meter.totals(),
-            notes: self.meter.notes(),
+            notes,
             wall,
             tsc_khz: self.tsc_khz,
             memory: self.mem,

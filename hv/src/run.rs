@@ -9,7 +9,7 @@ use kvm_ioctls::Kvm;
 use crate::devices::{self, DeviceOptions, DeviceVariant};
 use crate::error::HvError;
 use crate::guest_output::{self, GuestReport};
-use crate::partition::{Partition, PartitionConfig, PartitionOutcome};
+use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome};
 use crate::record::{HostInfo, RecordStatus, RunRecord, SCHEMA_VERSION};
 use crate::vcpu::UnmappedPolicy;
 
@@ -196,6 +196,16 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
     Ok(info)
 }
 
+/// Sets what the workload declares it needs from the host side (`WorkloadInfo::host_features`).
+pub fn apply_host_features(info: &WorkloadInfo, cfg: &mut PartitionConfig) {
+    cfg.irqchip = if info.host_features.contains(&"full-irqchip") {
+        IrqChip::Full
+    } else {
+        IrqChip::Split
+    };
+    cfg.kernel_port = info.host_features.contains(&"kernel-port");
+}
+
 /// The effective arguments: declared defaults overlaid with the request's.
 pub fn effective_args(info: &WorkloadInfo, req: &RunRequest) -> BTreeMap<String, String> {
     let mut a: BTreeMap<String, String> = info
@@ -266,9 +276,9 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             max_exits: req.max_exits,
             echo_console: req.echo_console,
             kvm_pv_features: 0,
-            irqchip: Default::default(),
-            kernel_port: info.host_features.contains(&"kernel-port"),
+            ..PartitionConfig::default()
         };
+        apply_host_features(info, &mut cfg);
         // The guest learns its devices from command-line words, which depend only on the
         // options, so the line is complete before the partition (and its start info) exists.
         let device_words = devices::cmdline_words(&req.devices, info.devices);

@@ -5,6 +5,8 @@
 //! that file plus one line in the `registry!` below.
 #![no_std]
 
+pub mod blk_io;
+pub mod console_io;
 pub mod exit_floor;
 pub mod mem_pattern;
 pub mod misbehave;
@@ -50,7 +52,7 @@ macro_rules! registry {
     };
 }
 
-registry!(exit_floor, mem_pattern, misbehave);
+registry!(exit_floor, mem_pattern, misbehave, blk_io, console_io);
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Option<&'static WorkloadInfo> {

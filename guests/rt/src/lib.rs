@@ -13,6 +13,7 @@ pub mod apic;
 pub mod args;
 pub mod console;
 pub mod cpu;
+pub mod drivers;
 pub mod entry;
 pub mod hv;
 pub mod idt;

@@ -29,9 +29,34 @@ pub struct RunArgs {
     /// Print run records as JSON lines (DESIGN.md §5) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Device variant for the workload's device classes: none, emulated or synthetic.
+    /// Device variant for the workload's device classes: none, emulated, synthetic, or both
+    /// (emulated then synthetic, back to back).
     #[arg(long, default_value = "none")]
     pub device: String,
+    /// Raw disk image for the block device (created when missing); default: in memory.
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    /// Size of a created (or in-memory) disk, e.g. 64M.
+    #[arg(long)]
+    pub disk_size: Option<String>,
+    /// Block workloads: requests in flight (workload argument `qd`).
+    #[arg(long)]
+    pub qd: Option<u32>,
+    /// Block workloads: bytes per I/O, e.g. 4K (workload argument `bs`).
+    #[arg(long)]
+    pub bs: Option<String>,
+    /// Block workloads: seq or rand (workload argument `pattern`).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Block workloads: read, write or mixed (workload argument `rw`).
+    #[arg(long)]
+    pub rw: Option<String>,
+    /// Synthetic devices: the worker polls the rings and the driver polls for completions.
+    #[arg(long)]
+    pub polling: bool,
+    /// Synthetic devices: do not offer VIRTIO_F_EVENT_IDX.
+    #[arg(long)]
+    pub no_event_idx: bool,
     /// Echo the guest console to stderr.
     #[arg(long)]
     pub console: bool,

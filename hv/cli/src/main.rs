@@ -33,8 +33,9 @@ enum Command {
     ///   hv run exit-floor
     ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
     ///   hv run mem-pattern --partitions 2 --cpus 0,1
+    ///   hv run blk-io --device both --qd 32 --bs 4K --pattern rand
     #[command(verbatim_doc_comment)]
-    Run(args::RunArgs),
+    Run(Box<args::RunArgs>),
     /// Probe what this host's KVM can do: capabilities, PV features, whether hypercalls work,
     /// and whether virtualization is hardware or nested/emulated.
     Caps {
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Caps { json } => cmd_caps(json),
         Command::List => {
             print!("{}", table::workloads());
@@ -89,7 +90,7 @@ fn cmd_caps(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn build_request(a: &args::RunArgs) -> Result<RunRequest> {
+fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest> {
     let mut wl_args = BTreeMap::new();
     for kv in &a.workload_args {
         let Some((k, v)) = kv.split_once('=') else {
@@ -99,12 +100,24 @@ fn build_request(a: &args::RunArgs) -> Result<RunRequest> {
         };
         wl_args.insert(k.to_string(), v.to_string());
     }
-    let variant = match a.device.as_str() {
-        "none" => DeviceVariant::None,
-        "emulated" => DeviceVariant::Emulated,
-        "synthetic" => DeviceVariant::Synthetic,
-        other => bail!("--device {other}: expected none, emulated or synthetic"),
-    };
+    // Block-workload flags are shorthands for workload arguments.
+    let shorthands = [
+        ("qd", a.qd.map(|v| v.to_string())),
+        (
+            "bs",
+            a.bs.as_deref()
+                .map(|v| args::parse_size(v).map(|n| n.to_string()))
+                .transpose()
+                .context("--bs")?,
+        ),
+        ("pattern", a.pattern.clone()),
+        ("rw", a.rw.clone()),
+    ];
+    for (k, v) in shorthands {
+        if let Some(v) = v {
+            wl_args.insert(k.to_string(), v);
+        }
+    }
     Ok(RunRequest {
         workload: a.workload.clone(),
         args: wl_args,
@@ -128,7 +141,16 @@ fn build_request(a: &args::RunArgs) -> Result<RunRequest> {
         tracepoints: !a.no_tracepoints,
         devices: DeviceOptions {
             variant,
-            ..DeviceOptions::default()
+            disk: a.disk.clone(),
+            disk_size: a
+                .disk_size
+                .as_deref()
+                .map(args::parse_size)
+                .transpose()
+                .context("--disk-size")?
+                .unwrap_or(0),
+            event_idx: !a.no_event_idx,
+            polling: a.polling,
         },
         enlightenments: Vec::new(),
         image: match &a.image {
@@ -141,7 +163,24 @@ fn build_request(a: &args::RunArgs) -> Result<RunRequest> {
 }
 
 fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {
-    let req = build_request(&a)?;
+    let variants = match a.device.as_str() {
+        "none" => vec![DeviceVariant::None],
+        "emulated" => vec![DeviceVariant::Emulated],
+        "synthetic" => vec![DeviceVariant::Synthetic],
+        "both" => vec![DeviceVariant::Emulated, DeviceVariant::Synthetic],
+        other => bail!("--device {other}: expected none, emulated, synthetic or both"),
+    };
+    let mut code = ExitCode::SUCCESS;
+    for v in variants {
+        if cmd_run_one(&a, v)? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+fn cmd_run_one(a: &args::RunArgs, variant: DeviceVariant) -> Result<ExitCode> {
+    let req = build_request(a, variant)?;
     hv::run::validate(&req)?;
     let kvm = hv::error::open_kvm()?;
     let ctx = RecordContext::adhoc();

@@ -2,13 +2,59 @@
 //! driven register by register (every access traps); `synthetic/` devices use shared-memory
 //! rings and doorbells, served by a worker thread.
 
+pub mod disk;
 pub mod emulated;
 pub mod hv_ports;
+pub mod synthetic;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::HvError;
 use crate::partition::Partition;
+use disk::Disk;
+use emulated::ata::{ATA_BASE, ATA_CONTROL, AtaCommandBlock, AtaControlBlock, AtaCore};
+use synthetic::{DeviceState, MMIO_SIZE, Tuning};
+
+/// Most remarks a partition's devices keep (a hostile guest must not grow hv's memory).
+const MAX_NOTES: usize = 64;
+
+/// Where devices report remarks (errors a guest caused, counters) for the run's notes. Each
+/// distinct message is kept once.
+#[derive(Debug, Clone, Default)]
+pub struct NoteSink(Arc<Mutex<Vec<String>>>);
+
+impl NoteSink {
+    /// Adds `msg` unless it is already there or the sink is full.
+    pub fn note(&self, msg: String) {
+        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if n.len() < MAX_NOTES && !n.contains(&msg) {
+            n.push(msg);
+        }
+    }
+
+    /// The remarks so far.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Guest-physical base of synthetic device `n` (virtio-mmio, one page each).
+pub const fn virtio_mmio_base(n: u64) -> u64 {
+    0xd000_1000 + n * MMIO_SIZE
+}
+
+/// IOAPIC pin (GSI) of synthetic device `n`.
+pub const fn virtio_gsi(n: u32) -> u32 {
+    10 + n
+}
+
+/// Slot of the virtio-blk device.
+pub const BLK_SLOT: u32 = 0;
+/// Slot of the virtio-console device.
+pub const CONSOLE_SLOT: u32 = 1;
 
 /// Which model backs a workload's device classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,12 +93,40 @@ pub struct DeviceOptions {
     pub polling: bool,
 }
 
-/// Guest command-line words that tell the guest drivers which devices to expect.
+/// Guest command-line words that tell the guest drivers which devices to expect and where:
+/// `blk=ata` or `blk=virtio blk_mmio=ADDR blk_irq=GSI`, `con=uart` or `con=virtio con_mmio=ADDR
+/// con_irq=GSI`, and for synthetic devices `evidx=0|1 poll=0|1`. They depend only on the
+/// options, so the command line is complete before the partition exists.
 pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
-    if classes.is_empty() {
-        return Vec::new();
+    let mut words = Vec::new();
+    if classes.is_empty() || opts.variant == DeviceVariant::None {
+        return words;
     }
-    vec![format!("dev={}", opts.variant.name())]
+    for &class in classes {
+        match (class, opts.variant) {
+            ("block", DeviceVariant::Emulated) => words.push("blk=ata".to_string()),
+            ("block", _) => {
+                words.push("blk=virtio".into());
+                words.push(format!("blk_mmio={:#x}", virtio_mmio_base(BLK_SLOT.into())));
+                words.push(format!("blk_irq={}", virtio_gsi(BLK_SLOT)));
+            }
+            ("console", DeviceVariant::Emulated) => words.push("con=uart".into()),
+            ("console", _) => {
+                words.push("con=virtio".into());
+                words.push(format!(
+                    "con_mmio={:#x}",
+                    virtio_mmio_base(CONSOLE_SLOT.into())
+                ));
+                words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
+            }
+            _ => {}
+        }
+    }
+    if opts.variant == DeviceVariant::Synthetic {
+        words.push(format!("evidx={}", u8::from(opts.event_idx)));
+        words.push(format!("poll={}", u8::from(opts.polling)));
+    }
+    words
 }
 
 /// Attaches the devices of `classes` (as a workload declares them: `console`, `block`) in the
@@ -62,13 +136,88 @@ pub fn attach(
     opts: &DeviceOptions,
     classes: &[&str],
 ) -> Result<(), HvError> {
-    let _ = partition;
     if classes.is_empty() || opts.variant == DeviceVariant::None {
         return Ok(());
     }
-    Err(HvError::Setup(format!(
-        "{} devices for {} are not available in this build",
-        opts.variant.name(),
-        classes.join(", ")
-    )))
+    for &class in classes {
+        match (class, opts.variant) {
+            ("block", DeviceVariant::Emulated) => {
+                let disk = open_disk(opts)?;
+                let core = Arc::new(Mutex::new(AtaCore::new(disk, partition.device_notes())));
+                partition.add_pio_device(
+                    "ata",
+                    ATA_BASE,
+                    8,
+                    Arc::new(Mutex::new(AtaCommandBlock(core.clone()))),
+                )?;
+                partition.add_pio_device(
+                    "ata-ctl",
+                    ATA_CONTROL,
+                    1,
+                    Arc::new(Mutex::new(AtaControlBlock(core))),
+                )?;
+            }
+            ("block", _) => {
+                let disk = open_disk(opts)?;
+                let backend = synthetic::blk::Blk::new(disk, partition.device_notes());
+                attach_virtio(partition, opts, "virtio-blk", BLK_SLOT, Box::new(backend))?;
+            }
+            ("console", DeviceVariant::Emulated) => {} // COM1 is always there
+            ("console", _) => {
+                let backend = synthetic::console::Console::new(partition.console_sink());
+                attach_virtio(
+                    partition,
+                    opts,
+                    "virtio-console",
+                    CONSOLE_SLOT,
+                    Box::new(backend),
+                )?;
+            }
+            (other, _) => {
+                return Err(HvError::Setup(format!(
+                    "unknown device class `{other}` (known: block, console)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {
+    let d = Disk::from_options(opts.disk.as_deref(), opts.disk_size)
+        .map_err(|e| HvError::Setup(e.to_string()))?;
+    Ok(Arc::new(Mutex::new(d)))
+}
+
+fn attach_virtio(
+    partition: &mut Partition,
+    opts: &DeviceOptions,
+    name: &str,
+    slot: u32,
+    backend: Box<dyn synthetic::VirtioBackend>,
+) -> Result<(), HvError> {
+    let irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
+    let state = DeviceState::new(
+        name,
+        backend,
+        partition.memory().clone(),
+        irq.try_clone()
+            .map_err(|e| HvError::Setup(format!("eventfd: {e}")))?,
+        partition.device_notes(),
+        Tuning {
+            event_idx: opts.event_idx,
+            polling: opts.polling,
+        },
+    )?;
+    let base = virtio_mmio_base(slot.into());
+    let vm = partition.vm().clone();
+    let attached = synthetic::create(&vm, name, base, virtio_gsi(slot), state, &irq)?;
+    partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device)?;
+    if let Some(c) = attached.clock {
+        partition.add_worker_clock(c);
+    }
+    partition.keep_alive(Box::new(attached.worker));
+    partition.keep_alive(Box::new(irq));
+    Ok(())
 }

@@ -1,3 +1,4 @@
 //! Emulated devices: every guest register access is a userspace exit handled here.
 
+pub mod ata;
 pub mod serial;

@@ -1,0 +1,689 @@
+//! blk-io: sequential or random reads and writes of `bs` bytes at queue depth `qd` through the
+//! block device hv attached (ATA PIO or virtio-blk, named by the `blk=` word hv adds), with
+//! every byte verified. Each sector carries a header (seed, LBA) and a fill word derived from
+//! both, so a later run (even through the other device kind) can verify what an earlier one
+//! wrote (`prep=0`). One latency sample per operation (submit to completion seen).
+//!
+//! Phases: `blk-prep` (writes what a read phase will read, unless `prep=0`), the measured
+//! `blk-read` / `blk-write` / `blk-mixed`, and `blk-verify` after writes. Metrics: bytes,
+//! interrupts, kicks (guest notifications), sectors. `how=` runs a hostile-guest case instead.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "blk-io",
+    summary: "block I/O through ATA PIO or virtio-blk: seq/rand, read/write/mixed, bs, qd; verified",
+    params: &[
+        Param {
+            key: "rw",
+            default: "read",
+            help: "read | write | mixed",
+        },
+        Param {
+            key: "pattern",
+            default: "seq",
+            help: "seq | rand",
+        },
+        Param {
+            key: "bs",
+            default: "4096",
+            help: "bytes per I/O (multiple of 512)",
+        },
+        Param {
+            key: "qd",
+            default: "1",
+            help: "requests in flight (virtio; ATA is always 1)",
+        },
+        Param {
+            key: "count",
+            default: "32",
+            help: "I/Os in the measured phase",
+        },
+        Param {
+            key: "seed",
+            default: "1",
+            help: "data pattern and random-offset seed",
+        },
+        Param {
+            key: "prep",
+            default: "1",
+            help: "write the blocks a read phase reads first",
+        },
+        Param {
+            key: "flush",
+            default: "1",
+            help: "FLUSH after the write phase",
+        },
+        Param {
+            key: "span",
+            default: "8m",
+            help: "bytes of the disk the I/Os fall in",
+        },
+        Param {
+            key: "pio",
+            default: "rep",
+            help: "ATA data transfer: rep (string I/O) | loop (one access per word)",
+        },
+        Param {
+            key: "width",
+            default: "16",
+            help: "ATA data register access width: 16 | 32",
+        },
+        Param {
+            key: "multiple",
+            default: "0",
+            help: "ATA: sectors per DRQ block via READ/WRITE MULTIPLE (0: off)",
+        },
+        Param {
+            key: "lba48",
+            default: "0",
+            help: "ATA: always use the EXT (LBA48) commands",
+        },
+        Param {
+            key: "how",
+            default: "normal",
+            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx | ata: past-end, out-of-order",
+        },
+    ],
+    min_vcpus: 1,
+    devices: &["block"],
+    // virtio completions arrive on IOAPIC pins, which only the full in-kernel irqchip has.
+    host_features: &["full-irqchip"],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::arch::asm;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use hvlab_guest_rt::drivers::ata::{self, Ata, AtaError, PioMode};
+    use hvlab_guest_rt::drivers::ioapic;
+    use hvlab_guest_rt::drivers::virtio::{
+        self, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, F_EVENT_IDX, F_INDIRECT_DESC,
+        F_VERSION_1, Mmio, RingMem, S_NEEDS_RESET, VirtQueue, blk,
+    };
+    use hvlab_guest_rt::phase::{self, Histogram};
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, println};
+
+    const ARENA_BYTES: usize = 512 * 1024;
+    const MAX_SLOTS: usize = 64;
+    const VECTOR: u8 = 0x40;
+    const MAGIC: u64 = 0x4856_4c42_0000_0000;
+
+    #[repr(C, align(4096))]
+    struct Arena([u8; ARENA_BYTES]);
+    static mut ARENA: Arena = Arena([0; ARENA_BYTES]);
+    static mut RING: RingMem = RingMem::new();
+    static mut HDR: [[u64; 2]; MAX_SLOTS] = [[0; 2]; MAX_SLOTS];
+    static mut STATUS: [u8; MAX_SLOTS] = [0; MAX_SLOTS];
+    static mut INDIRECT: [[u64; 2]; 32] = [[0; 2]; 32];
+    static IRQS: AtomicU64 = AtomicU64::new(0);
+
+    fn on_irq(_: u8) {
+        IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn arena(off: usize) -> *mut u8 {
+        // SAFETY: only the address is taken; callers stay within ARENA_BYTES.
+        unsafe { (core::ptr::addr_of_mut!(ARENA) as *mut u8).add(off) }
+    }
+
+    fn fill_word(lba: u64, seed: u64) -> u64 {
+        (lba ^ (seed << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+    }
+
+    /// Writes the pattern of `sectors` sectors starting at `lba` into `buf`.
+    fn stamp(buf: *mut u8, lba: u64, sectors: u64, seed: u64) {
+        for k in 0..sectors {
+            // SAFETY: `buf` holds `sectors` sectors (arena slot).
+            unsafe {
+                let p = buf.add(k as usize * 512) as *mut u64;
+                p.write(MAGIC ^ seed);
+                p.add(1).write(lba + k);
+                asm!("rep stosq", inout("rdi") p.add(2) => _, inout("rcx") 62u64 => _,
+                     in("rax") fill_word(lba + k, seed), options(nostack, preserves_flags));
+            }
+        }
+    }
+
+    /// Checks the pattern; returns the first bad sector's LBA.
+    fn check(buf: *const u8, lba: u64, sectors: u64, seed: u64) -> Result<(), u64> {
+        for k in 0..sectors {
+            let ok: u8;
+            // SAFETY: as for `stamp`, read-only.
+            unsafe {
+                let p = buf.add(k as usize * 512) as *const u64;
+                if p.read() != MAGIC ^ seed || p.add(1).read() != lba + k {
+                    return Err(lba + k);
+                }
+                asm!("repe scasq", "sete {ok}", ok = out(reg_byte) ok,
+                     inout("rdi") p.add(2) => _, inout("rcx") 62u64 => _,
+                     in("rax") fill_word(lba + k, seed), options(nostack, readonly));
+            }
+            if ok == 0 {
+                return Err(lba + k);
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Copy)]
+    struct Op {
+        write: bool,
+        lba: u64,
+    }
+
+    struct VBlk {
+        dev: Mmio,
+        q: VirtQueue,
+        sectors: u64,
+        poll: bool,
+        kicks: u64,
+    }
+
+    impl VBlk {
+        fn open(ctx: &Ctx, queue: u16, indirect: bool) -> Result<VBlk, Fail> {
+            let base = ctx.args.u64_or("blk_mmio", 0)?;
+            let irq = ctx.args.u64_or("blk_irq", 0)?;
+            let evidx = ctx.args.bool_or("evidx", true)?;
+            let poll = ctx.args.bool_or("poll", false)?;
+            if base == 0 {
+                return Err(Fail::Unsupported("virtio-blk without blk_mmio="));
+            }
+            let dev = Mmio(base);
+            // SAFETY: one driver instance per run owns the ring memory.
+            let ring = unsafe { &mut *core::ptr::addr_of_mut!(RING) };
+            let mut q = VirtQueue::new(0, queue, ring, false);
+            let mut wanted = F_VERSION_1;
+            if evidx {
+                wanted |= F_EVENT_IDX;
+            }
+            if indirect {
+                wanted |= F_INDIRECT_DESC;
+            }
+            let features = virtio::init(dev, blk::DEVICE_ID, wanted, &[&q])
+                .map_err(|_| Fail::Unsupported("virtio-blk setup"))?;
+            q.event_idx = features & F_EVENT_IDX != 0;
+            let sectors = u64::from(dev.read(virtio::REG_CONFIG))
+                | u64::from(dev.read(virtio::REG_CONFIG + 4)) << 32;
+            idt::register(VECTOR, on_irq);
+            ioapic::mask_pic();
+            ioapic::route(irq as u8, VECTOR, apic::id());
+            if poll {
+                cpu::cli();
+                if q.event_idx {
+                    q.set_used_event(q.last_used.wrapping_add(0x7fff));
+                } else {
+                    q.set_no_interrupt(true);
+                }
+            }
+            Ok(VBlk {
+                dev,
+                q,
+                sectors,
+                poll,
+                kicks: 0,
+            })
+        }
+
+        fn submit(&mut self, slot: usize, kind: u32, sector: u64, buf: u64, len: u32) {
+            let s = slot as u16 * 3;
+            // SAFETY: slot < MAX_SLOTS; the device reads these only after `publish`.
+            let (hdr, st) = unsafe {
+                let h = &mut (*core::ptr::addr_of_mut!(HDR))[slot];
+                h[0] = u64::from(kind);
+                h[1] = sector;
+                let st = &mut (*core::ptr::addr_of_mut!(STATUS))[slot];
+                *st = 0xff;
+                (h.as_ptr() as u64, st as *mut u8 as u64)
+            };
+            self.q.set_desc(s, hdr, 16, DESC_F_NEXT, s + 1);
+            if len == 0 {
+                self.q.set_desc(s + 1, st, 1, DESC_F_WRITE, 0);
+            } else {
+                let f = if kind == blk::T_IN { DESC_F_WRITE } else { 0 };
+                self.q.set_desc(s + 1, buf, len, f | DESC_F_NEXT, s + 2);
+                self.q.set_desc(s + 2, st, 1, DESC_F_WRITE, 0);
+            }
+            self.q.push(s);
+        }
+
+        fn kick(&mut self) {
+            if self.q.kick(self.dev) {
+                self.kicks += 1;
+            }
+        }
+
+        /// Asks for one interrupt when `n` more requests have completed (EVENT_IDX); call
+        /// before the kick so a fast device cannot complete before the driver asked.
+        fn expect(&mut self, n: usize) {
+            if !self.poll && self.q.event_idx {
+                self.q
+                    .set_used_event(self.q.last_used.wrapping_add(n as u16 - 1));
+            }
+        }
+
+        /// Waits for `n` completions, recording each one's latency from `t0`.
+        fn wait(&mut self, n: usize, t0: u64, hist: &mut Histogram) -> Result<(), Fail> {
+            let mut got = 0;
+            let mut idle = 0u64;
+            while got < n {
+                while let Some((id, _)) = self.q.pop_used() {
+                    hist.record(cpu::rdtsc().wrapping_sub(t0));
+                    let slot = id as usize / 3;
+                    // SAFETY: the device wrote the status byte before the used entry.
+                    let st = unsafe {
+                        core::ptr::read_volatile(core::ptr::addr_of!(STATUS[slot % MAX_SLOTS]))
+                    };
+                    if st != blk::S_OK {
+                        println!("blk-io: request {slot} status {st}");
+                        return Err(Fail::Check("virtio-blk request failed"));
+                    }
+                    got += 1;
+                }
+                if got == n {
+                    break;
+                }
+                idle += 1;
+                if self.poll {
+                    cpu::pause();
+                    if idle > 50_000_000 {
+                        return Err(Fail::Check("virtio-blk: no completion (polling)"));
+                    }
+                } else {
+                    cpu::cli();
+                    if !self.q.has_used() {
+                        cpu::sti_hlt();
+                    } else {
+                        cpu::sti();
+                    }
+                    if idle % 64 == 0 && self.dev.status() & S_NEEDS_RESET != 0 {
+                        return Err(Fail::Check("virtio-blk: device needs reset"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    enum Dev {
+        Ata(Ata),
+        Virtio(VBlk),
+    }
+
+    impl Dev {
+        fn sectors(&self) -> u64 {
+            match self {
+                Dev::Ata(a) => a.sectors,
+                Dev::Virtio(v) => v.sectors,
+            }
+        }
+
+        fn kicks(&self) -> u64 {
+            match self {
+                Dev::Ata(_) => 0,
+                Dev::Virtio(v) => v.kicks,
+            }
+        }
+
+        /// Runs `ops` (each `bs` bytes, buffer i at arena offset i*bs) as one batch.
+        fn batch(&mut self, ops: &[Op], bs: u64, hist: &mut Histogram) -> Result<(), Fail> {
+            let n = bs / 512;
+            match self {
+                Dev::Ata(a) => {
+                    for (i, op) in ops.iter().enumerate() {
+                        let buf = arena(i * bs as usize);
+                        let t0 = cpu::rdtsc();
+                        let r = if op.write {
+                            a.write(op.lba, n as u32, buf)
+                        } else {
+                            a.read(op.lba, n as u32, buf)
+                        };
+                        hist.record(cpu::rdtsc().wrapping_sub(t0));
+                        if let Err(e) = r {
+                            println!("blk-io: ATA error {e:?} at lba {}", op.lba);
+                            return Err(Fail::Check("ATA command failed"));
+                        }
+                    }
+                    Ok(())
+                }
+                Dev::Virtio(v) => {
+                    let t0 = cpu::rdtsc();
+                    for (i, op) in ops.iter().enumerate() {
+                        let kind = if op.write { blk::T_OUT } else { blk::T_IN };
+                        v.submit(i, kind, op.lba, arena(i * bs as usize) as u64, bs as u32);
+                    }
+                    v.expect(ops.len());
+                    v.kick();
+                    v.wait(ops.len(), t0, hist)
+                }
+            }
+        }
+
+        fn flush(&mut self) -> Result<(), Fail> {
+            match self {
+                Dev::Ata(a) => a.flush().map_err(|_| Fail::Check("ATA flush failed")),
+                Dev::Virtio(v) => {
+                    v.submit(0, blk::T_FLUSH, 0, 0, 0);
+                    v.expect(1);
+                    v.kick();
+                    let mut h = Histogram::default();
+                    v.wait(1, cpu::rdtsc(), &mut h)
+                }
+            }
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+    }
+
+    fn open(ctx: &Ctx) -> Result<Dev, Fail> {
+        match ctx.args.str_or("blk", "none") {
+            "ata" => {
+                let wide = match ctx.args.u64_or("width", 16)? {
+                    16 => false,
+                    32 => true,
+                    _ => return Err(Fail::BadArg("width")),
+                };
+                let rep = match ctx.args.str_or("pio", "rep") {
+                    "rep" => true,
+                    "loop" => false,
+                    _ => return Err(Fail::BadArg("pio")),
+                };
+                let mut a = Ata::probe(PioMode { wide, rep })
+                    .map_err(|_| Fail::Unsupported("no ATA disk"))?;
+                let m = ctx.args.u64_or("multiple", 0)?;
+                if m != 0 {
+                    a.set_multiple(m as u16)
+                        .map_err(|_| Fail::BadArg("multiple"))?;
+                }
+                a.force_ext = ctx.args.bool_or("lba48", false)?;
+                Ok(Dev::Ata(a))
+            }
+            "virtio" => Ok(Dev::Virtio(VBlk::open(ctx, 128, false)?)),
+            _ => Err(Fail::Unsupported(
+                "no block device (hv adds blk=ata|virtio)",
+            )),
+        }
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let how = ctx.args.str_or("how", "normal");
+        if how != "normal" {
+            return hostile(ctx, how);
+        }
+        let bs = ctx.args.u64_or("bs", 4096)?;
+        let qd = ctx.args.u64_or("qd", 1)?.max(1) as usize;
+        let count = ctx.args.u64_or("count", 32)? as usize;
+        let seed = ctx.args.u64_or("seed", 1)?;
+        let prep = ctx.args.bool_or("prep", true)?;
+        let flush = ctx.args.bool_or("flush", true)?;
+        let span = ctx.args.u64_or("span", 8 << 20)?;
+        let rw = ctx.args.str_or("rw", "read");
+        let rand = match ctx.args.str_or("pattern", "seq") {
+            "seq" => false,
+            "rand" => true,
+            _ => return Err(Fail::BadArg("pattern")),
+        };
+        if bs == 0 || bs % 512 != 0 || bs > 64 * 1024 {
+            return Err(Fail::BadArg("bs"));
+        }
+        if qd > MAX_SLOTS.min(42) || qd as u64 * bs > ARENA_BYTES as u64 {
+            return Err(Fail::BadArg("qd"));
+        }
+        if !matches!(rw, "read" | "write" | "mixed") {
+            return Err(Fail::BadArg("rw"));
+        }
+        let mut dev = open(ctx)?;
+        let qd = if matches!(dev, Dev::Ata(_)) { 1 } else { qd };
+        let per = bs / 512;
+        let blocks = (span / 512).min(dev.sectors()) / per;
+        if blocks == 0 {
+            return Err(Fail::BadArg("span"));
+        }
+        let rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mixed = Rng(seed ^ 0x5555_5555_5555_5555 | 1);
+        let op_at = |i: usize, rng: &mut Rng, mixed: &mut Rng| Op {
+            write: match rw {
+                "write" => true,
+                "mixed" => mixed.next() & 1 == 1,
+                _ => false,
+            },
+            lba: if rand {
+                rng.next() % blocks
+            } else {
+                i as u64 % blocks
+            } * per,
+        };
+        // Each phase regenerates the same op list from the seed (nothing is stored).
+        let batches = count.div_ceil(qd);
+        let mut hist = Histogram::default();
+
+        if prep && rw != "write" {
+            let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+            let p = phase::begin("blk-prep");
+            for b in 0..batches {
+                let n = qd.min(count - b * qd);
+                let mut ops = [Op {
+                    write: true,
+                    lba: 0,
+                }; MAX_SLOTS];
+                for (i, op) in ops.iter_mut().enumerate().take(n) {
+                    let o = op_at(b * qd + i, &mut r, &mut m);
+                    *op = Op {
+                        write: true,
+                        lba: o.lba,
+                    };
+                    stamp(arena(i * bs as usize), o.lba, per, seed);
+                }
+                dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+            }
+            p.end(count as u64)
+                .report(&[("bytes", count as u64 * bs)], None);
+        }
+
+        let name = match rw {
+            "read" => "blk-read",
+            "write" => "blk-write",
+            _ => "blk-mixed",
+        };
+        let irq0 = IRQS.load(Ordering::Relaxed);
+        let kick0 = dev.kicks();
+        let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+        let p = phase::begin(name);
+        for b in 0..batches {
+            let n = qd.min(count - b * qd);
+            let mut ops = [Op {
+                write: false,
+                lba: 0,
+            }; MAX_SLOTS];
+            for (i, op) in ops.iter_mut().enumerate().take(n) {
+                *op = op_at(b * qd + i, &mut r, &mut m);
+                if op.write {
+                    stamp(arena(i * bs as usize), op.lba, per, seed);
+                }
+            }
+            dev.batch(&ops[..n], bs, &mut hist)?;
+            for (i, op) in ops.iter().enumerate().take(n) {
+                if !op.write {
+                    if let Err(bad) = check(arena(i * bs as usize), op.lba, per, seed) {
+                        println!("blk-io: data mismatch at sector {bad}");
+                        return Err(Fail::Check("read data does not match what was written"));
+                    }
+                }
+            }
+        }
+        let f = p.end(count as u64);
+        let irqs = IRQS.load(Ordering::Relaxed) - irq0;
+        f.report(
+            &[
+                ("bytes", count as u64 * bs),
+                ("sectors", count as u64 * per),
+                ("interrupts", irqs),
+                ("kicks", dev.kicks() - kick0),
+                ("qd", qd as u64),
+            ],
+            Some(&hist),
+        );
+
+        if rw != "read" {
+            if flush {
+                dev.flush()?;
+            }
+            let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+            let p = phase::begin("blk-verify");
+            let mut verified = 0u64;
+            for b in 0..batches {
+                let n = qd.min(count - b * qd);
+                let mut ops = [Op {
+                    write: false,
+                    lba: 0,
+                }; MAX_SLOTS];
+                for (i, op) in ops.iter_mut().enumerate().take(n) {
+                    *op = Op {
+                        write: false,
+                        lba: op_at(b * qd + i, &mut r, &mut m).lba,
+                    };
+                }
+                dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+                for (i, op) in ops.iter().enumerate().take(n) {
+                    // Mixed: blocks never written hold the prep pattern (same seed) too.
+                    if let Err(bad) = check(arena(i * bs as usize), op.lba, per, seed) {
+                        println!("blk-io: verify mismatch at sector {bad}");
+                        return Err(Fail::Check("written data did not read back"));
+                    }
+                    verified += 1;
+                }
+            }
+            p.end(verified).report(&[("bytes", verified * bs)], None);
+        }
+        Ok(())
+    }
+
+    fn report_hostile(how: &str, what: &str, value: u64, ok: bool) -> Result<(), Fail> {
+        println!(
+            "HVLAB rec=info hostile={how} {what}={value:#x} detected={}",
+            u8::from(ok)
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(Fail::Check("device did not report the hostile request"))
+        }
+    }
+
+    fn hostile(ctx: &mut Ctx, how: &str) -> Result<(), Fail> {
+        match ctx.args.str_or("blk", "none") {
+            "ata" => {
+                let a = Ata::probe(PioMode {
+                    wide: false,
+                    rep: true,
+                })
+                .map_err(|_| Fail::Unsupported("no ATA disk"))?;
+                match how {
+                    "past-end" => {
+                        let r = a.read(a.sectors - 1, 2, arena(0));
+                        let ok = matches!(r, Err(AtaError::Device { error, .. }) if error & ata::ERR_IDNF != 0);
+                        report_hostile(how, "error", u64::from(ata::error()), ok)
+                    }
+                    "out-of-order" => {
+                        ata::issue(ata::CMD_READ, 0, 2, false);
+                        let s = ata::status();
+                        if s & ata::ST_DRQ == 0 {
+                            return Err(Fail::Check("READ did not raise DRQ"));
+                        }
+                        ata::issue(ata::CMD_WRITE, 0, 1, false);
+                        let s = ata::status();
+                        let e = ata::error();
+                        let ok = s & ata::ST_ERR != 0 && e & ata::ERR_ABRT != 0;
+                        // The device recovers: a normal read works afterwards.
+                        a.read(0, 1, arena(0))
+                            .map_err(|_| Fail::Check("ATA did not recover"))?;
+                        report_hostile(how, "error", u64::from(e), ok)
+                    }
+                    _ => Err(Fail::BadArg("how")),
+                }
+            }
+            "virtio" => {
+                let long = how == "long";
+                let mut v = VBlk::open(ctx, if long { 16 } else { 128 }, long)?;
+                let buf = arena(0) as u64;
+                let size = v.q.size;
+                match how {
+                    "desc-index" => {
+                        v.q.push(size + 5);
+                        v.q.kick(v.dev);
+                    }
+                    "loop" => {
+                        v.q.set_desc(0, buf, 16, DESC_F_NEXT, 1);
+                        v.q.set_desc(1, buf + 512, 512, DESC_F_NEXT | DESC_F_WRITE, 0);
+                        v.q.push(0);
+                        v.q.kick(v.dev);
+                    }
+                    "long" => {
+                        // An indirect table with one descriptor more than the queue has.
+                        // SAFETY: the table is this run's; the device reads it after publish.
+                        let t = unsafe { &mut *core::ptr::addr_of_mut!(INDIRECT) };
+                        let n = usize::from(size) + 1;
+                        for (i, d) in t.iter_mut().enumerate().take(n) {
+                            d[0] = buf;
+                            d[1] = 16 | u64::from(DESC_F_NEXT) << 32 | (i as u64 + 1) << 48;
+                        }
+                        v.q.set_desc(0, t.as_ptr() as u64, (n * 16) as u32, DESC_F_INDIRECT, 0);
+                        v.q.push(0);
+                        v.q.kick(v.dev);
+                    }
+                    "oob-addr" => {
+                        v.q.set_desc(0, buf, 16, DESC_F_NEXT, 1);
+                        v.q.set_desc(1, 0xf000_0000, 512, DESC_F_NEXT | DESC_F_WRITE, 2);
+                        v.q.set_desc(2, buf + 16, 1, DESC_F_WRITE, 0);
+                        v.q.push(0);
+                        v.q.kick(v.dev);
+                    }
+                    "len-overflow" => {
+                        v.q.set_desc(0, buf, 16, DESC_F_NEXT, 1);
+                        v.q.set_desc(
+                            1,
+                            0xffff_ffff_ffff_f000,
+                            0x2000,
+                            DESC_F_NEXT | DESC_F_WRITE,
+                            2,
+                        );
+                        v.q.set_desc(2, buf + 16, 1, DESC_F_WRITE, 0);
+                        v.q.push(0);
+                        v.q.kick(v.dev);
+                    }
+                    "avail-idx" => {
+                        v.q.publish_raw(size.wrapping_add(10));
+                        v.dev.write(virtio::REG_QUEUE_NOTIFY, 0);
+                    }
+                    _ => return Err(Fail::BadArg("how")),
+                }
+                let mut st = 0;
+                for _ in 0..5000 {
+                    st = v.dev.status();
+                    if st & S_NEEDS_RESET != 0 {
+                        break;
+                    }
+                    cpu::pause();
+                }
+                let ok = st & S_NEEDS_RESET != 0;
+                v.dev.write(virtio::REG_STATUS, 0); // reset, as a driver would
+                report_hostile(how, "device_status", u64::from(st), ok)
+            }
+            _ => Err(Fail::Unsupported("no block device")),
+        }
+    }
+}

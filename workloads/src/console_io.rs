@@ -1,0 +1,309 @@
+//! console-io: writes `bytes` bytes in lines of `line` bytes to the console device hv attached
+//! (the 16550 on COM1, or virtio-console, named by the `con=` word hv adds), one latency sample
+//! per line, then reads them back through a loopback and verifies them: the 16550's own
+//! loopback mode (MCR.LOOP, emulated by hv), or hv's virtio-console loopback (what the driver
+//! transmits comes back on the receive queue).
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "console-io",
+    summary: "console output in lines, and read-back through a loopback: 16550 UART or virtio-console",
+    params: &[
+        Param {
+            key: "bytes",
+            default: "1024",
+            help: "bytes to write (whole lines)",
+        },
+        Param {
+            key: "line",
+            default: "64",
+            help: "bytes per line, newline included (2..=1024)",
+        },
+        Param {
+            key: "readback",
+            default: "1",
+            help: "read the lines back through the loopback",
+        },
+    ],
+    min_vcpus: 1,
+    devices: &["console"],
+    host_features: &["full-irqchip"],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use hvlab_guest_rt::drivers::ioapic;
+    use hvlab_guest_rt::drivers::virtio::{
+        self, CONSOLE_DEVICE_ID, DESC_F_WRITE, F_EVENT_IDX, F_VERSION_1, Mmio, RingMem,
+        S_NEEDS_RESET, VirtQueue,
+    };
+    use hvlab_guest_rt::phase::{self, Histogram};
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, println};
+
+    const COM1: u16 = hvlab_protocol::CONSOLE_PORT;
+    const MCR: u16 = COM1 + 4;
+    const LSR: u16 = COM1 + 5;
+    const MCR_LOOP: u8 = 0x10;
+    const MCR_DEFAULT: u8 = 0x08;
+    const VECTOR: u8 = 0x41;
+    const MAX_LINE: usize = 1024;
+
+    static mut RX_RING: RingMem = RingMem::new();
+    static mut TX_RING: RingMem = RingMem::new();
+    static mut TXBUF: [u8; MAX_LINE] = [0; MAX_LINE];
+    static mut RXBUF: [u8; MAX_LINE] = [0; MAX_LINE];
+    static IRQS: AtomicU64 = AtomicU64::new(0);
+
+    fn on_irq(_: u8) {
+        IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn line_byte(line: usize, i: usize, len: usize) -> u8 {
+        if i + 1 == len {
+            b'\n'
+        } else {
+            b'a' + ((line + i) % 26) as u8
+        }
+    }
+
+    struct VCon {
+        dev: Mmio,
+        rx: VirtQueue,
+        tx: VirtQueue,
+        poll: bool,
+        kicks: u64,
+    }
+
+    impl VCon {
+        fn open(ctx: &Ctx) -> Result<VCon, Fail> {
+            let base = ctx.args.u64_or("con_mmio", 0)?;
+            let irq = ctx.args.u64_or("con_irq", 0)?;
+            let evidx = ctx.args.bool_or("evidx", true)?;
+            let poll = ctx.args.bool_or("poll", false)?;
+            if base == 0 {
+                return Err(Fail::Unsupported("virtio-console without con_mmio="));
+            }
+            let dev = Mmio(base);
+            // SAFETY: one driver instance per run owns the ring memory.
+            let (rxm, txm) = unsafe {
+                (
+                    &mut *core::ptr::addr_of_mut!(RX_RING),
+                    &mut *core::ptr::addr_of_mut!(TX_RING),
+                )
+            };
+            let mut rx = VirtQueue::new(0, 64, rxm, false);
+            let mut tx = VirtQueue::new(1, 64, txm, false);
+            let wanted = F_VERSION_1 | if evidx { F_EVENT_IDX } else { 0 };
+            let f = virtio::init(dev, CONSOLE_DEVICE_ID, wanted, &[&rx, &tx])
+                .map_err(|_| Fail::Unsupported("virtio-console setup"))?;
+            rx.event_idx = f & F_EVENT_IDX != 0;
+            tx.event_idx = rx.event_idx;
+            idt::register(VECTOR, on_irq);
+            ioapic::mask_pic();
+            ioapic::route(irq as u8, VECTOR, apic::id());
+            if poll {
+                cpu::cli();
+                for q in [&rx, &tx] {
+                    if q.event_idx {
+                        q.set_used_event(q.last_used.wrapping_add(0x7fff));
+                    } else {
+                        q.set_no_interrupt(true);
+                    }
+                }
+            }
+            Ok(VCon {
+                dev,
+                rx,
+                tx,
+                poll,
+                kicks: 0,
+            })
+        }
+
+        /// Waits for one used entry on `rx` (else `tx`); returns the bytes the device wrote.
+        fn wait(&mut self, on_rx: bool) -> Result<u32, Fail> {
+            let poll = self.poll;
+            let dev = self.dev;
+            let q = if on_rx { &mut self.rx } else { &mut self.tx };
+            if !poll && q.event_idx {
+                q.set_used_event(q.last_used);
+            }
+            let mut idle = 0u64;
+            loop {
+                if let Some((_, len)) = q.pop_used() {
+                    return Ok(len);
+                }
+                idle += 1;
+                if poll {
+                    cpu::pause();
+                    if idle > 50_000_000 {
+                        return Err(Fail::Check("virtio-console: no completion"));
+                    }
+                } else {
+                    cpu::cli();
+                    if !q.has_used() {
+                        cpu::sti_hlt();
+                    } else {
+                        cpu::sti();
+                    }
+                    if idle % 64 == 0 && dev.status() & S_NEEDS_RESET != 0 {
+                        return Err(Fail::Check("virtio-console: device needs reset"));
+                    }
+                }
+            }
+        }
+
+        fn send(&mut self, len: usize) -> Result<(), Fail> {
+            let buf = core::ptr::addr_of!(TXBUF) as u64;
+            self.tx.set_desc(0, buf, len as u32, 0, 0);
+            self.tx.push(0);
+            if self.tx.kick(self.dev) {
+                self.kicks += 1;
+            }
+            self.wait(false).map(|_| ())
+        }
+    }
+
+    fn uart_put(b: u8, in_fifo: &mut usize) {
+        if *in_fifo >= 16 {
+            let mut polls = 0;
+            while cpu::inb(LSR) & 0x20 == 0 && polls < 10_000 {
+                polls += 1;
+            }
+            *in_fifo = 0;
+        }
+        cpu::outb(COM1, b);
+        *in_fifo += 1;
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let bytes = ctx.args.u64_or("bytes", 1024)? as usize;
+        let len = ctx.args.u64_or("line", 64)? as usize;
+        let readback = ctx.args.bool_or("readback", true)?;
+        if !(2..=MAX_LINE).contains(&len) {
+            return Err(Fail::BadArg("line"));
+        }
+        let lines = (bytes / len).max(1);
+        let mut hist = Histogram::default();
+        let mut vcon = match ctx.args.str_or("con", "none") {
+            "uart" => None,
+            "virtio" => Some(VCon::open(ctx)?),
+            _ => {
+                return Err(Fail::Unsupported(
+                    "no console device (hv adds con=uart|virtio)",
+                ));
+            }
+        };
+        let irq0 = IRQS.load(Ordering::Relaxed);
+        let kick0 = vcon.as_ref().map_or(0, |v| v.kicks);
+        let p = phase::begin("con-write");
+        let mut in_fifo = 16;
+        for l in 0..lines {
+            let t0 = cpu::rdtsc();
+            match vcon.as_mut() {
+                None => {
+                    for i in 0..len {
+                        uart_put(line_byte(l, i, len), &mut in_fifo);
+                    }
+                }
+                Some(v) => {
+                    // SAFETY: the buffer is this run's; the device reads it after the kick.
+                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
+                    for (i, b) in buf.iter_mut().enumerate().take(len) {
+                        *b = line_byte(l, i, len);
+                    }
+                    v.send(len)?;
+                }
+            }
+            hist.record(cpu::rdtsc().wrapping_sub(t0));
+        }
+        let f = p.end(lines as u64);
+        f.report(
+            &[
+                ("bytes", (lines * len) as u64),
+                ("interrupts", IRQS.load(Ordering::Relaxed) - irq0),
+                ("kicks", vcon.as_ref().map_or(0, |v| v.kicks) - kick0),
+            ],
+            Some(&hist),
+        );
+        if !readback {
+            return Ok(());
+        }
+        let mut hist = Histogram::default();
+        let irq0 = IRQS.load(Ordering::Relaxed);
+        let kick0 = vcon.as_ref().map_or(0, |v| v.kicks);
+        if vcon.is_none() {
+            cpu::outb(MCR, MCR_LOOP | MCR_DEFAULT);
+        }
+        let p = phase::begin("con-readback");
+        let mut bad = 0u64;
+        for l in 0..lines {
+            let t0 = cpu::rdtsc();
+            match vcon.as_mut() {
+                None => {
+                    for i in 0..len {
+                        let want = line_byte(l, i, len);
+                        cpu::outb(COM1, want);
+                        let mut polls = 0;
+                        while cpu::inb(LSR) & 1 == 0 && polls < 10_000 {
+                            polls += 1;
+                        }
+                        if cpu::inb(COM1) != want {
+                            bad += 1;
+                        }
+                    }
+                }
+                Some(v) => {
+                    let rxbuf = core::ptr::addr_of_mut!(RXBUF) as u64;
+                    v.rx.set_desc(0, rxbuf, len as u32, DESC_F_WRITE, 0);
+                    v.rx.push(0);
+                    if v.rx.kick(v.dev) {
+                        v.kicks += 1;
+                    }
+                    // SAFETY: as above.
+                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
+                    for (i, b) in buf.iter_mut().enumerate().take(len) {
+                        *b = line_byte(l, i, len);
+                    }
+                    v.send(len)?;
+                    let got = v.wait(true)? as usize;
+                    // SAFETY: the device wrote `got` bytes before the used entry.
+                    let rx = unsafe { &*core::ptr::addr_of!(RXBUF) };
+                    if got != len {
+                        bad += 1;
+                    }
+                    for (i, &b) in rx.iter().enumerate().take(got.min(len)) {
+                        if b != line_byte(l, i, len) {
+                            bad += 1;
+                        }
+                    }
+                }
+            }
+            hist.record(cpu::rdtsc().wrapping_sub(t0));
+        }
+        let f = p.end(lines as u64);
+        if vcon.is_none() {
+            cpu::outb(MCR, MCR_DEFAULT);
+        }
+        f.report(
+            &[
+                ("bytes", (lines * len) as u64),
+                ("interrupts", IRQS.load(Ordering::Relaxed) - irq0),
+                ("kicks", vcon.as_ref().map_or(0, |v| v.kicks) - kick0),
+                ("mismatches", bad),
+            ],
+            Some(&hist),
+        );
+        if bad != 0 {
+            println!("console-io: {bad} bytes did not read back");
+            return Err(Fail::Check("loopback data mismatch"));
+        }
+        Ok(())
+    }
+}
