@@ -11,6 +11,7 @@ pub mod boot;
 pub mod bus;
 pub mod counters;
 pub mod devices;
+pub mod enlightenments;
 pub mod error;
 pub mod partition;
 pub mod record;

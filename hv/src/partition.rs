@@ -21,6 +21,7 @@ use crate::counters::kvm_stats::KvmStatsReader;
 use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
+use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
 use crate::error::HvError;
 use crate::status::RunStatus;
 use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
@@ -52,6 +53,11 @@ pub struct PartitionConfig {
     pub echo_console: bool,
     /// KVM PV feature bits (CPUID 0x40000001 EAX) to expose; the rest are hidden.
     pub kvm_pv_features: u32,
+    /// Enlightenments (hv/src/enlightenments). `None`: hv's plain defaults (the guest picks
+    /// x2APIC when the CPU has it; only `kvm_pv_features` exposed). `Some(set)`: exactly the
+    /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
+    /// the probe's reason, a set chosen as `all` drops it with a note.
+    pub enlightenments: Option<EnlightenmentSet>,
 }
 
 impl Default for PartitionConfig {
@@ -68,6 +74,7 @@ impl Default for PartitionConfig {
             max_exits: None,
             echo_console: false,
             kvm_pv_features: 0,
+            enlightenments: None,
         }
     }
 }
@@ -144,6 +151,9 @@ pub struct Partition {
     keep_alive: Vec<Box<dyn std::any::Any + Send>>,
     /// CPU clocks of device worker threads, counted as worker time in every phase.
     worker_clocks: Vec<ThreadClock>,
+    /// Enlightenment runtime (`None` when `cfg.enlightenments` is `None`) and setup notes.
+    enlightenments: Option<Arc<EnlightenmentHost>>,
+    enl_notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -166,6 +176,27 @@ impl Partition {
         vm.create_irq_chip()
             .map_err(HvError::kvm("KVM_CREATE_IRQCHIP"))?;
 
+        // Enlightenments, step 1 of 3: probe the set and do the VM-level setup (before vCPUs).
+        let mut enl_notes = Vec::new();
+        let enl_set = match cfg.enlightenments {
+            Some(set) => {
+                let (set, dropped) = set
+                    .resolve(kvm)
+                    .map_err(|e| HvError::Setup(e.to_string()))?;
+                for (name, reason) in dropped {
+                    enl_notes.push(format!("enlightenment {name} skipped: {reason}"));
+                }
+                set.setup_vm(&vm).map_err(HvError::Setup)?;
+                Some(set)
+            }
+            None => None,
+        };
+        let mut cmdline = cfg.cmdline.clone();
+        for w in enl_set.map(|s| s.cmdline_words()).unwrap_or_default() {
+            cmdline.push(' ');
+            cmdline.push_str(w);
+        }
+
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_bytes as usize)])
             .map_err(|e| HvError::Memory(format!("cannot map {} bytes: {e}", cfg.mem_bytes)))?;
         for (slot, region) in mem.iter().enumerate() {
@@ -186,7 +217,7 @@ impl Partition {
         }
 
         let entry = boot::load_elf(&mem, image)?;
-        boot::write_start_info(&mem, cfg.mem_bytes, &cfg.cmdline)?;
+        boot::write_start_info(&mem, cfg.mem_bytes, &cmdline)?;
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
@@ -194,7 +225,13 @@ impl Partition {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&vcpu_cpuid(&base_cpuid, i, cfg.kvm_pv_features))
+            let mut cpuid = vcpu_cpuid(&base_cpuid, i, cfg.kvm_pv_features);
+            // Enlightenments, step 2 of 3: KVM's PV bits and hv's own leaves.
+            if let Some(set) = &enl_set {
+                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features)
+                    .map_err(HvError::Setup)?;
+            }
+            fd.set_cpuid2(&cpuid)
                 .map_err(HvError::kvm("KVM_SET_CPUID2"))?;
             if i == 0 {
                 let mut sregs = fd.get_sregs().map_err(HvError::kvm("KVM_GET_SREGS"))?;
@@ -253,9 +290,21 @@ impl Partition {
         )
         .map_err(HvError::kvm("KVM_IOEVENTFD"))?;
 
+        // Enlightenments, step 3 of 3: the runtime the vCPU threads call into.
+        let vm = Arc::new(vm);
+        let enlightenments = enl_set.map(|set| {
+            Arc::new(EnlightenmentHost::new(
+                set,
+                cfg.vcpus,
+                mem.clone(),
+                vm.clone(),
+            ))
+        });
         Ok(Partition {
             cfg,
-            vm: Arc::new(vm),
+            vm,
+            enlightenments,
+            enl_notes,
             mem,
             vcpus,
             pio,
@@ -356,6 +405,14 @@ impl Partition {
         for c in self.worker_clocks {
             meter.add_worker_clock(c);
         }
+        if let Some(e) = &self.enlightenments {
+            e.attach_control(control.clone());
+            meter.add_source(e.counters());
+            meter.note(format!("enlightenments: {}", e.set()));
+        }
+        for n in self.enl_notes {
+            meter.note(n);
+        }
         let unmapped_log = Arc::new(UnmappedLog::default());
         let started = Instant::now();
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -372,6 +429,7 @@ impl Partition {
                 unmapped: self.cfg.unmapped,
                 unmapped_log: unmapped_log.clone(),
                 max_exits: self.cfg.max_exits,
+                enlightenments: self.enlightenments.clone(),
             };
             let pin = self.cfg.pin.as_ref().map(|p| p[i % p.len()]);
             let tracepoints = self.cfg.tracepoints;
@@ -409,6 +467,7 @@ impl Partition {
             tsc_khz: self.tsc_khz,
             _vm: self.vm,
             _keep_alive: self.keep_alive,
+            enlightenments: self.enlightenments,
         })
     }
 }
@@ -444,6 +503,7 @@ pub struct RunningPartition {
     tsc_khz: Option<u32>,
     _vm: Arc<VmFd>,
     _keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    enlightenments: Option<Arc<EnlightenmentHost>>,
 }
 
 impl std::fmt::Debug for RunningPartition {
@@ -490,6 +550,10 @@ impl RunningPartition {
                 status = RunStatus::VcpuThreadPanicked { vcpu: i as u32 };
             }
         }
+        let mut notes = self.meter.notes();
+        if let Some(e) = &self.enlightenments {
+            notes.extend(e.take_notes());
+        }
         let (console, console_dropped) = {
             let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
             (c.text(), c.dropped)
@@ -501,7 +565,7 @@ impl RunningPartition {
             console_dropped,
             phases: self.meter.phases(),
             totals: self.meter.totals(),
-            notes: self.meter.notes(),
+            notes,
             wall,
             tsc_khz: self.tsc_khz,
             memory: self.mem,
