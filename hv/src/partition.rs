@@ -225,7 +225,8 @@ impl Partition {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
-            let mut cpuid = vcpu_cpuid(&base_cpuid, i, cfg.kvm_pv_features);
+            let pv_bits = cfg.kvm_pv_features | enl_set.map_or(0, |s| s.kvm_pv_bits());
+            let mut cpuid = vcpu_cpuid(&base_cpuid, i, pv_bits);
             // Enlightenments, step 2 of 3: KVM's PV bits and hv's own leaves.
             if let Some(set) = &enl_set {
                 set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features)

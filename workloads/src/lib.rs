@@ -8,6 +8,7 @@
 pub mod exit_floor;
 pub mod mem_pattern;
 pub mod misbehave;
+pub mod tlb_shootdown;
 
 /// One workload argument.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +48,7 @@ macro_rules! registry {
     };
 }
 
-registry!(exit_floor, mem_pattern, misbehave);
+registry!(exit_floor, mem_pattern, misbehave, tlb_shootdown);
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Option<&'static WorkloadInfo> {

@@ -500,7 +500,7 @@ mod tests {
         assert!(msg.contains("warp-drive"), "{msg}");
         assert!(msg.contains("tlb-flush-hypercall"), "{msg}");
         assert!(matches!(
-            EnlightenmentSet::parse("a,,b"),
+            EnlightenmentSet::parse("kvm-clock,,x2apic"),
             Err(EnlightenmentError::Empty { .. })
         ));
         assert!(matches!(

@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs};
 use kvm_ioctls::{Cap, Kvm, VcpuExit};
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
 };
 
 /// CPUID `leaf` as KVM supports it, or `None`.
@@ -66,7 +67,41 @@ pub(crate) fn host_is_amd() -> bool {
 /// the HLT with KVM's -ENOSYS in EAX. The answer is cached for the process.
 pub fn hypercalls_work(kvm: &Kvm) -> Result<(), String> {
     static CACHE: OnceLock<Result<(), String>> = OnceLock::new();
-    CACHE.get_or_init(|| probe_hypercall(kvm)).clone()
+    CACHE.get_or_init(|| probe_with_watchdog(kvm)).clone()
+}
+
+/// Runs the probe on its own thread; if the guest does not come back within a second (on some
+/// hosts the instruction never completes), the thread is kicked out of KVM_RUN with hv's vCPU
+/// kick signal and the probe reports that.
+fn probe_with_watchdog(kvm: &Kvm) -> Result<(), String> {
+    use std::os::unix::thread::JoinHandleExt;
+    // Installs the kick signal handler, so the signal interrupts KVM_RUN instead of killing us.
+    crate::vcpu::RunControl::new().map_err(|e| format!("hypercall probe: {e}"))?;
+    let fd = kvm
+        .create_vm()
+        .map_err(|e| format!("hypercall probe: KVM_CREATE_VM: {e}"))?;
+    drop(fd);
+    // The probe needs its own Kvm handle on the thread: reopen /dev/kvm.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::Builder::new()
+        .name("hypercall-probe".into())
+        .spawn(move || {
+            let r = match Kvm::new() {
+                Ok(k) => probe_hypercall(&k),
+                Err(e) => Err(format!("hypercall probe: /dev/kvm: {e}")),
+            };
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("hypercall probe: thread: {e}"))?;
+    let t = h.as_pthread_t();
+    let mut result = rx.recv_timeout(std::time::Duration::from_secs(1));
+    while result.is_err() {
+        // SAFETY: `h` is not joined yet, so `t` names a live or exited-unjoined thread.
+        unsafe { libc::pthread_kill(t, crate::vcpu::kick_signal()) };
+        result = rx.recv_timeout(std::time::Duration::from_millis(100));
+    }
+    let _ = h.join();
+    result.unwrap_or_else(|_| Err("hypercall probe: no answer".into()))
 }
 
 fn probe_hypercall(kvm: &Kvm) -> Result<(), String> {
@@ -136,7 +171,12 @@ fn probe_hypercall(kvm: &Kvm) -> Result<(), String> {
                 return Err("the hypercall exited to userspace instead of KVM handling it".into());
             }
             Ok(other) => Some(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) if e.errno() == libc::EINTR => {
+                return Err(
+                    "a hypercall instruction does not complete on this host (the guest did not return within 1 s)"
+                        .into(),
+                );
+            }
             Err(e) => Some(format!("KVM_RUN failed: {e}")),
         };
         if let Some(what) = exit {
