@@ -8,6 +8,7 @@
 pub mod exit_floor;
 pub mod mem_pattern;
 pub mod misbehave;
+pub mod spinlock;
 pub mod tlb_shootdown;
 
 /// One workload argument.
@@ -48,7 +49,7 @@ macro_rules! registry {
     };
 }
 
-registry!(exit_floor, mem_pattern, misbehave, tlb_shootdown);
+registry!(exit_floor, mem_pattern, misbehave, spinlock, tlb_shootdown);
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Option<&'static WorkloadInfo> {

@@ -182,6 +182,9 @@ fn valid_names() -> String {
         .join(", ")
 }
 
+/// Members a set chosen as `all` dropped on this host: (name, probe's reason).
+pub type Dropped = Vec<(&'static str, String)>;
+
 /// A set of enlightenments (by registry position).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct EnlightenmentSet {
@@ -326,10 +329,7 @@ impl EnlightenmentSet {
 
     /// Probes the members on `kvm`. A set chosen as `all` drops what this host lacks and returns
     /// the dropped names with reasons; an explicit list fails on the first unsupported member.
-    pub fn resolve(
-        &self,
-        kvm: &Kvm,
-    ) -> Result<(EnlightenmentSet, Vec<(&'static str, String)>), EnlightenmentError> {
+    pub fn resolve(&self, kvm: &Kvm) -> Result<(EnlightenmentSet, Dropped), EnlightenmentError> {
         let mut kept = *self;
         let mut dropped = Vec::new();
         for (i, e) in REGISTRY.iter().enumerate() {
@@ -447,6 +447,7 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32) -> Result<(), Stri
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use hvlab_protocol::{HV_CPUID_BASE, hvcall, kvm_pv};

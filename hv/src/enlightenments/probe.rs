@@ -164,7 +164,7 @@ fn probe_hypercall(kvm: &Kvm) -> Result<(), String> {
     })
     .map_err(|e| why("KVM_SET_REGS", &e))?;
     let end = CODE + code.len() as u64;
-    for _ in 0..16 {
+    {
         let exit = match vcpu.run() {
             Ok(VcpuExit::Hlt) => None,
             Ok(VcpuExit::Hypercall(_)) => {
@@ -201,10 +201,9 @@ fn probe_hypercall(kvm: &Kvm) -> Result<(), String> {
                 "a hypercall instruction faults on this host (the guest took an exception)".into(),
             );
         }
-        return Err(format!(
+        Err(format!(
             "a hypercall instruction does not complete on this host (halted at {:#x})",
             regs.rip
-        ));
+        ))
     }
-    Err("a hypercall instruction does not complete on this host (no halt after 16 exits)".into())
 }
