@@ -12,6 +12,7 @@ pub mod bus;
 pub mod caps;
 pub mod counters;
 pub mod devices;
+pub mod enlightenments;
 pub mod error;
 pub mod guest_output;
 pub mod host;

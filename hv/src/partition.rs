@@ -25,6 +25,7 @@ use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
 use crate::devices::NoteSink;
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
+use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
 use crate::error::HvError;
 use crate::status::RunStatus;
 use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
@@ -70,6 +71,11 @@ pub struct PartitionConfig {
     pub irqchip: IrqChip,
     /// Register an ioeventfd on `hvlab_protocol::KERNEL_PORT` (writes complete in KVM).
     pub kernel_port: bool,
+    /// Enlightenments (hv/src/enlightenments). `None`: hv's plain defaults (the guest picks
+    /// x2APIC when the CPU has it; only `kvm_pv_features` exposed). `Some(set)`: exactly the
+    /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
+    /// the probe's reason, a set chosen as `all` drops it with a note.
+    pub enlightenments: Option<EnlightenmentSet>,
 }
 
 impl Default for PartitionConfig {
@@ -88,6 +94,7 @@ impl Default for PartitionConfig {
             kvm_pv_features: 0,
             irqchip: IrqChip::default(),
             kernel_port: false,
+            enlightenments: None,
         }
     }
 }
@@ -166,6 +173,9 @@ pub struct Partition {
     worker_clocks: Vec<ThreadClock>,
     /// Remarks from devices (guest-caused errors, counters), merged into the run's notes.
     device_notes: NoteSink,
+    /// Enlightenment runtime (`None` when `cfg.enlightenments` is `None`) and setup notes.
+    enlightenments: Option<Arc<EnlightenmentHost>>,
+    enl_notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -185,6 +195,27 @@ impl Partition {
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);
+        // Enlightenments, step 1 of 3: probe the set and do the VM-level setup (before vCPUs).
+        let mut enl_notes = Vec::new();
+        let enl_set = match cfg.enlightenments {
+            Some(set) => {
+                let (set, dropped) = set
+                    .resolve(kvm)
+                    .map_err(|e| HvError::Setup(e.to_string()))?;
+                for (name, reason) in dropped {
+                    enl_notes.push(format!("enlightenment {name} skipped: {reason}"));
+                }
+                set.setup_vm(&vm).map_err(HvError::Setup)?;
+                Some(set)
+            }
+            None => None,
+        };
+        let mut cmdline = cfg.cmdline.clone();
+        for w in enl_set.map(|s| s.cmdline_words()).unwrap_or_default() {
+            cmdline.push(' ');
+            cmdline.push_str(w);
+        }
+
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_bytes as usize)])
             .map_err(|e| HvError::Memory(format!("cannot map {} bytes: {e}", cfg.mem_bytes)))?;
         for (slot, region) in mem.iter().enumerate() {
@@ -222,7 +253,7 @@ impl Partition {
         }
 
         let entry = boot::load_elf(&mem, image)?;
-        boot::write_start_info(&mem, cfg.mem_bytes, &cfg.cmdline)?;
+        boot::write_start_info(&mem, cfg.mem_bytes, &cmdline)?;
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
@@ -230,7 +261,14 @@ impl Partition {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&vcpu_cpuid(&base_cpuid, i, cfg.kvm_pv_features))
+            let pv_bits = cfg.kvm_pv_features | enl_set.map_or(0, |s| s.kvm_pv_bits());
+            let mut cpuid = vcpu_cpuid(&base_cpuid, i, pv_bits);
+            // Enlightenments, step 2 of 3: KVM's PV bits and hv's own leaves.
+            if let Some(set) = &enl_set {
+                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features)
+                    .map_err(HvError::Setup)?;
+            }
+            fd.set_cpuid2(&cpuid)
                 .map_err(HvError::kvm("KVM_SET_CPUID2"))?;
             if i == 0 {
                 let mut sregs = fd.get_sregs().map_err(HvError::kvm("KVM_GET_SREGS"))?;
@@ -295,9 +333,21 @@ impl Partition {
             None
         };
 
+        // Enlightenments, step 3 of 3: the runtime the vCPU threads call into.
+        let vm = Arc::new(vm);
+        let enlightenments = enl_set.map(|set| {
+            Arc::new(EnlightenmentHost::new(
+                set,
+                cfg.vcpus,
+                mem.clone(),
+                vm.clone(),
+            ))
+        });
         Ok(Partition {
             cfg,
-            vm: Arc::new(vm),
+            vm,
+            enlightenments,
+            enl_notes,
             mem,
             vcpus,
             pio,
@@ -409,6 +459,14 @@ impl Partition {
         for c in self.worker_clocks {
             meter.add_worker_clock(c);
         }
+        if let Some(e) = &self.enlightenments {
+            e.attach_control(control.clone());
+            meter.add_source(e.counters());
+            meter.note(format!("enlightenments: {}", e.set()));
+        }
+        for n in self.enl_notes {
+            meter.note(n);
+        }
         let unmapped_log = Arc::new(UnmappedLog::default());
         let started = Instant::now();
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -425,6 +483,7 @@ impl Partition {
                 unmapped: self.cfg.unmapped,
                 unmapped_log: unmapped_log.clone(),
                 max_exits: self.cfg.max_exits,
+                enlightenments: self.enlightenments.clone(),
             };
             let pin = self.cfg.pin.as_ref().map(|p| p[i % p.len()]);
             let tracepoints = self.cfg.tracepoints;
@@ -463,6 +522,7 @@ impl Partition {
             _vm: self.vm,
             keep_alive: self.keep_alive,
             device_notes: self.device_notes,
+            enlightenments: self.enlightenments,
         })
     }
 }
@@ -499,6 +559,7 @@ pub struct RunningPartition {
     _vm: Arc<VmFd>,
     keep_alive: Vec<Box<dyn std::any::Any + Send>>,
     device_notes: NoteSink,
+    enlightenments: Option<Arc<EnlightenmentHost>>,
 }
 
 impl std::fmt::Debug for RunningPartition {
@@ -550,6 +611,9 @@ impl RunningPartition {
         drop(self.keep_alive);
         let mut notes = self.meter.notes();
         notes.extend(self.device_notes.snapshot());
+        if let Some(e) = &self.enlightenments {
+            notes.extend(e.take_notes());
+        }
         let (console, console_dropped) = {
             let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
             (c.text(), c.dropped)

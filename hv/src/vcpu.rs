@@ -18,6 +18,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::bus::{Bus, DeviceAction};
 use crate::counters::exits::BusKind;
 use crate::counters::{ExitReason, Meter, VcpuExitCounters};
+use crate::enlightenments::EnlightenmentHost;
 use crate::status::RunStatus;
 
 /// What happens on an access to an address no device claims.
@@ -45,7 +46,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     }
 }
 
-fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 1
 }
 
@@ -116,6 +117,16 @@ impl RunControl {
         }
     }
 
+    /// Kicks vCPU `index` (start order) out of KVM_RUN without ending the run: its loop sees
+    /// an EINTR and goes round again (enlightenments use this to act before it re-enters).
+    pub(crate) fn kick(&self, index: usize) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&t) = threads.get(index) {
+            // SAFETY: as in `finish`: a vCPU thread of this partition that is not joined yet.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+    }
+
     /// Waits for an outcome until `deadline`; past it, ends the run as timed out.
     pub fn wait(&self, deadline: Instant, limit: Duration) -> RunStatus {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,6 +162,8 @@ pub(crate) struct VcpuRunner {
     pub unmapped: UnmappedPolicy,
     pub unmapped_log: Arc<UnmappedLog>,
     pub max_exits: Option<u64>,
+    /// Enlightenment runtime (hv's hypercall MSR, TLB flushes before entry); `None` = off.
+    pub enlightenments: Option<Arc<EnlightenmentHost>>,
 }
 
 /// Remembers which unmapped addresses were already reported, so a flooding guest produces
@@ -239,7 +252,14 @@ impl VcpuRunner {
             }
             exits += 1;
             let index = self.index;
+            // Enlightenments: a pending TLB flush happens here, before the guest runs again.
+            if let Some(e) = &self.enlightenments {
+                e.before_entry(index, &mut self.fd);
+            }
             let result = self.fd.run();
+            if let Some(e) = &self.enlightenments {
+                e.after_exit(index);
+            }
             let stop = match result {
                 Ok(exit) => match exit {
                     VcpuExit::IoOut(port, data) => match self.pio.lookup(u64::from(port)) {
@@ -357,6 +377,27 @@ impl VcpuRunner {
                             vcpu: index,
                             reason,
                         })
+                    }
+                    // MSR accesses hv filters to userspace: hv's hypercall MSR (enlightenments).
+                    // Anything hv does not serve gets a #GP, as a missing MSR would.
+                    VcpuExit::X86Rdmsr(exit) => {
+                        self.counters.count(ExitReason::MsrRead);
+                        let v = self
+                            .enlightenments
+                            .as_ref()
+                            .and_then(|e| e.on_rdmsr(index, exit.index));
+                        *exit.data = v.unwrap_or(0);
+                        *exit.error = u8::from(v.is_none());
+                        None
+                    }
+                    VcpuExit::X86Wrmsr(exit) => {
+                        self.counters.count(ExitReason::MsrWrite);
+                        let ok = self
+                            .enlightenments
+                            .as_ref()
+                            .is_some_and(|e| e.on_wrmsr(index, exit.index, exit.data));
+                        *exit.error = u8::from(!ok);
+                        None
                     }
                     VcpuExit::Hypercall(_) => {
                         self.counters.count(ExitReason::Hypercall);

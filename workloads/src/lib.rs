@@ -10,6 +10,8 @@ pub mod console_io;
 pub mod exit_floor;
 pub mod mem_pattern;
 pub mod misbehave;
+pub mod spinlock;
+pub mod tlb_shootdown;
 
 /// One workload argument.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +54,15 @@ macro_rules! registry {
     };
 }
 
-registry!(exit_floor, mem_pattern, misbehave, blk_io, console_io);
+registry!(
+    exit_floor,
+    mem_pattern,
+    misbehave,
+    blk_io,
+    console_io,
+    spinlock,
+    tlb_shootdown
+);
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Option<&'static WorkloadInfo> {

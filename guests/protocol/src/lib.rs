@@ -114,6 +114,161 @@ pub const HV_CPUID_BASE: u32 = 0x4000_0100;
 /// Signature returned in EBX, ECX, EDX of [`HV_CPUID_BASE`]: "hvlabhvlabhv".
 pub const HV_CPUID_SIGNATURE: [u8; 12] = *b"hvlabhvlabhv";
 
+/// KVM's paravirtual interface as Linux's `kvm_para.h` defines it: CPUID 0x40000001 EAX feature
+/// bits, MSRs and hypercall numbers, plus the pure arithmetic guest and host both test.
+pub mod kvm_pv {
+    /// KVM's signature in CPUID 0x40000000 EBX/ECX/EDX (Linux searches 0x40000000..0x40010000
+    /// in steps of 0x100 for it).
+    pub const SIGNATURE: [u8; 12] = *b"KVMKVMKVM\0\0\0";
+
+    pub const FEATURE_CLOCKSOURCE: u32 = 0;
+    pub const FEATURE_NOP_IO_DELAY: u32 = 1;
+    pub const FEATURE_CLOCKSOURCE2: u32 = 3;
+    pub const FEATURE_ASYNC_PF: u32 = 4;
+    pub const FEATURE_STEAL_TIME: u32 = 5;
+    pub const FEATURE_PV_EOI: u32 = 6;
+    pub const FEATURE_PV_UNHALT: u32 = 7;
+    pub const FEATURE_PV_TLB_FLUSH: u32 = 9;
+    pub const FEATURE_PV_SEND_IPI: u32 = 11;
+    pub const FEATURE_POLL_CONTROL: u32 = 12;
+    pub const FEATURE_PV_SCHED_YIELD: u32 = 13;
+    pub const FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 24;
+
+    /// Bit mask of feature `bit`.
+    pub const fn bit(feature: u32) -> u32 {
+        1 << feature
+    }
+
+    pub const MSR_KVM_WALL_CLOCK: u32 = 0x11;
+    pub const MSR_KVM_SYSTEM_TIME: u32 = 0x12;
+    pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+    pub const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+    pub const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+    pub const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+    pub const MSR_KVM_POLL_CONTROL: u32 = 0x4b56_4d05;
+    /// Bit 0 of the system-time, steal-time and PV-EOI MSRs: enabled.
+    pub const MSR_ENABLED: u64 = 1;
+
+    /// `kvm_steal_time.preempted` bits.
+    pub const VCPU_PREEMPTED: u8 = 1 << 0;
+    pub const VCPU_FLUSH_TLB: u8 = 1 << 1;
+
+    pub const HC_KICK_CPU: u64 = 5;
+    pub const HC_SEND_IPI: u64 = 10;
+    pub const HC_SCHED_YIELD: u64 = 11;
+    /// What KVM returns for an unknown hypercall (-KVM_ENOSYS).
+    pub const ENOSYS: i64 = -1000;
+
+    /// `pvclock_vcpu_time_info`: nanoseconds since `system_time` was sampled, from a TSC delta.
+    pub const fn pvclock_scale(delta_tsc: u64, mul: u32, shift: i8) -> u64 {
+        let d = if shift < 0 {
+            delta_tsc >> ((-(shift as i32)) as u32)
+        } else {
+            delta_tsc << (shift as u32)
+        };
+        ((d as u128 * mul as u128) >> 32) as u64
+    }
+
+    /// KVM_HC_SEND_IPI covers APIC IDs `min..min+128` in two 64-bit bitmaps. Returns
+    /// `(bitmap_low, bitmap_high, min)` for the first window of `ids` at or above `from`, and
+    /// the next id not covered (for the following call), as Linux's `__send_ipi_mask` does.
+    pub fn send_ipi_window(ids: &[u32], from: u32) -> Option<(u64, u64, u32, Option<u32>)> {
+        let min = ids.iter().copied().filter(|&i| i >= from).min()?;
+        let (mut lo, mut hi, mut next) = (0u64, 0u64, None::<u32>);
+        for &id in ids.iter().filter(|&&i| i >= from) {
+            let off = id - min;
+            if off < 64 {
+                lo |= 1 << off;
+            } else if off < 128 {
+                hi |= 1 << (off - 64);
+            } else {
+                next = Some(next.map_or(id, |n: u32| n.min(id)));
+            }
+        }
+        Some((lo, hi, min, next))
+    }
+}
+
+/// hv's own hypercall interface (hv's enlightenments), which needs no hypercall instruction: the
+/// guest writes [`hvcall::MSR`] (a synthetic MSR that hv filters to userspace with
+/// KVM_X86_SET_MSR_FILTER + KVM_CAP_X86_USER_SPACE_MSR), so it works on any KVM host.
+///
+/// Discovery: CPUID [`HV_CPUID_BASE`] returns the signature and, in EAX, the highest hv leaf;
+/// CPUID `HV_CPUID_BASE + 1` returns the enabled [`hvcall`] feature bits in EAX and the
+/// hypercall MSR index in EBX. A guest uses a call only when its feature bit is set.
+///
+/// Call: the guest fills a 64-byte, 64-byte-aligned [`hvcall::Block`] in its RAM and writes
+/// `hvcall::encode(code, block_gpa)` to the MSR. hv writes the call's status into
+/// `Block::status` before the guest's next instruction runs. A write hv cannot decode (bad code,
+/// misaligned or out-of-RAM block) raises #GP, as a real MSR would.
+pub mod hvcall {
+    /// The synthetic MSR ("HVL" + 0x00), outside KVM's (0x4b564dxx) and Hyper-V's (0x4000xxxx)
+    /// ranges.
+    pub const MSR: u32 = 0x4856_4c00;
+
+    /// Feature bit: [`CALL_LONG_SPIN_WAIT`] and [`CALL_SPIN_RELEASE`] (long-spin-notify).
+    pub const FEATURE_LONG_SPIN_NOTIFY: u32 = 1 << 0;
+    /// Feature bit: [`CALL_FLUSH_TLB`] (tlb-flush-hypercall).
+    pub const FEATURE_TLB_FLUSH: u32 = 1 << 1;
+    /// Feature bit: [`CALL_SEND_IPI`] (ipi-hypercall).
+    pub const FEATURE_IPI: u32 = 1 << 2;
+
+    /// Flush the TLBs of the vCPUs in `args[0]` (bit i = APIC ID i); `args[1]` bit 0 = every vCPU
+    /// but the caller. On return each target has dropped its translations, or will before it
+    /// next runs guest code. No interrupt reaches the targets.
+    pub const CALL_FLUSH_TLB: u64 = 1;
+    /// Send fixed interrupt `args[1]` (vector, 32..=254) to the vCPUs in `args[0]` (bit i =
+    /// APIC ID i) with one exit.
+    pub const CALL_SEND_IPI: u64 = 2;
+    /// The caller has spun long on the 32-bit word at GPA `args[0]`, which still holds
+    /// `args[1]`: hv deschedules the caller until the word changes, a release on it, or
+    /// `args[2]` microseconds pass (hv caps the bound at [`MAX_SPIN_WAIT_US`]).
+    pub const CALL_LONG_SPIN_WAIT: u64 = 3;
+    /// The lock word at GPA `args[0]` was released: wake vCPUs waiting on it.
+    pub const CALL_SPIN_RELEASE: u64 = 4;
+
+    /// Longest wait hv grants one [`CALL_LONG_SPIN_WAIT`].
+    pub const MAX_SPIN_WAIT_US: u64 = 10_000;
+
+    /// `Block::status` values.
+    pub const STATUS_OK: u64 = 0;
+    /// The targets did not acknowledge in time (hv's bound); the call may be retried.
+    pub const STATUS_TIMEOUT: u64 = 1;
+    /// An argument is invalid (vector, empty or out-of-range target set).
+    pub const STATUS_INVALID: u64 = 2;
+    /// The call's feature is not enabled for this partition.
+    pub const STATUS_NOT_ENABLED: u64 = 3;
+
+    /// Call codes occupy the low bits of the MSR value; the block's GPA the rest.
+    pub const CODE_MASK: u64 = 0x3f;
+    /// Size and alignment of a [`Block`].
+    pub const BLOCK_SIZE: u64 = 64;
+
+    /// Parameter block of one call, in guest RAM.
+    #[repr(C, align(64))]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Block {
+        pub args: [u64; 6],
+        /// Written by hv.
+        pub status: u64,
+        pub reserved: u64,
+    }
+
+    /// The MSR value for a call of `code` with its block at `gpa` (64-byte aligned).
+    pub const fn encode(code: u64, gpa: u64) -> u64 {
+        (gpa & !CODE_MASK) | (code & CODE_MASK)
+    }
+
+    /// Splits an MSR value into (code, block GPA); `None` for a code hv does not define.
+    pub const fn decode(v: u64) -> Option<(u64, u64)> {
+        let code = v & CODE_MASK;
+        if code == 0 || code > CALL_SPIN_RELEASE {
+            return None;
+        }
+        Some((code, v & !CODE_MASK))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +284,47 @@ mod tests {
             last = b;
         }
         assert!(hist_bucket(u64::MAX) < HIST_BUCKETS);
+    }
+
+    #[test]
+    fn pvclock_scale_matches_linux_arithmetic() {
+        // mul = 2^31 (0.5) with shift 1 -> delta ns = delta tsc.
+        assert_eq!(kvm_pv::pvclock_scale(1000, 1 << 31, 1), 1000);
+        assert_eq!(kvm_pv::pvclock_scale(1000, 1 << 31, -1), 250);
+        assert_eq!(
+            kvm_pv::pvclock_scale(u64::MAX >> 1, u32::MAX, 0),
+            (((u64::MAX >> 1) as u128 * u32::MAX as u128) >> 32) as u64
+        );
+    }
+
+    #[test]
+    fn send_ipi_windows_cover_every_id_once() {
+        let ids = [3, 5, 70, 200, 131];
+        let (lo, hi, min, next) = kvm_pv::send_ipi_window(&ids, 0).unwrap();
+        assert_eq!(min, 3);
+        assert_eq!(lo, (1 << 0) | (1 << 2));
+        assert_eq!(hi, 1 << (70 - 3 - 64));
+        assert_eq!(next, Some(131));
+        let (lo, hi, min, next) = kvm_pv::send_ipi_window(&ids, 131).unwrap();
+        assert_eq!((lo, hi, min, next), (1, 1 << (200 - 131 - 64), 131, None));
+        assert!(kvm_pv::send_ipi_window(&ids, 201).is_none());
+    }
+
+    #[test]
+    fn hvcall_encoding_roundtrips_and_rejects_unknown_codes() {
+        use hvcall::*;
+        assert_eq!(core::mem::size_of::<Block>() as u64, BLOCK_SIZE);
+        assert_eq!(core::mem::align_of::<Block>() as u64, BLOCK_SIZE);
+        for code in [
+            CALL_FLUSH_TLB,
+            CALL_SEND_IPI,
+            CALL_LONG_SPIN_WAIT,
+            CALL_SPIN_RELEASE,
+        ] {
+            let v = encode(code, 0x12_3440);
+            assert_eq!(decode(v), Some((code, 0x12_3440)));
+        }
+        assert_eq!(decode(encode(0, 0x1000)), None);
+        assert_eq!(decode(0x1000 | 0x3f), None);
     }
 }

@@ -133,7 +133,8 @@ pdpt:
     .quad pd + 0x1000 + 0x3
     .quad pd + 0x2000 + 0x3
     .quad pd + 0x3000 + 0x3
-    .fill 508, 8, 0
+    .quad pd_window + 0x3   /* 4 GiB: the test window (4 KiB pages, see `window_map`) */
+    .fill 507, 8, 0
 pd:
     .set addr, 0
     .rept 1536
@@ -144,6 +145,12 @@ pd:
     .quad addr + 0x9B
     .set addr, addr + 0x200000
     .endr
+pd_window:
+    .quad pt_window + 0x3
+    .fill 511, 8, 0
+    .global pt_window
+pt_window:
+    .fill 512, 8, 0
     .balign 4
     .global ap_next_index
 ap_next_index:
@@ -154,6 +161,8 @@ ap_next_index:
     .balign 4096
 boot_stack:
     .skip 65536
+    .global boot_stack_top
+    .global ap_stacks
 boot_stack_top:
 ap_stacks:
     .skip 16384 * 64
@@ -244,6 +253,9 @@ interrupt_common:
 );
 
 unsafe extern "C" {
+    static pt_window: core::sync::atomic::AtomicU64;
+    static boot_stack_top: u8;
+    static ap_stacks: u8;
     static ap_trampoline_start: u8;
     static ap_trampoline_end: u8;
     static exception_stubs: u8;
@@ -268,5 +280,48 @@ pub fn trampoline() -> &'static [u8] {
         let start = core::ptr::addr_of!(ap_trampoline_start);
         let end = core::ptr::addr_of!(ap_trampoline_end);
         core::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
+/// Virtual address of the test window: 2 MiB at 4 GiB, mapped with 4 KiB pages through one
+/// page table (`pt_window`) so that workloads can remap single pages (TLB shootdown tests).
+/// Nothing is mapped there until a workload calls [`window_map`].
+pub const WINDOW_VA: u64 = 1 << 32;
+/// Pages in the test window.
+pub const WINDOW_PAGES: usize = 512;
+
+fn window_pte(page: usize) -> &'static core::sync::atomic::AtomicU64 {
+    // SAFETY: `pt_window` is 512 u64 entries in .data; `page` is reduced into range, and the
+    // entries are only ever accessed atomically.
+    unsafe { &*core::ptr::addr_of!(pt_window).add(page % WINDOW_PAGES) }
+}
+
+/// Maps window page `page` to the 4 KiB physical frame `phys` (present, writable). Does not
+/// invalidate any TLB: callers INVLPG / shoot down as their test requires.
+pub fn window_map(page: usize, phys: u64) {
+    window_pte(page).store((phys & !0xfff) | 0x3, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Virtual address of window page `page`.
+pub fn window_va(page: usize) -> u64 {
+    WINDOW_VA + ((page % WINDOW_PAGES) as u64) * 4096
+}
+
+/// Index of the calling CPU (0 = BSP, APs 1.. in arrival order), from its stack pointer: no
+/// exit, unlike reading the APIC ID. Valid on the runtime's own stacks only.
+#[inline]
+pub fn this_cpu() -> u32 {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer only.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
+    };
+    let aps = core::ptr::addr_of!(ap_stacks) as u64;
+    let bsp_top = core::ptr::addr_of!(boot_stack_top) as u64;
+    if rsp <= bsp_top || rsp < aps {
+        0
+    } else {
+        // AP i's stack is [aps + (i-1)*16K, aps + i*16K).
+        ((rsp - aps) / AP_STACK_SIZE as u64 + 1) as u32
     }
 }

@@ -88,7 +88,8 @@ extern "C" fn rt_interrupt(vector: u64) {
         let f: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
         f(vector);
     }
-    crate::apic::eoi();
+    // PV EOI when KVM allows it for this interrupt, else the APIC's EOI register.
+    crate::pv::eoi::eoi();
 }
 
 /// Register state saved by the exception stub.

@@ -18,6 +18,7 @@ pub mod entry;
 pub mod hv;
 pub mod idt;
 pub mod phase;
+pub mod pv;
 pub mod smp;
 
 use core::fmt;
@@ -134,6 +135,10 @@ extern "C" fn rt_bsp_main(start_info: u32) -> ! {
     let prefer_x2 = args.str_or("apic", "x2apic") != "xapic";
     let apic = apic::init_bsp(prefer_x2);
     let hypervisor = hv::Hypervisor::detect();
+    // Paravirtual features: detect what is exposed, register this CPU's areas (APs do the
+    // same in smp::rt_ap_main).
+    pv::init_bsp();
+    pv::init_cpu(0);
     let wanted = match args.u64_or("cpus", 1) {
         Ok(n) if n >= 1 => n as u32,
         _ => {

@@ -82,6 +82,7 @@ pub fn start_aps(cpus: u32) -> Result<(), Fail> {
 extern "C" fn rt_ap_main(index: u32) -> ! {
     idt::load();
     apic::init_this_cpu();
+    crate::pv::init_cpu(index);
     let slot = &SLOTS[index as usize];
     slot.apic_id.store(apic::id(), Ordering::Relaxed);
     ONLINE.fetch_add(1, Ordering::AcqRel);

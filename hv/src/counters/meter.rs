@@ -33,6 +33,15 @@ enum Edge {
     End,
 }
 
+/// Counters kept outside the exit path (e.g. hv's enlightenment runtime), snapshotted at every
+/// marker with the rest and reported in `PhaseDelta::exits_by_device` under their names.
+pub trait CounterSource: Send + Sync + std::fmt::Debug {
+    /// One name per value `read` appends.
+    fn names(&self) -> &[&'static str];
+    /// Appends the current values.
+    fn read(&self, out: &mut Vec<u64>);
+}
+
 #[derive(Debug, Clone)]
 struct Snapshot {
     at: Instant,
@@ -41,6 +50,7 @@ struct Snapshot {
     kvm_vm: Vec<u64>,
     tracepoints: Vec<u64>,
     cpu: CpuTime,
+    extra: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +78,7 @@ pub struct Meter {
     threads: Mutex<Threads>,
     book: Mutex<Book>,
     notes: Mutex<Vec<String>>,
+    sources: Mutex<Vec<std::sync::Arc<dyn CounterSource>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,6 +112,7 @@ impl Meter {
             threads: Mutex::default(),
             book: Mutex::default(),
             notes: Mutex::default(),
+            sources: Mutex::default(),
         }
     }
 
@@ -128,6 +140,11 @@ impl Meter {
     /// Counts `clock` (a device worker thread's) as worker CPU time.
     pub fn add_worker_clock(&self, clock: ThreadClock) {
         lock(&self.threads).worker_clocks.push(clock);
+    }
+
+    /// Adds counters kept outside the exit path; add them before the guest starts.
+    pub fn add_source(&self, source: Arc<dyn CounterSource>) {
+        lock(&self.sources).push(source);
     }
 
     /// Adds a remark to the run's records (deduplicated).
@@ -205,6 +222,11 @@ impl Meter {
             Edge::Begin => Instant::now(),
             Edge::End => early,
         };
+        drop(threads);
+        let mut extra = Vec::new();
+        for s in lock(&self.sources).iter() {
+            s.read(&mut extra);
+        }
         Snapshot {
             at,
             exits,
@@ -212,6 +234,7 @@ impl Meter {
             kvm_vm,
             tracepoints,
             cpu,
+            extra,
         }
     }
 
@@ -262,6 +285,7 @@ impl Meter {
             kvm_vm: vec![0; end.kvm_vm.len()],
             tracepoints: vec![0; end.tracepoints.len()],
             cpu: CpuTime::default(),
+            extra: vec![0; end.extra.len()],
         };
         self.delta(0, &zero, &end)
     }
@@ -289,6 +313,13 @@ impl Meter {
             }
         }
         d.exits.insert("total".into(), total);
+        let sources = lock(&self.sources);
+        let names = sources.iter().flat_map(|s| s.names().iter());
+        for ((name, x), y) in names.zip(&a.extra).zip(&b.extra) {
+            d.exits_by_device
+                .insert((*name).to_string(), y.saturating_sub(*x));
+        }
+        drop(sources);
         if let Some(r) = self.kvm_vcpu.first() {
             for ((name, x), y) in r.names().iter().zip(&a.kvm_vcpu).zip(&b.kvm_vcpu) {
                 d.kvm_stats.insert(name.clone(), *y as i64 - *x as i64);

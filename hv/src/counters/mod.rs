@@ -12,4 +12,4 @@ pub mod meter;
 pub mod tracepoints;
 
 pub use exits::{ExitReason, VcpuExitCounters};
-pub use meter::{Meter, PhaseDelta};
+pub use meter::{CounterSource, Meter, PhaseDelta};

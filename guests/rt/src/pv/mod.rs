@@ -1,0 +1,105 @@
+//! Paravirtual interfaces, used only when the hypervisor exposes them.
+//!
+//! Detection follows Linux (`kvm_cpuid_base`, `kvm_para_has_feature`): the CPUID hypervisor
+//! bit, then a search of 0x40000000..0x40010000 in steps of 0x100 for KVM's signature, whose
+//! leaf + 1 EAX holds the feature bits. hv's own interface is found at
+//! `hvlab_protocol::HV_CPUID_BASE` by its signature (see `hvlab_protocol::hvcall`).
+//!
+//! The BSP calls [`init_bsp`] once; every CPU then calls [`init_cpu`], which registers the
+//! per-CPU areas of what is exposed (kvm-clock, steal time, PV EOI) and turns off host halt
+//! polling when poll-control is exposed.
+
+pub mod eoi;
+pub mod hvcall;
+pub mod hypercall;
+pub mod kvmclock;
+pub mod steal;
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use hvlab_protocol::{HV_CPUID_BASE, HV_CPUID_SIGNATURE, kvm_pv};
+
+use crate::cpu::{cpuid, wrmsr};
+
+static KVM_FEATURES: AtomicU32 = AtomicU32::new(0);
+static HV_FEATURES: AtomicU32 = AtomicU32::new(0);
+static HV_MSR: AtomicU32 = AtomicU32::new(0);
+static AMD: AtomicBool = AtomicBool::new(false);
+
+fn signature(leaf: u32) -> ([u8; 12], u32) {
+    let r = cpuid(leaf, 0);
+    let mut s = [0u8; 12];
+    s[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    s[8..].copy_from_slice(&r.edx.to_le_bytes());
+    (s, r.eax)
+}
+
+/// KVM's CPUID base as Linux finds it, or `None`.
+pub fn kvm_cpuid_base() -> Option<u32> {
+    if cpuid(1, 0).ecx & (1 << 31) == 0 {
+        return None;
+    }
+    (0x4000_0000u32..0x4001_0000)
+        .step_by(0x100)
+        .find(|&leaf| signature(leaf).0 == kvm_pv::SIGNATURE)
+}
+
+/// Detects what is exposed (BSP, once, before the APs start).
+pub fn init_bsp() {
+    let v = signature(0).0;
+    AMD.store(
+        &v == b"AuthenticAMD" || &v == b"HygonGenuine",
+        Ordering::Relaxed,
+    );
+    if let Some(base) = kvm_cpuid_base() {
+        KVM_FEATURES.store(cpuid(base + 1, 0).eax, Ordering::Relaxed);
+    }
+    if cpuid(1, 0).ecx & (1 << 31) != 0 && signature(HV_CPUID_BASE).0 == HV_CPUID_SIGNATURE {
+        let r = cpuid(HV_CPUID_BASE + 1, 0);
+        HV_FEATURES.store(r.eax, Ordering::Relaxed);
+        HV_MSR.store(r.ebx, Ordering::Relaxed);
+    }
+}
+
+/// Registers this CPU's paravirtual areas (CPU `index`, 0 = BSP).
+pub fn init_cpu(index: u32) {
+    if kvm_has(kvm_pv::FEATURE_CLOCKSOURCE2) || kvm_has(kvm_pv::FEATURE_CLOCKSOURCE) {
+        kvmclock::enable(index);
+    }
+    if kvm_has(kvm_pv::FEATURE_STEAL_TIME) {
+        steal::enable(index);
+    }
+    if kvm_has(kvm_pv::FEATURE_PV_EOI) {
+        eoi::enable(index);
+    }
+    if kvm_has(kvm_pv::FEATURE_POLL_CONTROL) {
+        // Linux's haltpoll driver does this: the guest polls, so the host should not.
+        wrmsr(kvm_pv::MSR_KVM_POLL_CONTROL, 0);
+    }
+}
+
+/// KVM feature bits (CPUID base + 1 EAX), 0 without KVM.
+pub fn kvm_features() -> u32 {
+    KVM_FEATURES.load(Ordering::Relaxed)
+}
+
+/// True when KVM exposes feature number `feature` (`kvm_pv::FEATURE_*`).
+pub fn kvm_has(feature: u32) -> bool {
+    kvm_features() & kvm_pv::bit(feature) != 0
+}
+
+/// hv's feature bits (`hvlab_protocol::hvcall::FEATURE_*`), 0 without hv.
+pub fn hv_features() -> u32 {
+    HV_FEATURES.load(Ordering::Relaxed)
+}
+
+/// True when hv exposes every bit of `feature`.
+pub fn hv_has(feature: u32) -> bool {
+    feature != 0 && hv_features() & feature == feature
+}
+
+/// True on AMD/Hygon, whose hypercall instruction is `vmmcall`.
+pub fn is_amd() -> bool {
+    AMD.load(Ordering::Relaxed)
+}

@@ -1,0 +1,395 @@
+//! hv's side of the enlightenments while a partition runs: the hypercall MSR
+//! (`hvlab_protocol::hvcall`), TLB flushes of other vCPUs, parked spinners, multicast IPIs,
+//! and the counters that show each in the phase records.
+//!
+//! Every value here comes from the guest: bad calls get a #GP or an error status, never a
+//! panic, and every wait is bounded.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use hvlab_protocol::hvcall::{self, Block};
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::EnlightenmentSet;
+use crate::counters::CounterSource;
+use crate::vcpu::RunControl;
+
+/// How long a flush caller waits for its targets to leave the guest before it gives up (with
+/// `STATUS_TIMEOUT` and a note). Generous: a kicked vCPU leaves KVM_RUN in microseconds.
+const FLUSH_WAIT_LIMIT: Duration = Duration::from_millis(500);
+/// While parked, a spinner re-reads its lock word at this interval (a release hv is not told
+/// about still ends the wait promptly).
+const SPIN_RECHECK: Duration = Duration::from_micros(200);
+/// CR4.PGE: toggling it through KVM_SET_SREGS makes KVM reset the vCPU's MMU context, which
+/// drops its cached translations (and flushes the hardware TLB on the next entry).
+const CR4_PGE: u64 = 1 << 7;
+
+macro_rules! counters {
+    ($($field:ident : $name:literal),* $(,)?) => {
+        /// hv-side enlightenment counts of one partition (all vCPUs), reported in the phase
+        /// records' `exits_by_device` under `hv-enl:<name>`.
+        #[derive(Debug, Default)]
+        pub struct EnlightenmentCounters {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl EnlightenmentCounters {
+            const NAMES: &'static [&'static str] = &[$(concat!("hv-enl:", $name)),*];
+        }
+
+        impl CounterSource for EnlightenmentCounters {
+            fn names(&self) -> &[&'static str] {
+                Self::NAMES
+            }
+            fn read(&self, out: &mut Vec<u64>) {
+                $(out.push(self.$field.load(Ordering::Relaxed));)*
+            }
+        }
+    };
+}
+
+counters! {
+    calls_flush_tlb: "hvcall_flush_tlb",
+    calls_send_ipi: "hvcall_send_ipi",
+    calls_spin_wait: "hvcall_spin_wait",
+    calls_spin_release: "hvcall_spin_release",
+    calls_bad: "hvcall_bad",
+    flush_targets: "flush_targets",
+    flushes_done: "tlb_flushes_done",
+    kicks: "kicks",
+    msis: "msis_sent",
+    spin_waits_parked: "spin_waits_parked",
+    spin_wait_us: "spin_wait_us",
+    spin_wakes: "spin_wakes",
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// hv's enlightenment runtime of one partition, shared by its vCPU threads.
+#[derive(Debug)]
+pub struct EnlightenmentHost {
+    set: EnlightenmentSet,
+    vcpus: u32,
+    mem: GuestMemoryMmap,
+    vm: Arc<VmFd>,
+    control: OnceLock<Arc<RunControl>>,
+    /// vCPU i must drop its translations before it next enters the guest.
+    flush_pending: Box<[AtomicBool]>,
+    /// vCPU i is inside KVM_RUN (may be running guest code).
+    in_guest: Box<[AtomicBool]>,
+    /// Signalled when a flush completes or a vCPU leaves KVM_RUN.
+    flush_lock: Mutex<()>,
+    flush_cv: Condvar,
+    /// Spin releases so far; parked spinners wake when it moves.
+    spin_gen: Mutex<u64>,
+    spin_cv: Condvar,
+    counters: Arc<EnlightenmentCounters>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl EnlightenmentHost {
+    /// The runtime for `set` over `vcpus` vCPUs of `vm` with guest memory `mem`.
+    pub fn new(set: EnlightenmentSet, vcpus: u32, mem: GuestMemoryMmap, vm: Arc<VmFd>) -> Self {
+        let flags = |_| AtomicBool::new(false);
+        EnlightenmentHost {
+            set,
+            vcpus,
+            mem,
+            vm,
+            control: OnceLock::new(),
+            flush_pending: (0..vcpus).map(flags).collect(),
+            in_guest: (0..vcpus).map(flags).collect(),
+            flush_lock: Mutex::new(()),
+            flush_cv: Condvar::new(),
+            spin_gen: Mutex::new(0),
+            spin_cv: Condvar::new(),
+            counters: Arc::new(EnlightenmentCounters::default()),
+            notes: Mutex::default(),
+        }
+    }
+
+    /// The set this partition runs with.
+    pub fn set(&self) -> EnlightenmentSet {
+        self.set
+    }
+
+    /// The counters, for the partition's meter.
+    pub fn counters(&self) -> Arc<EnlightenmentCounters> {
+        self.counters.clone()
+    }
+
+    /// Hands over the run control once the vCPU threads exist (for kicks and stop checks).
+    pub(crate) fn attach_control(&self, control: Arc<RunControl>) {
+        let _ = self.control.set(control);
+    }
+
+    /// Remarks for the run's records (taken once).
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.notes))
+    }
+
+    fn note(&self, msg: String) {
+        let mut n = lock(&self.notes);
+        if !n.contains(&msg) && n.len() < 32 {
+            n.push(msg);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.get().is_some_and(|c| c.stopping())
+    }
+
+    /// Called by vCPU `index`'s loop right before KVM_RUN: performs a pending TLB flush, then
+    /// marks the vCPU as in the guest.
+    pub(crate) fn before_entry(&self, index: u32, fd: &mut VcpuFd) {
+        let i = index as usize;
+        if self
+            .flush_pending
+            .get(i)
+            .is_some_and(|p| p.load(Ordering::SeqCst))
+        {
+            self.flush_own_tlb(fd);
+            if let Some(p) = self.flush_pending.get(i) {
+                p.store(false, Ordering::SeqCst);
+            }
+            let _g = lock(&self.flush_lock);
+            self.flush_cv.notify_all();
+        }
+        if let Some(g) = self.in_guest.get(i) {
+            g.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Called by vCPU `index`'s loop right after KVM_RUN returns.
+    pub(crate) fn after_exit(&self, index: u32) {
+        if let Some(g) = self.in_guest.get(index as usize) {
+            g.store(false, Ordering::SeqCst);
+        }
+        // Only flush callers wait for this; avoid the lock when none can be waiting.
+        if self.flush_pending.iter().any(|p| p.load(Ordering::Relaxed)) {
+            let _g = lock(&self.flush_lock);
+            self.flush_cv.notify_all();
+        }
+    }
+
+    /// Drops this vCPU's cached translations. First completes any operation the last exit left
+    /// pending (KVM_RUN with immediate_exit returns before entering the guest), so that the
+    /// register reset happens between instructions; then toggles CR4.PGE through
+    /// KVM_SET_SREGS and restores it, which makes KVM reset the MMU context (unloading its
+    /// roots: unsynced shadow pages are resynced and the TLB is flushed when they reload).
+    fn flush_own_tlb(&self, fd: &mut VcpuFd) {
+        fd.set_kvm_immediate_exit(1);
+        let _ = fd.run();
+        fd.set_kvm_immediate_exit(0);
+        let result = fd.get_sregs().and_then(|s| {
+            let mut toggled = s;
+            toggled.cr4 ^= CR4_PGE;
+            fd.set_sregs(&toggled)?;
+            fd.set_sregs(&s)
+        });
+        match result {
+            Ok(()) => bump(&self.counters.flushes_done, 1),
+            Err(e) => self.note(format!("tlb-flush-hypercall: KVM_SET_SREGS failed: {e}")),
+        }
+    }
+
+    /// Handles a guest RDMSR that hv filters. `None` = raise #GP.
+    pub(crate) fn on_rdmsr(&self, _index: u32, msr: u32) -> Option<u64> {
+        // Reading the hypercall MSR returns the enabled features (a cheap presence check).
+        (msr == hvcall::MSR && self.set.hv_bits() != 0).then(|| u64::from(self.set.hv_bits()))
+    }
+
+    /// Handles a guest WRMSR that hv filters. `false` = raise #GP.
+    pub(crate) fn on_wrmsr(&self, index: u32, msr: u32, value: u64) -> bool {
+        if msr != hvcall::MSR || self.set.hv_bits() == 0 {
+            return false;
+        }
+        let Some((code, gpa)) = hvcall::decode(value) else {
+            bump(&self.counters.calls_bad, 1);
+            return false;
+        };
+        let Ok(block) = self.mem.read_obj::<[u64; 8]>(GuestAddress(gpa)) else {
+            bump(&self.counters.calls_bad, 1);
+            return false;
+        };
+        let b = Block {
+            args: [block[0], block[1], block[2], block[3], block[4], block[5]],
+            status: 0,
+            reserved: 0,
+        };
+        let status = self.call(index, code, &b);
+        // Status is the block's seventh word; the block was readable, so this write fits.
+        if self.mem.write_obj(status, GuestAddress(gpa + 48)).is_err() {
+            bump(&self.counters.calls_bad, 1);
+            return false;
+        }
+        true
+    }
+
+    fn call(&self, caller: u32, code: u64, b: &Block) -> u64 {
+        let hv = self.set.hv_bits();
+        let enabled = |f: u32| hv & f != 0;
+        match code {
+            hvcall::CALL_FLUSH_TLB if enabled(hvcall::FEATURE_TLB_FLUSH) => {
+                bump(&self.counters.calls_flush_tlb, 1);
+                let mask = if b.args[1] & 1 != 0 {
+                    !(1u64 << caller)
+                } else {
+                    b.args[0]
+                };
+                self.flush_tlbs(caller, mask & self.all_vcpus())
+            }
+            hvcall::CALL_SEND_IPI if enabled(hvcall::FEATURE_IPI) => {
+                bump(&self.counters.calls_send_ipi, 1);
+                self.send_ipi(b.args[0], b.args[1])
+            }
+            hvcall::CALL_LONG_SPIN_WAIT if enabled(hvcall::FEATURE_LONG_SPIN_NOTIFY) => {
+                bump(&self.counters.calls_spin_wait, 1);
+                self.spin_wait(b.args[0], b.args[1], b.args[2])
+            }
+            hvcall::CALL_SPIN_RELEASE if enabled(hvcall::FEATURE_LONG_SPIN_NOTIFY) => {
+                bump(&self.counters.calls_spin_release, 1);
+                let mut g = lock(&self.spin_gen);
+                *g = g.wrapping_add(1);
+                self.spin_cv.notify_all();
+                hvcall::STATUS_OK
+            }
+            _ => {
+                bump(&self.counters.calls_bad, 1);
+                hvcall::STATUS_NOT_ENABLED
+            }
+        }
+    }
+
+    fn all_vcpus(&self) -> u64 {
+        if self.vcpus >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.vcpus) - 1
+        }
+    }
+
+    /// CALL_FLUSH_TLB from `caller`: mark every target, kick it out of KVM_RUN, and wait until
+    /// each target has either flushed or is outside KVM_RUN (then it flushes in
+    /// `before_entry`, before it runs guest code again). A target that is itself in a
+    /// hypercall is outside KVM_RUN, so two vCPUs flushing each other cannot deadlock.
+    fn flush_tlbs(&self, caller: u32, mask: u64) -> u64 {
+        let targets: Vec<usize> = (0..self.vcpus as usize)
+            .filter(|&t| mask & (1 << t) != 0)
+            .collect();
+        bump(&self.counters.flush_targets, targets.len() as u64);
+        for &t in &targets {
+            self.flush_pending[t].store(true, Ordering::SeqCst);
+        }
+        let Some(control) = self.control.get() else {
+            return hvcall::STATUS_OK; // not started: nobody runs guest code yet
+        };
+        for &t in &targets {
+            if t != caller as usize {
+                control.kick(t);
+                bump(&self.counters.kicks, 1);
+            }
+        }
+        let deadline = Instant::now() + FLUSH_WAIT_LIMIT;
+        let mut g = lock(&self.flush_lock);
+        loop {
+            // The caller itself is outside KVM_RUN now; it flushes before re-entering.
+            let busy = targets.iter().any(|&t| {
+                self.flush_pending[t].load(Ordering::SeqCst)
+                    && self.in_guest[t].load(Ordering::SeqCst)
+            });
+            if !busy || self.stopping() {
+                return hvcall::STATUS_OK;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(g);
+                self.note(format!(
+                    "tlb-flush-hypercall: targets {mask:#x} did not leave the guest within {FLUSH_WAIT_LIMIT:?}"
+                ));
+                return hvcall::STATUS_TIMEOUT;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(1));
+            g = self
+                .flush_cv
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// CALL_SEND_IPI: one MSI (physical destination = APIC ID = vCPU index) per target.
+    fn send_ipi(&self, mask: u64, vector: u64) -> u64 {
+        if !(32..=254).contains(&vector) || mask & !self.all_vcpus() != 0 || mask == 0 {
+            return hvcall::STATUS_INVALID;
+        }
+        for t in 0..self.vcpus {
+            if mask & (1 << t) == 0 {
+                continue;
+            }
+            let msi = kvm_msi {
+                address_lo: 0xfee0_0000 | (t << 12),
+                address_hi: 0,
+                data: vector as u32,
+                ..Default::default()
+            };
+            match self.vm.signal_msi(msi) {
+                Ok(_) => bump(&self.counters.msis, 1),
+                Err(e) => self.note(format!("ipi-hypercall: KVM_SIGNAL_MSI failed: {e}")),
+            }
+        }
+        hvcall::STATUS_OK
+    }
+
+    /// CALL_LONG_SPIN_WAIT: park while the word at `gpa` still holds `seen`, until a release,
+    /// the bound, or the run's end.
+    fn spin_wait(&self, gpa: u64, seen: u64, bound_us: u64) -> u64 {
+        let read = || self.mem.read_obj::<u32>(GuestAddress(gpa)).ok();
+        if gpa % 4 != 0 || read().is_none() {
+            return hvcall::STATUS_INVALID;
+        }
+        let bound = Duration::from_micros(bound_us.min(hvcall::MAX_SPIN_WAIT_US));
+        let start = Instant::now();
+        let deadline = start + bound;
+        let mut g = lock(&self.spin_gen);
+        let gen0 = *g;
+        if read() != Some(seen as u32) {
+            return hvcall::STATUS_OK;
+        }
+        bump(&self.counters.spin_waits_parked, 1);
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.stopping() {
+                break;
+            }
+            g = self
+                .spin_cv
+                .wait_timeout(g, (deadline - now).min(SPIN_RECHECK))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if *g != gen0 {
+                bump(&self.counters.spin_wakes, 1);
+                break;
+            }
+            if read() != Some(seen as u32) {
+                break;
+            }
+        }
+        drop(g);
+        bump(
+            &self.counters.spin_wait_us,
+            u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+        hvcall::STATUS_OK
+    }
+}

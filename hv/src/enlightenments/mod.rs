@@ -1,0 +1,590 @@
+//! Enlightenments: paravirtual interfaces hv can expose, one file each, switchable per run.
+//!
+//! Each enlightenment says what it is (CLI name, description), how it works (its
+//! [`Mechanism`]s), what hv does on the host side, and whether this host can run it
+//! ([`Enlightenment::probe`]). A run picks an [`EnlightenmentSet`] (`none`, `all`, or a comma
+//! list); [`EnlightenmentSet::apply`] turns it into what `Partition::new` needs:
+//!
+//! 1. VM-level setup before any vCPU exists (KVM_CAP_X86_DISABLE_EXITS must precede vCPU
+//!    creation; KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER for hv's hypercall MSR);
+//! 2. CPUID edits per vCPU (KVM's 0x40000001 EAX bits, hv's own leaves at
+//!    [`hvlab_protocol::HV_CPUID_BASE`]);
+//! 3. extra guest command-line words (`apic=xapic` when `x2apic` is off);
+//! 4. the runtime ([`host::EnlightenmentHost`]) that serves hv's own hypercalls on the vCPU
+//!    threads and flushes TLBs before a vCPU re-enters the guest.
+//!
+//! Adding one: a file with a unit struct implementing [`Enlightenment`], and one line in
+//! `REGISTRY` below.
+
+mod host;
+mod probe;
+
+mod idle_no_exit;
+mod ipi_hypercall;
+mod kvm_clock;
+mod long_spin_notify;
+mod poll_control;
+mod pv_eoi;
+mod pv_ipi;
+mod pv_sched_yield;
+mod pv_tlb_flush;
+mod pv_unhalt;
+mod steal_time;
+mod tlb_flush_hypercall;
+mod x2apic;
+
+use std::fmt;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::Kvm;
+use thiserror::Error;
+
+pub use host::{EnlightenmentCounters, EnlightenmentHost};
+pub use probe::hypercalls_work;
+
+/// How an enlightenment reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// A CPUID bit tells the guest it may use the feature.
+    CpuidBit,
+    /// The guest enables or uses it through an MSR KVM implements.
+    Msr,
+    /// hv enables a KVM capability on the VM.
+    KvmCapability,
+    /// The guest uses a hypercall instruction (vmcall / vmmcall).
+    Hypercall,
+    /// hv's own interface: a synthetic MSR served by hv in userspace (no hypercall instruction).
+    HvInterface,
+}
+
+impl Mechanism {
+    /// Spelling in `hv caps` and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::CpuidBit => "cpuid-bit",
+            Mechanism::Msr => "msr",
+            Mechanism::KvmCapability => "kvm-capability",
+            Mechanism::Hypercall => "hypercall",
+            Mechanism::HvInterface => "hv-interface",
+        }
+    }
+}
+
+/// One switchable enlightenment.
+pub trait Enlightenment: Sync + fmt::Debug {
+    /// CLI spelling (DESIGN.md §4).
+    fn name(&self) -> &'static str;
+    /// One line for `hv caps`.
+    fn description(&self) -> &'static str;
+    /// How it works, most important first.
+    fn mechanisms(&self) -> &'static [Mechanism];
+    /// What hv does on the host side when it is enabled.
+    fn host_side(&self) -> &'static str;
+    /// `Ok` when this host can run it, else the reason.
+    fn probe(&self, kvm: &Kvm) -> Result<(), String>;
+    /// KVM feature bits (CPUID 0x40000001 EAX) exposed when enabled.
+    fn kvm_pv_bits(&self) -> u32 {
+        0
+    }
+    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX, `hvlab_protocol::hvcall::FEATURE_*`).
+    fn hv_bits(&self) -> u32 {
+        0
+    }
+    /// KVM_X86_DISABLE_EXITS_* flags enabled on the VM.
+    fn disable_exits(&self) -> u32 {
+        0
+    }
+    /// Guest command-line words added when this enlightenment is *off* (in a chosen set).
+    fn cmdline_when_off(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Every enlightenment, in `hv caps` order. One line per enlightenment.
+static REGISTRY: &[&dyn Enlightenment] = &[
+    &kvm_clock::KvmClock,
+    &steal_time::StealTime,
+    &pv_eoi::PvEoi,
+    &pv_unhalt::PvUnhalt,
+    &pv_tlb_flush::PvTlbFlush,
+    &pv_ipi::PvIpi,
+    &pv_sched_yield::PvSchedYield,
+    &poll_control::PollControl,
+    &x2apic::X2apic,
+    &idle_no_exit::IdleNoExit,
+    &long_spin_notify::LongSpinNotify,
+    &tlb_flush_hypercall::TlbFlushHypercall,
+    &ipi_hypercall::IpiHypercall,
+];
+
+/// Every enlightenment hv knows.
+pub fn registry() -> &'static [&'static dyn Enlightenment] {
+    REGISTRY
+}
+
+/// Looks an enlightenment up by its CLI name.
+pub fn find(name: &str) -> Option<&'static dyn Enlightenment> {
+    REGISTRY.iter().copied().find(|e| e.name() == name)
+}
+
+/// One row of `hv caps`.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Mechanism names joined with `+`.
+    pub mechanism: String,
+    pub host_side: &'static str,
+    /// `Ok` = supported here; `Err(reason)` = not.
+    pub result: Result<(), String>,
+}
+
+/// Probes every enlightenment on this host (for `hv caps`).
+pub fn probe_all(kvm: &Kvm) -> Vec<ProbeResult> {
+    REGISTRY
+        .iter()
+        .map(|e| ProbeResult {
+            name: e.name(),
+            description: e.description(),
+            mechanism: mechanism_string(e.mechanisms()),
+            host_side: e.host_side(),
+            result: e.probe(kvm),
+        })
+        .collect()
+}
+
+fn mechanism_string(m: &[Mechanism]) -> String {
+    m.iter().map(|m| m.name()).collect::<Vec<_>>().join("+")
+}
+
+/// Errors in choosing an enlightenment set.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum EnlightenmentError {
+    /// A name in the list is not an enlightenment.
+    #[error("unknown enlightenment `{name}`; valid: none, all, or a comma list of: {valid}")]
+    Unknown { name: String, valid: String },
+    /// The list has an empty item (`a,,b`) or is empty.
+    #[error("empty enlightenment name in `{list}`; valid: none, all, or a comma list of: {valid}")]
+    Empty { list: String, valid: String },
+    /// `none` or `all` combined with names.
+    #[error("`{word}` cannot be combined with other names in `{list}`")]
+    Mixed { word: String, list: String },
+    /// An enlightenment this host cannot run was asked for explicitly.
+    #[error("enlightenment `{name}` is not supported on this host: {reason}")]
+    Unsupported { name: String, reason: String },
+}
+
+fn valid_names() -> String {
+    REGISTRY
+        .iter()
+        .map(|e| e.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Members a set chosen as `all` dropped on this host: (name, probe's reason).
+pub type Dropped = Vec<(&'static str, String)>;
+
+/// A set of enlightenments (by registry position).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EnlightenmentSet {
+    bits: u32,
+    /// Chosen as `all`: members this host cannot run are dropped (with a note), not refused.
+    all: bool,
+}
+
+impl fmt::Debug for EnlightenmentSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EnlightenmentSet({self})")
+    }
+}
+
+impl fmt::Display for EnlightenmentSet {
+    /// `none`, or the names in registry order joined with commas.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.bits == 0 {
+            return f.write_str("none");
+        }
+        f.write_str(&self.names().join(","))
+    }
+}
+
+impl std::str::FromStr for EnlightenmentSet {
+    type Err = EnlightenmentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EnlightenmentSet::parse(s)
+    }
+}
+
+impl EnlightenmentSet {
+    /// No enlightenment.
+    pub const NONE: EnlightenmentSet = EnlightenmentSet {
+        bits: 0,
+        all: false,
+    };
+
+    /// Every enlightenment (those this host lacks are dropped when applied, with a note).
+    pub fn all() -> EnlightenmentSet {
+        EnlightenmentSet {
+            bits: (1u32 << REGISTRY.len()) - 1,
+            all: true,
+        }
+    }
+
+    /// Parses `none`, `all`, or a comma list of names (spaces around names are ignored).
+    pub fn parse(s: &str) -> Result<EnlightenmentSet, EnlightenmentError> {
+        let list = s.trim();
+        match list {
+            "none" => return Ok(EnlightenmentSet::NONE),
+            "all" => return Ok(EnlightenmentSet::all()),
+            _ => {}
+        }
+        let mut set = EnlightenmentSet::NONE;
+        for item in list.split(',') {
+            let name = item.trim();
+            if name.is_empty() {
+                return Err(EnlightenmentError::Empty {
+                    list: s.to_string(),
+                    valid: valid_names(),
+                });
+            }
+            if name == "none" || name == "all" {
+                return Err(EnlightenmentError::Mixed {
+                    word: name.to_string(),
+                    list: s.to_string(),
+                });
+            }
+            let Some(i) = REGISTRY.iter().position(|e| e.name() == name) else {
+                return Err(EnlightenmentError::Unknown {
+                    name: name.to_string(),
+                    valid: valid_names(),
+                });
+            };
+            set.bits |= 1 << i;
+        }
+        Ok(set)
+    }
+
+    /// Adds `name` (which must be a registry name).
+    pub fn with(mut self, name: &str) -> Result<EnlightenmentSet, EnlightenmentError> {
+        let i = REGISTRY
+            .iter()
+            .position(|e| e.name() == name)
+            .ok_or_else(|| EnlightenmentError::Unknown {
+                name: name.to_string(),
+                valid: valid_names(),
+            })?;
+        self.bits |= 1 << i;
+        Ok(self)
+    }
+
+    /// True when `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|e| e.name() == name)
+    }
+
+    /// True for the empty set.
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0
+    }
+
+    /// Members in registry order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static dyn Enlightenment> + '_ {
+        REGISTRY
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) != 0)
+            .map(|(_, e)| *e)
+    }
+
+    /// Member names in registry order (what run records store).
+    pub fn names(&self) -> Vec<&'static str> {
+        self.iter().map(|e| e.name()).collect()
+    }
+
+    /// KVM feature bits (CPUID 0x40000001 EAX) the set exposes.
+    pub fn kvm_pv_bits(&self) -> u32 {
+        self.iter().fold(0, |b, e| b | e.kvm_pv_bits())
+    }
+
+    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX) the set exposes.
+    pub fn hv_bits(&self) -> u32 {
+        self.iter().fold(0, |b, e| b | e.hv_bits())
+    }
+
+    /// KVM_X86_DISABLE_EXITS_* flags the set enables.
+    pub fn disable_exits(&self) -> u32 {
+        self.iter().fold(0, |b, e| b | e.disable_exits())
+    }
+
+    /// Guest command-line words for this set (from enlightenments that are off).
+    pub fn cmdline_words(&self) -> Vec<&'static str> {
+        REGISTRY
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) == 0)
+            .flat_map(|(_, e)| e.cmdline_when_off().iter().copied())
+            .collect()
+    }
+
+    /// Probes the members on `kvm`. A set chosen as `all` drops what this host lacks and returns
+    /// the dropped names with reasons; an explicit list fails on the first unsupported member.
+    pub fn resolve(&self, kvm: &Kvm) -> Result<(EnlightenmentSet, Dropped), EnlightenmentError> {
+        let mut kept = *self;
+        let mut dropped = Vec::new();
+        for (i, e) in REGISTRY.iter().enumerate() {
+            if self.bits & (1 << i) == 0 {
+                continue;
+            }
+            if let Err(reason) = e.probe(kvm) {
+                if !self.all {
+                    return Err(EnlightenmentError::Unsupported {
+                        name: e.name().to_string(),
+                        reason,
+                    });
+                }
+                kept.bits &= !(1 << i);
+                dropped.push((e.name(), reason));
+            }
+        }
+        Ok((kept, dropped))
+    }
+
+    /// VM-level setup, before any vCPU exists: KVM_CAP_X86_DISABLE_EXITS (KVM refuses it once
+    /// vCPUs exist) and, when an hv enlightenment is on, MSR exits to userspace for hv's
+    /// hypercall MSR (KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs + a filter denying only it).
+    pub fn setup_vm(&self, vm: &kvm_ioctls::VmFd) -> Result<(), String> {
+        use kvm_bindings::{
+            KVM_CAP_X86_DISABLE_EXITS, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+            kvm_enable_cap,
+        };
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let exits = self.disable_exits();
+        if exits != 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_DISABLE_EXITS,
+                args: [u64::from(exits), 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap)
+                .map_err(|e| format!("enabling KVM_CAP_X86_DISABLE_EXITS ({exits:#x}): {e}"))?;
+        }
+        if self.hv_bits() != 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_USER_SPACE_MSR,
+                args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap)
+                .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
+            // A 0 bit denies the access, which (with the capability) exits to userspace.
+            let deny = [0u8; 1];
+            let range = MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base: hvlab_protocol::hvcall::MSR,
+                msr_count: 1,
+                bitmap: &deny,
+            };
+            vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+                .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's hypercall MSR: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Edits one vCPU's CPUID: KVM's 0x40000001 EAX keeps only what KVM offers *and* the set
+    /// exposes (`extra_kvm_bits` are kept too: `PartitionConfig::kvm_pv_features`); hv's leaves
+    /// at `HV_CPUID_BASE` carry hv's signature, the set's hv feature bits and the hypercall MSR.
+    pub fn edit_cpuid(&self, cpuid: &mut CpuId, extra_kvm_bits: u32) -> Result<(), String> {
+        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, self.hv_bits())
+    }
+}
+
+/// See [`EnlightenmentSet::edit_cpuid`].
+fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32) -> Result<(), String> {
+    use hvlab_protocol::{HV_CPUID_BASE, HV_CPUID_SIGNATURE, hvcall};
+    use kvm_bindings::kvm_cpuid_entry2;
+    let mut base_seen = false;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            0x4000_0001 => e.eax &= kvm_bits,
+            f if f == HV_CPUID_BASE || f == HV_CPUID_BASE + 1 => base_seen = true,
+            _ => {}
+        }
+    }
+    if base_seen {
+        return Err("CPUID already has entries at hv's leaves".into());
+    }
+    let sig = |i: usize| {
+        u32::from_le_bytes([
+            HV_CPUID_SIGNATURE[i],
+            HV_CPUID_SIGNATURE[i + 1],
+            HV_CPUID_SIGNATURE[i + 2],
+            HV_CPUID_SIGNATURE[i + 3],
+        ])
+    };
+    let entries = [
+        kvm_cpuid_entry2 {
+            function: HV_CPUID_BASE,
+            eax: HV_CPUID_BASE + 1,
+            ebx: sig(0),
+            ecx: sig(4),
+            edx: sig(8),
+            ..Default::default()
+        },
+        kvm_cpuid_entry2 {
+            function: HV_CPUID_BASE + 1,
+            eax: hv_bits,
+            ebx: if hv_bits != 0 { hvcall::MSR } else { 0 },
+            ..Default::default()
+        },
+    ];
+    for e in entries {
+        cpuid
+            .push(e)
+            .map_err(|e| format!("cannot add hv's CPUID leaves: {e:?}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hvlab_protocol::{HV_CPUID_BASE, hvcall, kvm_pv};
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn registry_names_are_unique_and_fit_the_bitset() {
+        let names: Vec<_> = registry().iter().map(|e| e.name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        assert!(names.len() < 32);
+        for n in [
+            "kvm-clock",
+            "steal-time",
+            "pv-eoi",
+            "pv-unhalt",
+            "pv-tlb-flush",
+            "pv-ipi",
+            "pv-sched-yield",
+            "poll-control",
+            "x2apic",
+            "idle-no-exit",
+            "long-spin-notify",
+            "tlb-flush-hypercall",
+            "ipi-hypercall",
+        ] {
+            assert!(find(n).is_some(), "{n} missing");
+        }
+    }
+
+    #[test]
+    fn parse_none_all_and_lists() {
+        assert!(EnlightenmentSet::parse("none").unwrap().is_empty());
+        assert_eq!(
+            EnlightenmentSet::parse("all").unwrap().names().len(),
+            registry().len()
+        );
+        let s = EnlightenmentSet::parse(" steal-time , kvm-clock").unwrap();
+        assert_eq!(s.names(), vec!["kvm-clock", "steal-time"]);
+        assert_eq!(s.to_string(), "kvm-clock,steal-time");
+        assert_eq!(EnlightenmentSet::NONE.to_string(), "none");
+        assert_eq!(s, s.to_string().parse().unwrap());
+    }
+
+    #[test]
+    fn parse_unknown_name_lists_valid_names() {
+        let e = EnlightenmentSet::parse("kvm-clock,warp-drive").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("warp-drive"), "{msg}");
+        assert!(msg.contains("tlb-flush-hypercall"), "{msg}");
+        assert!(matches!(
+            EnlightenmentSet::parse("kvm-clock,,x2apic"),
+            Err(EnlightenmentError::Empty { .. })
+        ));
+        assert!(matches!(
+            EnlightenmentSet::parse("none,x2apic"),
+            Err(EnlightenmentError::Mixed { .. })
+        ));
+        assert!(matches!(
+            EnlightenmentSet::parse(""),
+            Err(EnlightenmentError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn kvm_and_hv_bits_follow_the_set() {
+        let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,tlb-flush-hypercall").unwrap();
+        let b = s.kvm_pv_bits();
+        assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_CLOCKSOURCE2), 0);
+        assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_TLB_FLUSH), 0);
+        assert_eq!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_SEND_IPI), 0);
+        assert_eq!(s.hv_bits(), hvcall::FEATURE_TLB_FLUSH);
+        assert_eq!(EnlightenmentSet::NONE.kvm_pv_bits(), 0);
+        assert_eq!(EnlightenmentSet::NONE.hv_bits(), 0);
+        assert_eq!(
+            EnlightenmentSet::parse("idle-no-exit")
+                .unwrap()
+                .disable_exits(),
+            kvm_bindings::KVM_X86_DISABLE_EXITS_HLT | kvm_bindings::KVM_X86_DISABLE_EXITS_PAUSE
+        );
+    }
+
+    #[test]
+    fn x2apic_off_tells_the_guest_xapic() {
+        assert_eq!(EnlightenmentSet::NONE.cmdline_words(), vec!["apic=xapic"]);
+        assert!(
+            EnlightenmentSet::parse("x2apic")
+                .unwrap()
+                .cmdline_words()
+                .is_empty()
+        );
+    }
+
+    fn leaf(c: &CpuId, f: u32) -> Option<kvm_cpuid_entry2> {
+        c.as_slice().iter().find(|e| e.function == f).copied()
+    }
+
+    #[test]
+    fn cpuid_edit_masks_kvm_leaf_and_adds_hv_leaves() {
+        let mut c = CpuId::new(1).unwrap();
+        c.as_mut_slice()[0] = kvm_cpuid_entry2 {
+            function: 0x4000_0001,
+            eax: 0xffff_ffff,
+            ..Default::default()
+        };
+        let s = EnlightenmentSet::parse("steal-time,ipi-hypercall").unwrap();
+        s.edit_cpuid(&mut c, 0).unwrap();
+        assert_eq!(
+            leaf(&c, 0x4000_0001).unwrap().eax,
+            kvm_pv::bit(kvm_pv::FEATURE_STEAL_TIME)
+        );
+        let base = leaf(&c, HV_CPUID_BASE).unwrap();
+        assert_eq!(&base.ebx.to_le_bytes(), b"hvla");
+        assert_eq!(base.eax, HV_CPUID_BASE + 1);
+        let feat = leaf(&c, HV_CPUID_BASE + 1).unwrap();
+        assert_eq!(feat.eax, hvcall::FEATURE_IPI);
+        assert_eq!(feat.ebx, hvcall::MSR);
+        // A second edit refuses rather than duplicating leaves.
+        assert!(s.edit_cpuid(&mut c, 0).is_err());
+    }
+
+    #[test]
+    fn explicit_unsupported_member_fails_but_all_drops_it() {
+        // Probing needs /dev/kvm; without it there is nothing to check here.
+        let Ok(kvm) = Kvm::new() else { return };
+        let all = EnlightenmentSet::all();
+        let (kept, dropped) = all.resolve(&kvm).unwrap();
+        for (name, reason) in &dropped {
+            assert!(!kept.contains(name));
+            assert!(!reason.is_empty());
+            let one = EnlightenmentSet::parse(name).unwrap();
+            assert!(matches!(
+                one.resolve(&kvm),
+                Err(EnlightenmentError::Unsupported { .. })
+            ));
+        }
+    }
+}

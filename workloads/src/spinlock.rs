@@ -1,0 +1,211 @@
+//! spinlock: every CPU takes one contended test-and-set lock `iters` times. With more vCPUs
+//! than host CPUs, lock holders get preempted and waiters burn their time slices spinning.
+//!
+//! Waiting (`mode=`): `spin` (bare loop), `pause` (PAUSE in the loop), `pv-unhalt` (after
+//! `spins` tries the waiter halts; the releaser wakes waiters with KVM_HC_KICK_CPU),
+//! `notify` (after `spins` tries the waiter asks hv to park it: long-spin-notify; the releaser
+//! signals a release when someone waits). `auto`: notify, then pv-unhalt, then pause.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "spinlock",
+    summary: "contended lock on every CPU: spin, pause, pv-unhalt, long-spin-notify (hv)",
+    params: &[
+        Param {
+            key: "iters",
+            default: "100",
+            help: "acquisitions per CPU",
+        },
+        Param {
+            key: "mode",
+            default: "auto",
+            help: "auto, spin, pause, pv-unhalt, notify",
+        },
+        Param {
+            key: "spins",
+            default: "64",
+            help: "tries before a waiter halts or notifies",
+        },
+        Param {
+            key: "hold",
+            default: "20",
+            help: "loop iterations inside the critical section",
+        },
+    ],
+    min_vcpus: 2,
+    devices: &[],
+    host_features: &[],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use hvlab_guest_rt::pv::{self, hvcall, hypercall};
+    use hvlab_guest_rt::{Ctx, Fail, cpu, idt, phase, smp};
+    use hvlab_protocol::{hvcall as proto, kvm_pv};
+
+    const KICK_VECTOR: u8 = 0xe2;
+    /// Bound of one long-spin wait, µs.
+    const NOTIFY_BOUND_US: u64 = 2000;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    #[repr(usize)]
+    enum Mode {
+        Spin,
+        Pause,
+        PvUnhalt,
+        Notify,
+    }
+
+    static LOCK: AtomicU32 = AtomicU32::new(0);
+    static WAITERS: AtomicU32 = AtomicU32::new(0);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SLOW_WAITS: AtomicU64 = AtomicU64::new(0);
+    static WAKE_CALLS: AtomicU64 = AtomicU64::new(0);
+    static ITERS: AtomicU64 = AtomicU64::new(0);
+    static SPINS: AtomicU64 = AtomicU64::new(0);
+    static HOLD: AtomicU64 = AtomicU64::new(0);
+    /// Halted waiters (pv-unhalt), by CPU index bit.
+    static HALTED: AtomicU64 = AtomicU64::new(0);
+
+    fn on_kick(_: u8) {}
+
+    fn acquire(mode: Mode, me: u32) {
+        let spins = SPINS.load(Ordering::Relaxed);
+        let mut tries = 0u64;
+        loop {
+            if LOCK.load(Ordering::Relaxed) == 0 && LOCK.swap(1, Ordering::Acquire) == 0 {
+                return;
+            }
+            tries += 1;
+            match mode {
+                Mode::Spin => {}
+                Mode::Pause => cpu::pause(),
+                Mode::PvUnhalt | Mode::Notify if tries < spins => cpu::pause(),
+                Mode::Notify => {
+                    tries = 0;
+                    SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
+                    WAITERS.fetch_add(1, Ordering::SeqCst);
+                    if LOCK.load(Ordering::SeqCst) == 1 {
+                        hvcall::spin_wait(LOCK.as_ptr(), 1, NOTIFY_BOUND_US);
+                    }
+                    WAITERS.fetch_sub(1, Ordering::SeqCst);
+                }
+                Mode::PvUnhalt => {
+                    tries = 0;
+                    SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
+                    cpu::cli();
+                    HALTED.fetch_or(1 << me, Ordering::SeqCst);
+                    if LOCK.load(Ordering::SeqCst) == 1 {
+                        cpu::sti_hlt();
+                    }
+                    HALTED.fetch_and(!(1 << me), Ordering::SeqCst);
+                    cpu::sti();
+                }
+            }
+        }
+    }
+
+    fn release(mode: Mode) {
+        LOCK.store(0, Ordering::SeqCst);
+        match mode {
+            Mode::Notify if WAITERS.load(Ordering::SeqCst) != 0 => {
+                WAKE_CALLS.fetch_add(1, Ordering::Relaxed);
+                hvcall::spin_release(LOCK.as_ptr());
+            }
+            Mode::PvUnhalt => {
+                let h = HALTED.load(Ordering::SeqCst);
+                if h != 0 {
+                    let cpu = h.trailing_zeros();
+                    WAKE_CALLS.fetch_add(1, Ordering::Relaxed);
+                    hypercall::kick_cpu(smp::apic_id(cpu));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn worker(me: u32, mode: usize) {
+        let mode = match mode {
+            0 => Mode::Spin,
+            1 => Mode::Pause,
+            2 => Mode::PvUnhalt,
+            _ => Mode::Notify,
+        };
+        cpu::sti();
+        let hold = HOLD.load(Ordering::Relaxed);
+        for _ in 0..ITERS.load(Ordering::Relaxed) {
+            acquire(mode, me);
+            let v = COUNTER.load(Ordering::Relaxed);
+            for _ in 0..hold {
+                core::hint::black_box(v);
+            }
+            COUNTER.store(v + 1, Ordering::Relaxed);
+            release(mode);
+        }
+        cpu::cli();
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let iters = ctx.args.u64_or("iters", 100)?;
+        ITERS.store(iters, Ordering::Relaxed);
+        SPINS.store(ctx.args.u64_or("spins", 64)?, Ordering::Relaxed);
+        HOLD.store(ctx.args.u64_or("hold", 20)?, Ordering::Relaxed);
+        let notify = pv::hv_has(proto::FEATURE_LONG_SPIN_NOTIFY);
+        let unhalt = pv::kvm_has(kvm_pv::FEATURE_PV_UNHALT);
+        let mode = match ctx.args.str_or("mode", "auto") {
+            "auto" if notify => Mode::Notify,
+            "auto" if unhalt => Mode::PvUnhalt,
+            "auto" | "pause" => Mode::Pause,
+            "spin" => Mode::Spin,
+            "notify" if notify => Mode::Notify,
+            "pv-unhalt" if unhalt => Mode::PvUnhalt,
+            "notify" => {
+                phase::skip("spinlock-notify", "long-spin-notify_not_exposed");
+                return Err(Fail::Unsupported("long-spin-notify not exposed"));
+            }
+            "pv-unhalt" => {
+                phase::skip("spinlock-pv-unhalt", "pv-unhalt_not_exposed");
+                return Err(Fail::Unsupported("pv-unhalt not exposed"));
+            }
+            _ => return Err(Fail::BadArg("mode")),
+        };
+        idt::register(KICK_VECTOR, on_kick);
+        let name = match mode {
+            Mode::Spin => "spinlock-spin",
+            Mode::Pause => "spinlock-pause",
+            Mode::PvUnhalt => "spinlock-pv-unhalt",
+            Mode::Notify => "spinlock-notify",
+        };
+        let n = ctx.cpus;
+        let p = phase::begin(name);
+        for i in 1..n {
+            smp::post(i, worker, mode as usize);
+        }
+        worker(0, mode as usize);
+        for i in 1..n {
+            smp::wait(i);
+        }
+        let total = iters * u64::from(n);
+        let f = p.end(total);
+        let count = COUNTER.load(Ordering::Relaxed);
+        f.report(
+            &[
+                ("cpus", u64::from(n)),
+                ("slow_waits", SLOW_WAITS.load(Ordering::Relaxed)),
+                ("wake_calls", WAKE_CALLS.load(Ordering::Relaxed)),
+                ("count", count),
+            ],
+            None,
+        );
+        if count != total {
+            return Err(Fail::Check("lost updates under the lock"));
+        }
+        Ok(())
+    }
+}

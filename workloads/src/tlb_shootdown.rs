@@ -1,0 +1,247 @@
+//! tlb-shootdown: the BSP remaps a page the APs have just read, shoots down their stale
+//! translations, and every AP must then read the new frame. Per shootdown it reports IPIs sent,
+//! INVLPGs executed (local + in handlers), targets flagged through steal time, hv calls, and
+//! stale reads.
+//!
+//! Methods (`mode=`): `ipi` (IPI + INVLPG in the handler, Linux's native path), `pv-tlb-flush`
+//! (preempted targets get KVM_VCPU_FLUSH_TLB in their steal-time record, running ones an
+//! IPI), `hypercall` (hv's CALL_FLUSH_TLB: one exit, no interrupt to the targets), `none` (no
+//! shootdown at all: a control that shows whether stale translations are observable on this
+//! host; it never fails). `auto` picks the best exposed one: hypercall, then pv-tlb-flush, then
+//! ipi.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "tlb-shootdown",
+    summary: "remap a page other vCPUs use, then shoot down their TLBs: ipi, pv-tlb-flush, hypercall (hv), none",
+    params: &[
+        Param {
+            key: "iters",
+            default: "20",
+            help: "shootdowns",
+        },
+        Param {
+            key: "mode",
+            default: "auto",
+            help: "auto, ipi, pv-tlb-flush, hypercall, none",
+        },
+    ],
+    min_vcpus: 2,
+    devices: &[],
+    host_features: &[],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use hvlab_guest_rt::entry::{window_map, window_va};
+    use hvlab_guest_rt::pv::{self, hvcall, steal};
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp};
+    use hvlab_protocol::{hvcall as proto, kvm_pv};
+
+    const FLUSH_VECTOR: u8 = 0xe1;
+    const PAGE: usize = 0;
+
+    #[repr(C, align(4096))]
+    struct Frame([AtomicU64; 512]);
+
+    static FRAMES: [Frame; 2] = [
+        Frame([const { AtomicU64::new(0) }; 512]),
+        Frame([const { AtomicU64::new(0) }; 512]),
+    ];
+
+    /// BSP → APs: 2k+1 = "read the page now", 2k+2 = "shootdown done, check it"; u32::MAX = quit.
+    static STEP: AtomicU32 = AtomicU32::new(0);
+    /// APs → BSP: completed reads and checks (cumulative).
+    static READS: AtomicU32 = AtomicU32::new(0);
+    static CHECKS: AtomicU32 = AtomicU32::new(0);
+    /// Value every AP must see after shootdown k.
+    static EXPECT: AtomicU64 = AtomicU64::new(0);
+    static STALE: AtomicU32 = AtomicU32::new(0);
+    static FLUSH_ACKS: AtomicU32 = AtomicU32::new(0);
+    static REMOTE_INVLPG: AtomicU32 = AtomicU32::new(0);
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Ipi,
+        PvTlbFlush,
+        Hypercall,
+        None,
+    }
+
+    impl Mode {
+        fn name(self) -> &'static str {
+            match self {
+                Mode::Ipi => "shootdown-ipi",
+                Mode::PvTlbFlush => "shootdown-pv-tlb-flush",
+                Mode::Hypercall => "shootdown-hypercall",
+                Mode::None => "shootdown-none",
+            }
+        }
+    }
+
+    fn on_flush(_: u8) {
+        cpu::invlpg(window_va(PAGE));
+        REMOTE_INVLPG.fetch_add(1, Ordering::Relaxed);
+        FLUSH_ACKS.fetch_add(1, Ordering::Release);
+    }
+
+    fn read_page() -> u64 {
+        // SAFETY: window page PAGE is mapped (by the BSP, before the APs start) to one of the
+        // two static frames; an aligned u64 read.
+        unsafe { core::ptr::read_volatile(window_va(PAGE) as *const u64) }
+    }
+
+    /// AP side: read when told, check when told, until told to quit. Interrupts are on so that
+    /// the IPI method's flush interrupt arrives.
+    fn ap_job(_cpu: u32, _: usize) {
+        cpu::sti();
+        let mut seen = 0;
+        loop {
+            let s = STEP.load(Ordering::Acquire);
+            if s == u32::MAX {
+                break;
+            }
+            if s != seen {
+                seen = s;
+                let v = read_page();
+                if s % 2 == 1 {
+                    READS.fetch_add(1, Ordering::Release);
+                } else {
+                    if v != EXPECT.load(Ordering::Acquire) {
+                        STALE.fetch_add(1, Ordering::Relaxed);
+                    }
+                    CHECKS.fetch_add(1, Ordering::Release);
+                }
+            }
+            cpu::pause();
+        }
+        cpu::cli();
+    }
+
+    fn wait_for(counter: &AtomicU32, target: u32) -> Result<(), Fail> {
+        let start = cpu::rdtsc();
+        while counter.load(Ordering::Acquire) < target {
+            if cpu::rdtsc().wrapping_sub(start) > 1 << 36 {
+                return Err(Fail::Check("APs stopped answering"));
+            }
+            cpu::pause();
+        }
+        Ok(())
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let iters = ctx.args.u64_or("iters", 20)?;
+        let n = ctx.cpus;
+        if n < 2 {
+            return Err(Fail::Unsupported("tlb-shootdown needs cpus>=2"));
+        }
+        let has_hv = pv::hv_has(proto::FEATURE_TLB_FLUSH);
+        let has_pv =
+            pv::kvm_has(kvm_pv::FEATURE_PV_TLB_FLUSH) && pv::kvm_has(kvm_pv::FEATURE_STEAL_TIME);
+        let mode = match ctx.args.str_or("mode", "auto") {
+            "auto" if has_hv => Mode::Hypercall,
+            "auto" if has_pv => Mode::PvTlbFlush,
+            "auto" | "ipi" => Mode::Ipi,
+            "pv-tlb-flush" if has_pv => Mode::PvTlbFlush,
+            "pv-tlb-flush" => {
+                phase::skip("shootdown-pv-tlb-flush", "pv-tlb-flush_not_exposed");
+                return Err(Fail::Unsupported("pv-tlb-flush not exposed"));
+            }
+            "hypercall" if has_hv => Mode::Hypercall,
+            "hypercall" => {
+                phase::skip("shootdown-hypercall", "tlb-flush-hypercall_not_exposed");
+                return Err(Fail::Unsupported("tlb-flush-hypercall not exposed"));
+            }
+            "none" => Mode::None,
+            _ => return Err(Fail::BadArg("mode")),
+        };
+        idt::register(FLUSH_VECTOR, on_flush);
+        FRAMES[0].0[0].store(1, Ordering::SeqCst);
+        window_map(PAGE, FRAMES[0].0.as_ptr() as u64);
+        cpu::flush_tlb();
+        EXPECT.store(1, Ordering::SeqCst);
+        let targets = n - 1;
+        let mut mask = 0u64;
+        for i in 1..n {
+            mask |= 1 << (smp::apic_id(i) % 64);
+        }
+        for i in 1..n {
+            smp::post(i, ap_job, 0);
+        }
+        let (mut ipis, mut local_invlpg, mut pv_flagged, mut hvcalls, mut timeouts) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let p = phase::begin(mode.name());
+        for k in 0..iters as u32 {
+            // 1. Every AP reads the page through its current translation.
+            STEP.store(2 * k + 1, Ordering::Release);
+            wait_for(&READS, targets * (k + 1))?;
+            // 2. Remap it to the other frame, which holds the new value.
+            let next = (k as usize + 1) % 2;
+            let value = u64::from(k) + 2;
+            FRAMES[next].0[0].store(value, Ordering::SeqCst);
+            EXPECT.store(value, Ordering::SeqCst);
+            window_map(PAGE, FRAMES[next].0.as_ptr() as u64);
+            cpu::invlpg(window_va(PAGE));
+            local_invlpg += 1;
+            // 3. Shoot down the APs' translations.
+            match mode {
+                Mode::Ipi | Mode::PvTlbFlush => {
+                    let before = FLUSH_ACKS.load(Ordering::Acquire);
+                    let mut sent = 0;
+                    for i in 1..n {
+                        if mode == Mode::PvTlbFlush && steal::flag_flush_if_preempted(i) {
+                            pv_flagged += 1;
+                            continue;
+                        }
+                        apic::send_ipi(smp::apic_id(i), FLUSH_VECTOR);
+                        sent += 1;
+                    }
+                    ipis += u64::from(sent);
+                    wait_for(&FLUSH_ACKS, before + sent)?;
+                }
+                Mode::Hypercall => {
+                    hvcalls += 1;
+                    if hvcall::flush_tlb(mask) != proto::STATUS_OK {
+                        timeouts += 1;
+                    }
+                }
+                Mode::None => {}
+            }
+            // 4. Every AP reads again and must see the new frame.
+            STEP.store(2 * k + 2, Ordering::Release);
+            wait_for(&CHECKS, targets * (k + 1))?;
+        }
+        let f = p.end(iters);
+        STEP.store(u32::MAX, Ordering::Release);
+        for i in 1..n {
+            smp::wait(i);
+        }
+        let stale = u64::from(STALE.load(Ordering::Relaxed));
+        f.report(
+            &[
+                ("targets", u64::from(targets)),
+                ("ipis", ipis),
+                ("invlpg_local", local_invlpg),
+                (
+                    "invlpg_remote",
+                    u64::from(REMOTE_INVLPG.load(Ordering::Relaxed)),
+                ),
+                ("pv_flagged", pv_flagged),
+                ("hvcalls", hvcalls),
+                ("hvcall_timeouts", timeouts),
+                ("stale_reads", stale),
+            ],
+            None,
+        );
+        if stale != 0 && mode != Mode::None {
+            return Err(Fail::Check("an AP read the old frame after a shootdown"));
+        }
+        Ok(())
+    }
+}
