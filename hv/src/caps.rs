@@ -108,6 +108,8 @@ pub struct HostCaps {
     pub tracepoints: Probe,
     /// `KVM_GET_STATS_FD` on a VM and a vCPU.
     pub stats_fd: Probe,
+    /// Every enlightenment in the registry, with this host's probe result.
+    pub enlightenments: Vec<EnlightenmentProbe>,
 }
 
 /// Probes the host. Fails only if KVM itself is unusable; each probe's failure is in its detail.
@@ -165,7 +167,32 @@ pub fn probe() -> Result<HostCaps, CapsError> {
         guest_pmu,
         tracepoints,
         stats_fd,
+        enlightenments: crate::enlightenments::probe_all(&kvm)
+            .into_iter()
+            .map(|r| EnlightenmentProbe {
+                name: r.name.to_string(),
+                supported: r.result.is_ok(),
+                mechanism: r.mechanism,
+                description: r.description.to_string(),
+                host_side: r.host_side.to_string(),
+                reason: r.result.err().unwrap_or_default(),
+            })
+            .collect(),
     })
+}
+
+/// One enlightenment as `hv caps` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnlightenmentProbe {
+    pub name: String,
+    pub supported: bool,
+    /// CPUID bit / MSR / KVM capability / hypercall / hv interface, joined with `+`.
+    pub mechanism: String,
+    pub description: String,
+    /// What hv enables on the host side.
+    pub host_side: String,
+    /// Why it cannot run here (empty when supported).
+    pub reason: String,
 }
 
 impl HostCaps {
@@ -211,6 +238,24 @@ impl HostCaps {
             "KVM paravirtual features (supported CPUID 0x40000001 EAX)",
             &pv,
         );
+        let _ = writeln!(s, "\nEnlightenments (`--enlighten`; probed on this host)");
+        let w = self
+            .enlightenments
+            .iter()
+            .map(|e| e.name.len())
+            .max()
+            .unwrap_or(0);
+        for e in &self.enlightenments {
+            let mark = if e.supported { '✓' } else { '✗' };
+            let _ = writeln!(
+                s,
+                "  {mark} {:<w$}  [{}] {}",
+                e.name, e.mechanism, e.description
+            );
+            if !e.supported {
+                let _ = writeln!(s, "    {:<w$}  unsupported: {}", "", e.reason);
+            }
+        }
         s
     }
 
@@ -233,6 +278,9 @@ impl HostCaps {
             &self.stats_fd,
         ] {
             caps.insert(format!("probe.{}", p.name), p.supported);
+        }
+        for e in &self.enlightenments {
+            caps.insert(format!("enlighten.{}", e.name), e.supported);
         }
         HostInfo {
             kernel: self.kernel.clone(),

@@ -7,6 +7,7 @@ use hvlab_workloads::WorkloadInfo;
 use kvm_ioctls::Kvm;
 
 use crate::devices::{self, DeviceOptions, DeviceVariant};
+use crate::enlightenments::EnlightenmentSet;
 use crate::error::HvError;
 use crate::guest_output::{self, GuestReport};
 use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome};
@@ -32,8 +33,8 @@ pub struct RunRequest {
     pub echo_console: bool,
     pub tracepoints: bool,
     pub devices: DeviceOptions,
-    /// Names of the enlightenments enabled (sorted); empty = none.
-    pub enlightenments: Vec<String>,
+    /// Enlightenments enabled (`none` = none, x2APIC included: the guest then uses xAPIC).
+    pub enlightenments: EnlightenmentSet,
     /// Guest image; `None` = the embedded one.
     pub image: Option<Vec<u8>>,
 }
@@ -53,7 +54,7 @@ impl Default for RunRequest {
             echo_console: false,
             tracepoints: true,
             devices: DeviceOptions::default(),
-            enlightenments: Vec::new(),
+            enlightenments: EnlightenmentSet::NONE,
             image: None,
         }
     }
@@ -70,11 +71,12 @@ impl RunRequest {
                 dev.push_str("-noevidx");
             }
         }
+        let enl = self.enlightenments.names().join("+");
         match (self.devices.variant, self.enlightenments.is_empty()) {
             (DeviceVariant::None, true) => "none".into(),
-            (DeviceVariant::None, false) => self.enlightenments.join("+"),
+            (DeviceVariant::None, false) => enl,
             (_, true) => dev,
-            (_, false) => format!("{dev}+{}", self.enlightenments.join("+")),
+            (_, false) => format!("{dev}+{enl}"),
         }
     }
 }
@@ -276,6 +278,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             max_exits: req.max_exits,
             echo_console: req.echo_console,
             kvm_pv_features: 0,
+            enlightenments: Some(req.enlightenments),
             ..PartitionConfig::default()
         };
         apply_host_features(info, &mut cfg);
@@ -357,7 +360,12 @@ pub fn records_for(
         workload: req.workload.clone(),
         params: params.clone(),
         device: req.devices.variant.name().into(),
-        enlightenments: req.enlightenments.clone(),
+        enlightenments: req
+            .enlightenments
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
         variant: req.variant_label(),
         vcpus: req.vcpus,
         partitions: req.partitions,
@@ -464,7 +472,7 @@ mod tests {
             "exit-floor cpus=2 part=1 iters=7 blk=ata"
         );
         assert_eq!(req.variant_label(), "none");
-        req.enlightenments = vec!["kvm-clock".into(), "pv-eoi".into()];
+        req.enlightenments = EnlightenmentSet::parse("pv-eoi,kvm-clock").unwrap();
         assert_eq!(req.variant_label(), "kvm-clock+pv-eoi");
         req.devices.variant = DeviceVariant::Synthetic;
         req.devices.event_idx = true;

@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Synthetic devices: do not offer VIRTIO_F_EVENT_IDX.
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Enlightenments: `none`, `all` (those this host lacks are dropped with a note), or a comma
+    /// list such as `kvm-clock,x2apic`. `hv caps` lists them with what this host supports.
+    /// `none` includes x2APIC: the guest then drives the APIC through xAPIC MMIO.
+    #[arg(long, default_value = "none")]
+    pub enlighten: String,
     /// Echo the guest console to stderr.
     #[arg(long)]
     pub console: bool,

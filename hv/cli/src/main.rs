@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hv::HvError;
 use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::enlightenments::EnlightenmentSet;
 use hv::run::{RecordContext, RunRequest};
 
 /// hvlab: measure what virtualization costs, and what enlightenments and synthetic devices save.
@@ -152,7 +153,8 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             event_idx: !a.no_event_idx,
             polling: a.polling,
         },
-        enlightenments: Vec::new(),
+        enlightenments: EnlightenmentSet::parse(&a.enlighten)
+            .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?,
         image: match &a.image {
             Some(p) => Some(
                 std::fs::read(p).with_context(|| format!("reading guest image {}", p.display()))?,
