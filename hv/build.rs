@@ -82,6 +82,14 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=HVLAB_GIT_REV={rev}");
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let toolchain = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=HVLAB_RUSTC_VERSION={toolchain}");
     println!(
         "cargo:rerun-if-changed={}",
         root.join(".git/HEAD").display()

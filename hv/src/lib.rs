@@ -18,9 +18,11 @@ pub mod guest_output;
 pub mod host;
 pub mod latency;
 pub mod partition;
+pub mod peer;
 pub mod record;
 pub mod run;
 pub mod status;
+pub mod suite;
 pub mod tiny_guest;
 pub mod vcpu;
 

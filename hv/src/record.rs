@@ -129,6 +129,13 @@ pub struct RunRecord {
     pub metrics: BTreeMap<String, f64>,
     /// Free-form remarks: counters unavailable and why, warnings.
     pub notes: Vec<String>,
+    /// Suite runs: the matrix point this record belongs to (stable across resumes and shards).
+    #[serde(default)]
+    pub run_key: String,
+    /// Suite runs: how many records the run wrote, so a resume can tell a whole run from one
+    /// cut short.
+    #[serde(default)]
+    pub run_records: u32,
 }
 
 /// `results/<run-id>/manifest.json`: what produced a results directory.

@@ -110,6 +110,8 @@ impl RecordContext {
 
 /// Git revision hv was built from (build.rs), `unknown` outside a checkout.
 pub const GIT_REV: &str = env!("HVLAB_GIT_REV");
+/// `rustc --version` of the toolchain that built hv.
+pub const TOOLCHAIN: &str = env!("HVLAB_RUSTC_VERSION");
 
 /// A run id that sorts by time: `YYYYMMDD-HHMMSS-<pid>`.
 pub fn new_run_id() -> String {

@@ -1,6 +1,7 @@
 //! `hv`: run hvlab workloads on KVM, probe the host, run experiment suites and write reports.
 
 mod args;
+mod suite_cmd;
 mod table;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,20 @@ enum Command {
     },
     /// List the workloads, their arguments and the devices they drive.
     List,
+    /// Run experiment matrices from spec files, write results/<run-id>/runs.jsonl and
+    /// manifest.json, then the report (report.md, report.html, plots).
+    ///
+    /// Examples:
+    ///   hv suite                                   # the default suite (bench/specs/default.toml)
+    ///   hv suite bench/specs/devices.toml --out results/dev
+    ///   hv suite --shard 1/2 --out results/s1      # half the matrix; another host runs 2/2
+    ///   hv suite --resume results/<run-id>         # after Ctrl-C or a crash
+    #[command(verbatim_doc_comment)]
+    Suite(suite_cmd::SuiteArgs),
+    /// (Re)generate the report from one or more results directories (shards merge).
+    Report(suite_cmd::ReportArgs),
+    /// Put two result sets side by side (two hosts, or two commits): B/A per metric.
+    Compare(suite_cmd::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +89,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Command::Run(a) => cmd_run(*a),
         Command::Caps { json } => cmd_caps(json),
+        Command::Suite(a) => suite_cmd::cmd_suite(a),
+        Command::Report(a) => suite_cmd::cmd_report(a),
+        Command::Compare(a) => suite_cmd::cmd_compare(a),
         Command::List => {
             print!("{}", table::workloads());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,344 @@
+//! Experiment specs (`bench/specs/*.toml`): named experiments, each a matrix over workload
+//! arguments, device variants, enlightenment sets, vCPUs, partitions and VMMs, repeated.
+//!
+//! ```toml
+//! name = "default"
+//! repetitions = 3
+//!
+//! [[experiment]]
+//! name = "exit-floor"
+//! workload = "exit-floor"
+//! baseline = "none"              # variant label ratios are computed against
+//! args = { iters = [500] }       # every combination of listed values
+//! vmm = ["hv", "qemu"]
+//!
+//! [[experiment]]
+//! name = "blk-io"
+//! workload = "blk-io"
+//! devices = ["emulated", "synthetic", "synthetic-poll"]
+//! baseline = "emulated"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::enlightenments::EnlightenmentSet;
+
+/// Errors in a spec file.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    #[error("cannot read spec {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("spec {path} is not valid TOML for an hvlab spec: {message}")]
+    Parse { path: String, message: String },
+    #[error("spec {path}, experiment `{experiment}`: {message}")]
+    Invalid {
+        path: String,
+        experiment: String,
+        message: String,
+    },
+}
+
+/// A scalar argument value as written in TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ArgValue {
+    Int(i64),
+    Str(String),
+    Bool(bool),
+}
+
+impl ArgValue {
+    /// As it goes on the guest command line.
+    pub fn render(&self) -> String {
+        match self {
+            ArgValue::Int(n) => n.to_string(),
+            ArgValue::Str(s) => s.clone(),
+            ArgValue::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+        }
+    }
+}
+
+/// One value or a list of values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(ArgValue),
+    Many(Vec<ArgValue>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<ArgValue> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn default_devices() -> Vec<String> {
+    vec!["none".into()]
+}
+fn default_enlighten() -> Vec<String> {
+    vec!["none".into()]
+}
+fn default_one() -> Vec<u32> {
+    vec![1]
+}
+fn default_vmm() -> Vec<String> {
+    vec!["hv".into()]
+}
+
+/// One experiment: a matrix of runs of one workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    pub workload: String,
+    #[serde(default)]
+    pub description: String,
+    /// Workload arguments: each key maps to one value or a list (every combination runs).
+    #[serde(default)]
+    pub args: BTreeMap<String, OneOrMany>,
+    /// `none`, `emulated`, `synthetic`, `synthetic-poll`, `synthetic-noevidx`.
+    #[serde(default = "default_devices")]
+    pub devices: Vec<String>,
+    /// Enlightenment sets as `--enlighten` spells them (`none`, `all`, `a,b`).
+    #[serde(default = "default_enlighten")]
+    pub enlighten: Vec<String>,
+    #[serde(default = "default_one")]
+    pub vcpus: Vec<u32>,
+    #[serde(default = "default_one")]
+    pub partitions: Vec<u32>,
+    /// `hv` and/or `qemu` (the peer column).
+    #[serde(default = "default_vmm")]
+    pub vmm: Vec<String>,
+    /// Host CPUs for vCPU threads (as `--cpus`), e.g. "0,1".
+    #[serde(default)]
+    pub cpus: Option<String>,
+    /// Overrides the spec's repetitions.
+    #[serde(default)]
+    pub repetitions: Option<u32>,
+    /// Variant label ratios are computed against (default: the analysis picks one).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Guest RAM, e.g. "32M".
+    #[serde(default)]
+    pub mem: Option<String>,
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
+/// A spec file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_reps")]
+    pub repetitions: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    pub experiment: Vec<Experiment>,
+}
+
+fn default_reps() -> u32 {
+    3
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+
+/// Device variants a spec may name.
+pub const DEVICE_VARIANTS: &[&str] = &[
+    "none",
+    "emulated",
+    "synthetic",
+    "synthetic-poll",
+    "synthetic-noevidx",
+];
+
+impl Spec {
+    /// Reads and checks a spec file.
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Spec::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks spec text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Spec, SpecError> {
+        let spec: Spec = toml::from_str(text).map_err(|e| SpecError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        spec.check(origin)?;
+        Ok(spec)
+    }
+
+    fn check(&self, origin: &str) -> Result<(), SpecError> {
+        let bad = |e: &Experiment, message: String| SpecError::Invalid {
+            path: origin.to_string(),
+            experiment: e.name.clone(),
+            message,
+        };
+        if self.experiment.is_empty() {
+            return Err(SpecError::Parse {
+                path: origin.into(),
+                message: "no [[experiment]] tables".into(),
+            });
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for e in &self.experiment {
+            if !names.insert(e.name.as_str()) {
+                return Err(bad(e, "experiment names must be unique".into()));
+            }
+            let Some(info) = hvlab_workloads::find(&e.workload) else {
+                let valid: Vec<_> = hvlab_workloads::ALL.iter().map(|w| w.name).collect();
+                return Err(bad(
+                    e,
+                    format!(
+                        "unknown workload `{}`; valid: {}",
+                        e.workload,
+                        valid.join(", ")
+                    ),
+                ));
+            };
+            for k in e.args.keys() {
+                if !info.params.iter().any(|p| p.key == k) {
+                    let valid: Vec<_> = info.params.iter().map(|p| p.key).collect();
+                    return Err(bad(
+                        e,
+                        format!(
+                            "`{}` has no argument `{k}`; it takes: {}",
+                            e.workload,
+                            valid.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for d in &e.devices {
+                if !DEVICE_VARIANTS.contains(&d.as_str()) {
+                    return Err(bad(
+                        e,
+                        format!(
+                            "unknown device variant `{d}`; valid: {}",
+                            DEVICE_VARIANTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for s in &e.enlighten {
+                EnlightenmentSet::parse(s).map_err(|err| bad(e, err.to_string()))?;
+            }
+            for v in &e.vmm {
+                if v != "hv" && v != "qemu" {
+                    return Err(bad(e, format!("unknown vmm `{v}`; valid: hv, qemu")));
+                }
+            }
+            if e.vcpus.iter().chain(&e.partitions).any(|&n| n == 0) {
+                return Err(bad(e, "vcpus and partitions must be at least 1".into()));
+            }
+            if e.devices.is_empty()
+                || e.enlighten.is_empty()
+                || e.vcpus.is_empty()
+                || e.partitions.is_empty()
+                || e.vmm.is_empty()
+            {
+                return Err(bad(
+                    e,
+                    "devices, enlighten, vcpus, partitions and vmm lists must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Argument combinations of `e`, in a stable order.
+    pub fn arg_combinations(e: &Experiment) -> Vec<BTreeMap<String, String>> {
+        let mut combos = vec![BTreeMap::new()];
+        for (k, v) in &e.args {
+            let mut next = Vec::new();
+            for c in &combos {
+                for val in v.values() {
+                    let mut c2 = c.clone();
+                    c2.insert(k.clone(), val.render());
+                    next.push(c2);
+                }
+            }
+            combos = next;
+        }
+        combos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "t"
+repetitions = 2
+[[experiment]]
+name = "ef"
+workload = "exit-floor"
+args = { iters = [10, 20], tests = "nop" }
+vmm = ["hv", "qemu"]
+"#;
+
+    #[test]
+    fn parses_and_expands_arguments() {
+        let s = Spec::parse(SPEC, "t.toml").unwrap();
+        assert_eq!(s.repetitions, 2);
+        let e = &s.experiment[0];
+        assert_eq!(e.devices, vec!["none"]);
+        let combos = Spec::arg_combinations(e);
+        assert_eq!(combos.len(), 2);
+        assert_eq!(combos[0]["iters"], "10");
+        assert_eq!(combos[1]["tests"], "nop");
+    }
+
+    #[test]
+    fn bad_specs_name_the_problem() {
+        let e = Spec::parse(&SPEC.replace("exit-floor", "nope"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown workload `nope`") && e.contains("x.toml"),
+            "{e}"
+        );
+        let e = Spec::parse(&SPEC.replace("iters", "itres"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no argument `itres`"), "{e}");
+        let e = Spec::parse(
+            &SPEC.replace("vmm = [\"hv\", \"qemu\"]", "vmm = [\"xen\"]"),
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown vmm"), "{e}");
+        let e = Spec::parse("name = 1", "x").unwrap_err().to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+        let e = Spec::parse(&SPEC.replace("vmm =", "bogus = 1\nvmm ="), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let with_enl = SPEC.replace("vmm =", "enlighten = [\"warp-drive\"]\nvmm =");
+        assert!(
+            Spec::parse(&with_enl, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("warp-drive")
+        );
+    }
+}
