@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 pub const MEM: u64 = 16 << 20;
 
 /// A VM built with raw kvm-ioctls calls only: memory, irqchip, one vCPU at the code.
+#[derive(Debug)]
 pub struct RawVm {
     _vm: VmFd,
     _mem: GuestMemoryMmap,

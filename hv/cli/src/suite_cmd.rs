@@ -221,7 +221,7 @@ pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     if !a.no_report {
-        write_report(&[dir.clone()], &dir)?;
+        write_report(std::slice::from_ref(&dir), &dir)?;
     }
     Ok(if summary.failed == 0 {
         ExitCode::SUCCESS
@@ -279,8 +279,8 @@ pub fn cmd_report(a: ReportArgs) -> Result<ExitCode> {
 pub fn cmd_compare(a: CompareArgs) -> Result<ExitCode> {
     let out = a.out.clone().unwrap_or_else(|| a.b.clone());
     let files = hvlab_analysis::compare(
-        &[a.a.clone()],
-        &[a.b.clone()],
+        std::slice::from_ref(&a.a),
+        std::slice::from_ref(&a.b),
         &out,
         &hvlab_analysis::ReportOptions::default(),
     )?;
