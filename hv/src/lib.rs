@@ -5,7 +5,7 @@
 //! exit dispatch; [`bus`] the address spaces; [`devices`] the device models; [`counters`] what
 //! is measured; [`boot`] loads the guest; [`guest_output`] parses what the guest reports;
 //! [`run`] turns a workload request into partitions and run records; [`record`] is the results
-//! schema.
+//! schema; [`peer`] runs the same image under QEMU for the peer column.
 
 pub mod boot;
 pub mod bus;
@@ -18,6 +18,7 @@ pub mod guest_output;
 pub mod host;
 pub mod latency;
 pub mod partition;
+pub mod peer;
 pub mod record;
 pub mod run;
 pub mod status;
