@@ -60,6 +60,9 @@ pub enum HvError {
     /// A device or enlightenment failed to set up.
     #[error("{0}")]
     Setup(String),
+    /// QEMU, the peer VMM, could not be run (its guest's failures are run statuses instead).
+    #[error("QEMU peer: {0}")]
+    Qemu(#[from] crate::peer::QemuError),
     /// Writing results failed.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -5,7 +5,7 @@
 //! exit dispatch; [`bus`] the address spaces; [`devices`] the device models; [`counters`] what
 //! is measured; [`boot`] loads the guest; [`guest_output`] parses what the guest reports;
 //! [`run`] turns a workload request into partitions and run records; [`record`] is the results
-//! schema.
+//! schema; [`peer`] runs the same image under QEMU for the peer column.
 
 pub mod boot;
 pub mod bus;

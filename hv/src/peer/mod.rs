@@ -1,19 +1,10 @@
-//! Peer VMMs that run the same guest image, for side-by-side columns.
+//! Peer VMMs: the same guest image run under another VMM, reported in the same run records
+//! (`RunRecord::vmm` names the VMM), so that reports can put hv and its peers side by side.
+//!
+//! Only the guest's own measurements (operation counts, TSC deltas, latency histograms,
+//! workload metrics) exist under a peer; hv's exit counts, KVM stats and tracepoints are left
+//! empty there, never estimated.
 
-use crate::record::{RecordStatus, RunRecord};
-use crate::run::{RecordContext, RunRequest};
+pub mod qemu;
 
-/// Runs `req` under the peer VMM. Placeholder until the QEMU runner lands: every run is
-/// recorded as skipped with that reason, never as numbers.
-pub fn run_peer(req: &RunRequest, ctx: &RecordContext) -> Vec<RunRecord> {
-    vec![RunRecord {
-        run_id: ctx.run_id.clone(),
-        experiment: ctx.experiment.clone(),
-        workload: req.workload.clone(),
-        variant: req.variant_label(),
-        vmm: "qemu".into(),
-        phase: "run".into(),
-        status: RecordStatus::Skipped("the QEMU peer runner is not in this build".into()),
-        ..RunRecord::default()
-    }]
-}
+pub use qemu::{QemuError, qemu_binary, run_qemu, supports};
