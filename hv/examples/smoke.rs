@@ -1,3 +1,5 @@
+//! Boots one guest with its console echoed: `cargo run -p hv --example smoke -- <cmdline>`.
+#![allow(clippy::unwrap_used)] // a developer smoke test: a panic is the report
 use std::time::{Duration, Instant};
 fn main() {
     let kvm = hv::error::open_kvm().unwrap();

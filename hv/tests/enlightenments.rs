@@ -184,3 +184,130 @@ fn shootdown_by_hypercall_without_the_feature_is_refused_by_the_guest() {
         hv::RunStatus::GuestExit(hvlab_protocol::status::UNSUPPORTED)
     );
 }
+
+fn boot_traced(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
+    let cfg = PartitionConfig {
+        cmdline: format!("{cmdline} cpus={vcpus}"),
+        vcpus,
+        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
+        tracepoints: true,
+        ..Default::default()
+    };
+    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
+    let r = p.start().expect("starts");
+    r.wait(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+}
+
+/// The guest's `rec=phase` line for phase `name`.
+fn phase_line<'a>(o: &'a PartitionOutcome, name: &str) -> Option<&'a str> {
+    o.console
+        .lines()
+        .find(|l| l.contains("rec=phase") && l.contains(&format!(" name={name} ")))
+}
+
+/// Metric `key` of the guest's phase `name`.
+fn metric(o: &PartitionOutcome, name: &str, key: &str) -> Option<u64> {
+    phase_line(o, name)?
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+/// The host's counter deltas of the guest's phase `name`.
+fn host_phase<'a>(o: &'a PartitionOutcome, name: &str) -> Option<&'a hv::counters::PhaseDelta> {
+    let id: u32 = phase_line(o, name)?
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("id="))?
+        .parse()
+        .ok()?;
+    o.phases.iter().find(|p| p.id == id)
+}
+
+/// Tracepoint `tp` of phase `name`; `None` when tracepoints could not be opened here.
+fn tracepoint(o: &PartitionOutcome, name: &str, tp: &str) -> Option<u64> {
+    host_phase(o, name)?.tracepoints.get(tp).copied()
+}
+
+#[test]
+fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 10;
+    const VCPUS: u32 = 4;
+    let targets = u64::from(VCPUS - 1);
+    // (set, mode, phase suffix)
+    let cases = [
+        ("none", "apic", "xapic"),
+        ("x2apic", "apic", "x2apic"),
+        ("ipi-hypercall", "hypercall", "hypercall"),
+        ("pv-ipi", "pv-ipi", "pv-ipi"),
+    ];
+    for (set, mode, suffix) in cases {
+        if let Err(e) = EnlightenmentSet::parse(set).unwrap().resolve(&kvm) {
+            eprintln!("skipped ipi {set}: {e}");
+            continue;
+        }
+        let o = boot_traced(&kvm, &format!("ipi iters={ITERS} mode={mode}"), VCPUS, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        let uni = format!("ipi-unicast-{suffix}");
+        let multi = format!("ipi-multicast-{suffix}");
+        for (phase, per_op) in [(&uni, 1), (&multi, targets)] {
+            assert_eq!(
+                metric(&o, phase, "targets"),
+                Some(ITERS * per_op),
+                "{phase}"
+            );
+            assert_eq!(
+                metric(&o, phase, "received"),
+                Some(ITERS * per_op),
+                "{phase}"
+            );
+            assert_eq!(metric(&o, phase, "failed"), Some(0), "{phase}");
+            let h = host_phase(&o, phase).expect("host counters for the phase");
+            let user = h.exits.get("total").copied().unwrap_or(0);
+            let msr_writes = h.exits.get("msr_write").copied().unwrap_or(0);
+            match mode {
+                // The local APIC is in KVM: sending and EOI never leave the kernel.
+                "apic" => assert_eq!(user, 0, "{phase}: {:?}", h.exits),
+                // hv's call: exactly one MSR exit to hv per IPI operation, unicast or multicast.
+                "hypercall" => {
+                    assert_eq!(msr_writes, ITERS, "{phase}: {:?}", h.exits);
+                    assert_eq!(user, ITERS, "{phase}: {:?}", h.exits);
+                    let msis = h.exits_by_device.get("hv-enl:msis_sent").copied();
+                    assert_eq!(msis, Some(ITERS * per_op), "{phase}");
+                }
+                _ => {}
+            }
+            let (mmio, msr) = (
+                tracepoint(&o, phase, "kvm_mmio"),
+                tracepoint(&o, phase, "kvm_msr"),
+            );
+            let (Some(mmio), Some(msr)) = (mmio, msr) else {
+                eprintln!("{phase}: tracepoints unavailable, mechanism counts not checked");
+                continue;
+            };
+            eprintln!(
+                "{phase}: per op: {:.2} userspace exits, {:.2} kvm_mmio, {:.2} kvm_msr",
+                user as f64 / ITERS as f64,
+                mmio as f64 / ITERS as f64,
+                msr as f64 / ITERS as f64
+            );
+            match suffix {
+                // ICR writes (and EOIs) are MMIO accesses to the APIC page; no APIC MSR.
+                "xapic" => {
+                    assert!(mmio >= ITERS, "{phase}: kvm_mmio {mmio}");
+                    assert_eq!(msr, 0, "{phase}: kvm_msr");
+                }
+                // ICR writes (and EOIs) are MSR writes; no APIC MMIO.
+                "x2apic" => {
+                    assert_eq!(mmio, 0, "{phase}: kvm_mmio");
+                    assert!(msr >= ITERS, "{phase}: kvm_msr {msr}");
+                }
+                _ => {}
+            }
+        }
+    }
+}

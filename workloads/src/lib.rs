@@ -8,6 +8,7 @@
 pub mod blk_io;
 pub mod console_io;
 pub mod exit_floor;
+pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
 pub mod spinlock;
@@ -61,7 +62,8 @@ registry!(
     blk_io,
     console_io,
     spinlock,
-    tlb_shootdown
+    tlb_shootdown,
+    ipi,
 );
 
 /// Looks a workload up by name.
