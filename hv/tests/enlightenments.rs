@@ -311,3 +311,73 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
         }
     }
 }
+
+fn boot_workload(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
+    let name = cmdline.split_whitespace().next().unwrap_or("");
+    let info = hvlab_workloads::find(name).expect("known workload");
+    let mut cfg = PartitionConfig {
+        cmdline: format!("{cmdline} cpus={vcpus}"),
+        vcpus,
+        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
+        tracepoints: true,
+        ..Default::default()
+    };
+    hv::run::apply_host_features(info, &mut cfg);
+    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
+    let r = p.start().expect("starts");
+    r.wait(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 40;
+    let with = EnlightenmentSet::parse("kvm-clock").unwrap().resolve(&kvm);
+    let set = if with.is_ok() { "kvm-clock" } else { "none" };
+    let o = boot_workload(&kvm, &format!("clock iters={ITERS}"), 1, set);
+    assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
+    // (phase, userspace exits per read, of which PIO reads per read)
+    let cases = [
+        ("clock-tsc", 0, 0),
+        ("clock-kvm-clock", 0, 0),
+        ("clock-pit", 0, 0),
+        ("clock-pm-timer", 1, 1),
+        ("clock-rtc", 2, 1),
+    ];
+    for (phase, user, ins) in cases {
+        if phase == "clock-kvm-clock" && set == "none" {
+            assert!(
+                o.console
+                    .contains("name=clock-kvm-clock reason=kvm-clock_not_exposed")
+            );
+            continue;
+        }
+        assert_eq!(metric(&o, phase, "backwards"), Some(0), "{phase}");
+        let h = host_phase(&o, phase).unwrap_or_else(|| panic!("{phase} ran\n{}", o.console));
+        let total = h.exits.get("total").copied().unwrap_or(0);
+        let io_in = h.exits.get("io_in").copied().unwrap_or(0);
+        assert_eq!(total, user * ITERS, "{phase}: {:?}", h.exits);
+        assert_eq!(io_in, ins * ITERS, "{phase}: {:?}", h.exits);
+        if let Some(pio) = tracepoint(&o, phase, "kvm_pio") {
+            eprintln!(
+                "{phase}: per read {} userspace exits, {:.2} kvm_pio, {} ns (wall, incl. loop)",
+                user,
+                pio as f64 / ITERS as f64,
+                h.wall_ns / ITERS
+            );
+            if phase == "clock-pit" {
+                // Latch command + two data reads, all answered by KVM's PIT; the phase markers'
+                // own PIO (what the TSC phase shows) comes on top.
+                let markers = tracepoint(&o, "clock-tsc", "kvm_pio").unwrap_or(0);
+                assert_eq!(pio - markers, 3 * ITERS, "{phase}");
+            }
+        }
+    }
+    // The timer sources count; the RTC's seconds may not change within the phase.
+    for phase in ["clock-tsc", "clock-pit", "clock-pm-timer"] {
+        assert!(metric(&o, phase, "changes").unwrap_or(0) > 0, "{phase}");
+    }
+}

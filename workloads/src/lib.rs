@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod blk_io;
+pub mod clock;
 pub mod console_io;
 pub mod exit_floor;
 pub mod ipi;
@@ -36,7 +37,9 @@ pub struct WorkloadInfo {
     /// Device classes it drives (`console`, `block`); empty = none beyond the boot console.
     pub devices: &'static [&'static str],
     /// hv-side resources it uses beyond the defaults: `kernel-port` (an ioeventfd on
-    /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC/PIT in KVM).
+    /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC in KVM), `pit` (KVM's in-kernel PIT; implies
+    /// `full-irqchip`), `pm-timer` (hv's ACPI PM timer at port 0x608), `rtc` (hv's CMOS RTC at
+    /// ports 0x70/0x71).
     pub host_features: &'static [&'static str],
 }
 
@@ -64,6 +67,7 @@ registry!(
     spinlock,
     tlb_shootdown,
     ipi,
+    clock,
 );
 
 /// Looks a workload up by name.
