@@ -381,3 +381,61 @@ fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
         assert!(metric(&o, phase, "changes").unwrap_or(0) > 0, "{phase}");
     }
 }
+
+#[test]
+fn interrupts_storm_counts_eois_with_and_without_pv_eoi() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 20;
+    let mut sets = vec!["none"];
+    match EnlightenmentSet::parse("pv-eoi").unwrap().resolve(&kvm) {
+        Ok(_) => sets.push("pv-eoi"),
+        Err(e) => eprintln!("skipped interrupts pv-eoi: {e}"),
+    }
+    let mut apic_eois = Vec::new();
+    for set in sets {
+        let o = boot_traced(&kvm, &format!("interrupts iters={ITERS}"), 1, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        for phase in ["interrupts-timer", "interrupts-self-ipi"] {
+            let n = metric(&o, phase, "interrupts");
+            let pv = metric(&o, phase, "eoi_pv").unwrap_or(u64::MAX);
+            let apic = metric(&o, phase, "eoi_apic").unwrap_or(u64::MAX);
+            assert_eq!(n, Some(ITERS), "{set}/{phase}");
+            assert_eq!(pv + apic, ITERS, "{set}/{phase}: every interrupt ends once");
+            assert_eq!(
+                metric(&o, phase, "pv_eoi"),
+                Some(u64::from(set == "pv-eoi"))
+            );
+            if set == "none" {
+                assert_eq!(pv, 0, "{phase}: no PV EOI without pv-eoi");
+            }
+            let h = host_phase(&o, phase).expect("host counters");
+            assert_eq!(
+                h.exits.get("total").copied(),
+                Some(0),
+                "{set}/{phase}: in-kernel APIC"
+            );
+            if let (Some(eoi), Some(pv_eoi)) = (
+                tracepoint(&o, phase, "kvm_eoi"),
+                tracepoint(&o, phase, "kvm_pv_eoi"),
+            ) {
+                eprintln!(
+                    "{set}/{phase}: guest EOI writes {apic}, PV EOIs {pv}; KVM kvm_eoi {eoi}, kvm_pv_eoi {pv_eoi}"
+                );
+                // KVM ends every interrupt, through the register or the PV flag.
+                assert!(eoi >= ITERS, "{set}/{phase}: kvm_eoi {eoi}");
+                if set == "none" {
+                    assert_eq!(pv_eoi, 0, "{phase}");
+                }
+            }
+            apic_eois.push((set, phase, apic));
+        }
+    }
+    // PV EOI can only remove EOI register writes (on some hosts it removes none).
+    for (set, phase, apic) in &apic_eois {
+        let base = apic_eois
+            .iter()
+            .find(|(s, p, _)| *s == "none" && p == phase)
+            .map(|t| t.2);
+        assert!(Some(*apic) <= base, "{set}/{phase}: {apic} > {base:?}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod blk_io;
 pub mod clock;
 pub mod console_io;
 pub mod exit_floor;
+pub mod interrupts;
 pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
@@ -68,6 +69,7 @@ registry!(
     tlb_shootdown,
     ipi,
     clock,
+    interrupts,
 );
 
 /// Looks a workload up by name.
