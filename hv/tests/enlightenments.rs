@@ -439,3 +439,57 @@ fn interrupts_storm_counts_eois_with_and_without_pv_eoi() {
         assert!(Some(*apic) <= base, "{set}/{phase}: {apic} > {base:?}");
     }
 }
+
+#[test]
+fn idle_no_exit_keeps_hlt_in_the_guest_where_the_host_executes_it() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 30;
+    if let Err(e) = EnlightenmentSet::parse("idle-no-exit")
+        .unwrap()
+        .resolve(&kvm)
+    {
+        eprintln!("skipped idle-no-exit: {e}");
+        return;
+    }
+    let halt_exits = |set: &str| {
+        let o = boot_traced(&kvm, &format!("exit-floor tests=hlt iters={ITERS}"), 1, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        let h = host_phase(&o, "hlt").expect("hlt phase");
+        assert_eq!(
+            h.exits.get("total").copied(),
+            Some(0),
+            "{set}: {:?}",
+            h.exits
+        );
+        let stat = h.kvm_stats.get("halt_exits").copied();
+        let wakeups = h.tracepoints.get("kvm_vcpu_wakeup").copied();
+        (stat, wakeups)
+    };
+    let (Some(plain), plain_wake) = halt_exits("none") else {
+        eprintln!("KVM stats unavailable: halt_exits not checked");
+        return;
+    };
+    let (Some(idle), idle_wake) = halt_exits("idle-no-exit") else {
+        eprintln!("KVM stats unavailable: halt_exits not checked");
+        return;
+    };
+    assert!(
+        plain >= ITERS as i64,
+        "every HLT exits to KVM without idle-no-exit: {plain}"
+    );
+    assert!(
+        idle <= plain,
+        "idle-no-exit cannot add HLT exits: {idle} > {plain}"
+    );
+    if idle == 0 {
+        eprintln!("idle-no-exit: HLT stayed in the guest ({plain} HLT exits without it, 0 with)");
+    } else {
+        // Nested/PVM hosts run guest CPL0 code in KVM's instruction emulator, which handles HLT
+        // itself (counting halt_exits and halting in KVM) whatever KVM_CAP_X86_DISABLE_EXITS
+        // says: the capability only lets hardware execute HLT without a VM exit.
+        eprintln!(
+            "idle-no-exit: HLT still exits to KVM on this host: halt_exits {idle} with it, {plain} without \
+             (kvm_vcpu_wakeup {idle_wake:?} / {plain_wake:?}); KVM emulates the guest's HLT here"
+        );
+    }
+}
