@@ -686,32 +686,62 @@ const UNKNOWN_HC_NR: u64 = 0x1234;
 /// `-KVM_ENOSYS` as KVM writes it for a 16/32-bit caller (truncated to 32 bits).
 const KVM_ENOSYS_RET32: u32 = -1000i32 as u32;
 
-/// Runs one hypercall instruction; returns (works, what happened).
-fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> (bool, String) {
+/// `vmcall` (Intel) and `vmmcall` (AMD/Hygon) encodings.
+pub(crate) const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
+pub(crate) const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
+
+/// What one hypercall instruction did in a probe guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HypercallOutcome {
+    /// KVM handled it and answered -KVM_ENOSYS for the unknown number.
+    Handled,
+    /// It came out to userspace as KVM_EXIT_HYPERCALL.
+    ExitToUserspace { nr: u64 },
+    /// It did not complete as a hypercall; the text says what happened.
+    Failed(String),
+}
+
+impl HypercallOutcome {
+    /// True when the instruction reaches a hypercall handler (KVM's or userspace's).
+    pub(crate) fn works(&self) -> bool {
+        !matches!(self, HypercallOutcome::Failed(_))
+    }
+
+    /// What happened, for `hv caps` and probe reasons.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            HypercallOutcome::Handled => "returned -KVM_ENOSYS in rax".to_owned(),
+            HypercallOutcome::ExitToUserspace { nr } => {
+                format!("KVM_EXIT_HYPERCALL (nr {nr:#x})")
+            }
+            HypercallOutcome::Failed(why) => why.clone(),
+        }
+    }
+}
+
+/// Runs one hypercall instruction (`insn`: [`VMCALL`] or [`VMMCALL`]) with an unknown
+/// hypercall number in a probe guest under the watchdog, and says what it did.
+pub(crate) fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> HypercallOutcome {
+    use HypercallOutcome::{ExitToUserspace, Failed, Handled};
     // vmcall|vmmcall; out PORT_REPORT, al; hlt
     let code = [insn[0], insn[1], insn[2], 0xe6, PORT_REPORT as u8, 0xf4];
     let mut g = match ProbeGuest::new(kvm, &code) {
         Ok(g) => g,
-        Err(e) => return (false, format!("could not run: {e}")),
+        Err(e) => return Failed(format!("could not run: {e}")),
     };
     if let Err(e) = g.set_rax(UNKNOWN_HC_NR) {
-        return (false, format!("could not run: {e}"));
+        return Failed(format!("could not run: {e}"));
     }
     let run = g.run(PROBE_DEADLINE, |_| {});
     match run.end {
-        GuestEnd::Hypercall { nr } => {
-            return (true, format!("KVM_EXIT_HYPERCALL (nr {nr:#x})"));
-        }
+        GuestEnd::Hypercall { nr } => return ExitToUserspace { nr },
         GuestEnd::Timeout {
             rip: Some(rip @ CODE_AT_U64),
         } => {
-            return (
-                false,
-                format!(
-                    "hangs: rip stays at the instruction ({rip:#x}) until the watchdog ({} ms)",
-                    PROBE_DEADLINE.as_millis()
-                ),
-            );
+            return Failed(format!(
+                "hangs: rip stays at the instruction ({rip:#x}) until the watchdog ({} ms)",
+                PROBE_DEADLINE.as_millis()
+            ));
         }
         _ => {}
     }
@@ -719,30 +749,27 @@ fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> (bool, String) {
         Some(o) if o.port == PORT_REPORT => {
             let rax = o.rax.unwrap_or(UNKNOWN_HC_NR);
             if rax as u32 == KVM_ENOSYS_RET32 {
-                (true, "returned -KVM_ENOSYS in rax".to_owned())
+                Handled
             } else if rax == UNKNOWN_HC_NR {
-                (
-                    false,
-                    "continued with rax unchanged (treated as a no-op)".to_owned(),
-                )
+                Failed("continued with rax unchanged (treated as a no-op)".to_owned())
             } else {
-                (false, format!("continued with rax={rax:#x}"))
+                Failed(format!("continued with rax={rax:#x}"))
             }
         }
-        Some(o) if o.port == PORT_UD => (false, "#UD".to_owned()),
-        Some(o) if o.port == PORT_GP => (false, "#GP".to_owned()),
-        Some(o) if o.port == PORT_EXC => (false, "unexpected exception".to_owned()),
-        _ => (false, run.summary()),
+        Some(o) if o.port == PORT_UD => Failed("#UD".to_owned()),
+        Some(o) if o.port == PORT_GP => Failed("#GP".to_owned()),
+        Some(o) if o.port == PORT_EXC => Failed("unexpected exception".to_owned()),
+        _ => Failed(run.summary()),
     }
 }
 
 fn probe_hypercalls(kvm: &Kvm) -> Probe {
-    let (vmcall_ok, vmcall) = probe_hypercall_insn(kvm, [0x0f, 0x01, 0xc1]);
-    let (vmmcall_ok, vmmcall) = probe_hypercall_insn(kvm, [0x0f, 0x01, 0xd9]);
+    let vmcall = probe_hypercall_insn(kvm, VMCALL);
+    let vmmcall = probe_hypercall_insn(kvm, VMMCALL);
     Probe::new(
         "hypercalls",
-        vmcall_ok || vmmcall_ok,
-        format!("vmcall: {vmcall}; vmmcall: {vmmcall}"),
+        vmcall.works() || vmmcall.works(),
+        format!("vmcall: {}; vmmcall: {}", vmcall.detail(), vmmcall.detail()),
     )
 }
 

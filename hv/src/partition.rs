@@ -23,6 +23,8 @@ use crate::counters::cputime::ThreadClock;
 use crate::counters::kvm_stats::KvmStatsReader;
 use crate::counters::{Meter, PhaseDelta, VcpuExitCounters};
 use crate::devices::NoteSink;
+use crate::devices::emulated::pm_timer::{PM_TIMER_PORT, PmTimer};
+use crate::devices::emulated::rtc::{RTC_PORT, Rtc};
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice};
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
 use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
@@ -71,6 +73,13 @@ pub struct PartitionConfig {
     pub irqchip: IrqChip,
     /// Register an ioeventfd on `hvlab_protocol::KERNEL_PORT` (writes complete in KVM).
     pub kernel_port: bool,
+    /// Create KVM's in-kernel PIT (KVM_CREATE_PIT2, ports 0x40-0x43 and 0x61); needs
+    /// `IrqChip::Full`.
+    pub pit: bool,
+    /// Attach hv's ACPI PM timer (`devices::emulated::pm_timer`, port 0x608).
+    pub pm_timer: bool,
+    /// Attach hv's CMOS RTC (`devices::emulated::rtc`, ports 0x70/0x71).
+    pub rtc: bool,
     /// Enlightenments (hv/src/enlightenments). `None`: hv's plain defaults (the guest picks
     /// x2APIC when the CPU has it; only `kvm_pv_features` exposed). `Some(set)`: exactly the
     /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
@@ -94,6 +103,9 @@ impl Default for PartitionConfig {
             kvm_pv_features: 0,
             irqchip: IrqChip::default(),
             kernel_port: false,
+            pit: false,
+            pm_timer: false,
+            rtc: false,
             enlightenments: None,
         }
     }
@@ -118,6 +130,11 @@ impl PartitionConfig {
         if self.mem_bytes % 4096 != 0 {
             return Err(HvError::Config(
                 "guest memory size must be a multiple of 4 KiB".into(),
+            ));
+        }
+        if self.pit && self.irqchip != IrqChip::Full {
+            return Err(HvError::Config(
+                "the in-kernel PIT needs the full irqchip".into(),
             ));
         }
         if let Some(p) = &self.pin {
@@ -238,9 +255,19 @@ impl Partition {
         // After the memslot: adding a memslot to a VM that already has an irqchip costs an SRCU
         // grace period (milliseconds on nested hosts).
         match cfg.irqchip {
-            IrqChip::Full => vm
-                .create_irq_chip()
-                .map_err(HvError::kvm("KVM_CREATE_IRQCHIP"))?,
+            IrqChip::Full => {
+                vm.create_irq_chip()
+                    .map_err(HvError::kvm("KVM_CREATE_IRQCHIP"))?;
+                if cfg.pit {
+                    // The dummy speaker port (0x61) in KVM too: it gates channel 2.
+                    let pit = kvm_bindings::kvm_pit_config {
+                        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                        ..Default::default()
+                    };
+                    vm.create_pit2(pit)
+                        .map_err(HvError::kvm("KVM_CREATE_PIT2"))?;
+                }
+            }
             IrqChip::Split => {
                 let mut cap = kvm_enable_cap {
                     cap: KVM_CAP_SPLIT_IRQCHIP,
@@ -310,6 +337,22 @@ impl Partition {
             1,
             dev(Arc::new(Mutex::new(TestRegister))),
         )?;
+        if cfg.pm_timer {
+            pio.insert(
+                "pm-timer",
+                u64::from(PM_TIMER_PORT),
+                4,
+                dev(Arc::new(Mutex::new(PmTimer::new()))),
+            )?;
+        }
+        if cfg.rtc {
+            pio.insert(
+                "rtc",
+                u64::from(RTC_PORT),
+                2,
+                dev(Arc::new(Mutex::new(Rtc::new()))),
+            )?;
+        }
         let mut mmio = Bus::new();
         mmio.insert(
             "test-mmio",

@@ -137,7 +137,7 @@ fn civil_now() -> (i64, u32, u32, u32, u32, u32) {
 }
 
 /// Days-to-civil conversion (H. Hinnant's algorithm), UTC.
-fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+pub(crate) fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
@@ -208,6 +208,12 @@ pub fn apply_host_features(info: &WorkloadInfo, cfg: &mut PartitionConfig) {
         IrqChip::Split
     };
     cfg.kernel_port = info.host_features.contains(&"kernel-port");
+    cfg.pit = info.host_features.contains(&"pit");
+    cfg.pm_timer = info.host_features.contains(&"pm-timer");
+    cfg.rtc = info.host_features.contains(&"rtc");
+    if cfg.pit {
+        cfg.irqchip = IrqChip::Full;
+    }
 }
 
 /// The effective arguments: declared defaults overlaid with the request's.

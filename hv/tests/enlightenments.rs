@@ -184,3 +184,312 @@ fn shootdown_by_hypercall_without_the_feature_is_refused_by_the_guest() {
         hv::RunStatus::GuestExit(hvlab_protocol::status::UNSUPPORTED)
     );
 }
+
+fn boot_traced(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
+    let cfg = PartitionConfig {
+        cmdline: format!("{cmdline} cpus={vcpus}"),
+        vcpus,
+        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
+        tracepoints: true,
+        ..Default::default()
+    };
+    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
+    let r = p.start().expect("starts");
+    r.wait(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+}
+
+/// The guest's `rec=phase` line for phase `name`.
+fn phase_line<'a>(o: &'a PartitionOutcome, name: &str) -> Option<&'a str> {
+    o.console
+        .lines()
+        .find(|l| l.contains("rec=phase") && l.contains(&format!(" name={name} ")))
+}
+
+/// Metric `key` of the guest's phase `name`.
+fn metric(o: &PartitionOutcome, name: &str, key: &str) -> Option<u64> {
+    phase_line(o, name)?
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+/// The host's counter deltas of the guest's phase `name`.
+fn host_phase<'a>(o: &'a PartitionOutcome, name: &str) -> Option<&'a hv::counters::PhaseDelta> {
+    let id: u32 = phase_line(o, name)?
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("id="))?
+        .parse()
+        .ok()?;
+    o.phases.iter().find(|p| p.id == id)
+}
+
+/// Tracepoint `tp` of phase `name`; `None` when tracepoints could not be opened here.
+fn tracepoint(o: &PartitionOutcome, name: &str, tp: &str) -> Option<u64> {
+    host_phase(o, name)?.tracepoints.get(tp).copied()
+}
+
+#[test]
+fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 10;
+    const VCPUS: u32 = 4;
+    let targets = u64::from(VCPUS - 1);
+    // (set, mode, phase suffix)
+    let cases = [
+        ("none", "apic", "xapic"),
+        ("x2apic", "apic", "x2apic"),
+        ("ipi-hypercall", "hypercall", "hypercall"),
+        ("pv-ipi", "pv-ipi", "pv-ipi"),
+    ];
+    for (set, mode, suffix) in cases {
+        if let Err(e) = EnlightenmentSet::parse(set).unwrap().resolve(&kvm) {
+            eprintln!("skipped ipi {set}: {e}");
+            continue;
+        }
+        let o = boot_traced(&kvm, &format!("ipi iters={ITERS} mode={mode}"), VCPUS, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        let uni = format!("ipi-unicast-{suffix}");
+        let multi = format!("ipi-multicast-{suffix}");
+        for (phase, per_op) in [(&uni, 1), (&multi, targets)] {
+            assert_eq!(
+                metric(&o, phase, "targets"),
+                Some(ITERS * per_op),
+                "{phase}"
+            );
+            assert_eq!(
+                metric(&o, phase, "received"),
+                Some(ITERS * per_op),
+                "{phase}"
+            );
+            assert_eq!(metric(&o, phase, "failed"), Some(0), "{phase}");
+            let h = host_phase(&o, phase).expect("host counters for the phase");
+            let user = h.exits.get("total").copied().unwrap_or(0);
+            let msr_writes = h.exits.get("msr_write").copied().unwrap_or(0);
+            match mode {
+                // The local APIC is in KVM: sending and EOI never leave the kernel.
+                "apic" => assert_eq!(user, 0, "{phase}: {:?}", h.exits),
+                // hv's call: exactly one MSR exit to hv per IPI operation, unicast or multicast.
+                "hypercall" => {
+                    assert_eq!(msr_writes, ITERS, "{phase}: {:?}", h.exits);
+                    assert_eq!(user, ITERS, "{phase}: {:?}", h.exits);
+                    let msis = h.exits_by_device.get("hv-enl:msis_sent").copied();
+                    assert_eq!(msis, Some(ITERS * per_op), "{phase}");
+                }
+                _ => {}
+            }
+            let (mmio, msr) = (
+                tracepoint(&o, phase, "kvm_mmio"),
+                tracepoint(&o, phase, "kvm_msr"),
+            );
+            let (Some(mmio), Some(msr)) = (mmio, msr) else {
+                eprintln!("{phase}: tracepoints unavailable, mechanism counts not checked");
+                continue;
+            };
+            eprintln!(
+                "{phase}: per op: {:.2} userspace exits, {:.2} kvm_mmio, {:.2} kvm_msr",
+                user as f64 / ITERS as f64,
+                mmio as f64 / ITERS as f64,
+                msr as f64 / ITERS as f64
+            );
+            match suffix {
+                // ICR writes (and EOIs) are MMIO accesses to the APIC page; no APIC MSR.
+                "xapic" => {
+                    assert!(mmio >= ITERS, "{phase}: kvm_mmio {mmio}");
+                    assert_eq!(msr, 0, "{phase}: kvm_msr");
+                }
+                // ICR writes (and EOIs) are MSR writes; no APIC MMIO.
+                "x2apic" => {
+                    assert_eq!(mmio, 0, "{phase}: kvm_mmio");
+                    assert!(msr >= ITERS, "{phase}: kvm_msr {msr}");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn boot_workload(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
+    let name = cmdline.split_whitespace().next().unwrap_or("");
+    let info = hvlab_workloads::find(name).expect("known workload");
+    let mut cfg = PartitionConfig {
+        cmdline: format!("{cmdline} cpus={vcpus}"),
+        vcpus,
+        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
+        tracepoints: true,
+        ..Default::default()
+    };
+    hv::run::apply_host_features(info, &mut cfg);
+    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
+    let r = p.start().expect("starts");
+    r.wait(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 40;
+    let with = EnlightenmentSet::parse("kvm-clock").unwrap().resolve(&kvm);
+    let set = if with.is_ok() { "kvm-clock" } else { "none" };
+    let o = boot_workload(&kvm, &format!("clock iters={ITERS}"), 1, set);
+    assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
+    // (phase, userspace exits per read, of which PIO reads per read)
+    let cases = [
+        ("clock-tsc", 0, 0),
+        ("clock-kvm-clock", 0, 0),
+        ("clock-pit", 0, 0),
+        ("clock-pm-timer", 1, 1),
+        ("clock-rtc", 2, 1),
+    ];
+    for (phase, user, ins) in cases {
+        if phase == "clock-kvm-clock" && set == "none" {
+            assert!(
+                o.console
+                    .contains("name=clock-kvm-clock reason=kvm-clock_not_exposed")
+            );
+            continue;
+        }
+        assert_eq!(metric(&o, phase, "backwards"), Some(0), "{phase}");
+        let h = host_phase(&o, phase).unwrap_or_else(|| panic!("{phase} ran\n{}", o.console));
+        let total = h.exits.get("total").copied().unwrap_or(0);
+        let io_in = h.exits.get("io_in").copied().unwrap_or(0);
+        assert_eq!(total, user * ITERS, "{phase}: {:?}", h.exits);
+        assert_eq!(io_in, ins * ITERS, "{phase}: {:?}", h.exits);
+        if let Some(pio) = tracepoint(&o, phase, "kvm_pio") {
+            eprintln!(
+                "{phase}: per read {} userspace exits, {:.2} kvm_pio, {} ns (wall, incl. loop)",
+                user,
+                pio as f64 / ITERS as f64,
+                h.wall_ns / ITERS
+            );
+            if phase == "clock-pit" {
+                // Latch command + two data reads, all answered by KVM's PIT; the phase markers'
+                // own PIO (what the TSC phase shows) comes on top.
+                let markers = tracepoint(&o, "clock-tsc", "kvm_pio").unwrap_or(0);
+                assert_eq!(pio - markers, 3 * ITERS, "{phase}");
+            }
+        }
+    }
+    // The timer sources count; the RTC's seconds may not change within the phase.
+    for phase in ["clock-tsc", "clock-pit", "clock-pm-timer"] {
+        assert!(metric(&o, phase, "changes").unwrap_or(0) > 0, "{phase}");
+    }
+}
+
+#[test]
+fn interrupts_storm_counts_eois_with_and_without_pv_eoi() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 20;
+    let mut sets = vec!["none"];
+    match EnlightenmentSet::parse("pv-eoi").unwrap().resolve(&kvm) {
+        Ok(_) => sets.push("pv-eoi"),
+        Err(e) => eprintln!("skipped interrupts pv-eoi: {e}"),
+    }
+    let mut apic_eois = Vec::new();
+    for set in sets {
+        let o = boot_traced(&kvm, &format!("interrupts iters={ITERS}"), 1, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        for phase in ["interrupts-timer", "interrupts-self-ipi"] {
+            let n = metric(&o, phase, "interrupts");
+            let pv = metric(&o, phase, "eoi_pv").unwrap_or(u64::MAX);
+            let apic = metric(&o, phase, "eoi_apic").unwrap_or(u64::MAX);
+            assert_eq!(n, Some(ITERS), "{set}/{phase}");
+            assert_eq!(pv + apic, ITERS, "{set}/{phase}: every interrupt ends once");
+            assert_eq!(
+                metric(&o, phase, "pv_eoi"),
+                Some(u64::from(set == "pv-eoi"))
+            );
+            if set == "none" {
+                assert_eq!(pv, 0, "{phase}: no PV EOI without pv-eoi");
+            }
+            let h = host_phase(&o, phase).expect("host counters");
+            assert_eq!(
+                h.exits.get("total").copied(),
+                Some(0),
+                "{set}/{phase}: in-kernel APIC"
+            );
+            if let (Some(eoi), Some(pv_eoi)) = (
+                tracepoint(&o, phase, "kvm_eoi"),
+                tracepoint(&o, phase, "kvm_pv_eoi"),
+            ) {
+                eprintln!(
+                    "{set}/{phase}: guest EOI writes {apic}, PV EOIs {pv}; KVM kvm_eoi {eoi}, kvm_pv_eoi {pv_eoi}"
+                );
+                // KVM ends every interrupt, through the register or the PV flag.
+                assert!(eoi >= ITERS, "{set}/{phase}: kvm_eoi {eoi}");
+                if set == "none" {
+                    assert_eq!(pv_eoi, 0, "{phase}");
+                }
+            }
+            apic_eois.push((set, phase, apic));
+        }
+    }
+    // PV EOI can only remove EOI register writes (on some hosts it removes none).
+    for (set, phase, apic) in &apic_eois {
+        let base = apic_eois
+            .iter()
+            .find(|(s, p, _)| *s == "none" && p == phase)
+            .map(|t| t.2);
+        assert!(Some(*apic) <= base, "{set}/{phase}: {apic} > {base:?}");
+    }
+}
+
+#[test]
+fn idle_no_exit_keeps_hlt_in_the_guest_where_the_host_executes_it() {
+    let Some(kvm) = kvm() else { return };
+    const ITERS: u64 = 30;
+    if let Err(e) = EnlightenmentSet::parse("idle-no-exit")
+        .unwrap()
+        .resolve(&kvm)
+    {
+        eprintln!("skipped idle-no-exit: {e}");
+        return;
+    }
+    let halt_exits = |set: &str| {
+        let o = boot_traced(&kvm, &format!("exit-floor tests=hlt iters={ITERS}"), 1, set);
+        assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
+        let h = host_phase(&o, "hlt").expect("hlt phase");
+        assert_eq!(
+            h.exits.get("total").copied(),
+            Some(0),
+            "{set}: {:?}",
+            h.exits
+        );
+        let stat = h.kvm_stats.get("halt_exits").copied();
+        let wakeups = h.tracepoints.get("kvm_vcpu_wakeup").copied();
+        (stat, wakeups)
+    };
+    let (Some(plain), plain_wake) = halt_exits("none") else {
+        eprintln!("KVM stats unavailable: halt_exits not checked");
+        return;
+    };
+    let (Some(idle), idle_wake) = halt_exits("idle-no-exit") else {
+        eprintln!("KVM stats unavailable: halt_exits not checked");
+        return;
+    };
+    assert!(
+        plain >= ITERS as i64,
+        "every HLT exits to KVM without idle-no-exit: {plain}"
+    );
+    assert!(
+        idle <= plain,
+        "idle-no-exit cannot add HLT exits: {idle} > {plain}"
+    );
+    if idle == 0 {
+        eprintln!("idle-no-exit: HLT stayed in the guest ({plain} HLT exits without it, 0 with)");
+    } else {
+        // Nested/PVM hosts run guest CPL0 code in KVM's instruction emulator, which handles HLT
+        // itself (counting halt_exits and halting in KVM) whatever KVM_CAP_X86_DISABLE_EXITS
+        // says: the capability only lets hardware execute HLT without a VM exit.
+        eprintln!(
+            "idle-no-exit: HLT still exits to KVM on this host: halt_exits {idle} with it, {plain} without \
+             (kvm_vcpu_wakeup {idle_wake:?} / {plain_wake:?}); KVM emulates the guest's HLT here"
+        );
+    }
+}

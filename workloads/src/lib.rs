@@ -6,8 +6,11 @@
 #![no_std]
 
 pub mod blk_io;
+pub mod clock;
 pub mod console_io;
 pub mod exit_floor;
+pub mod interrupts;
+pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
 pub mod spinlock;
@@ -35,7 +38,9 @@ pub struct WorkloadInfo {
     /// Device classes it drives (`console`, `block`); empty = none beyond the boot console.
     pub devices: &'static [&'static str],
     /// hv-side resources it uses beyond the defaults: `kernel-port` (an ioeventfd on
-    /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC/PIT in KVM).
+    /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC in KVM), `pit` (KVM's in-kernel PIT; implies
+    /// `full-irqchip`), `pm-timer` (hv's ACPI PM timer at port 0x608), `rtc` (hv's CMOS RTC at
+    /// ports 0x70/0x71).
     pub host_features: &'static [&'static str],
 }
 
@@ -61,7 +66,10 @@ registry!(
     blk_io,
     console_io,
     spinlock,
-    tlb_shootdown
+    tlb_shootdown,
+    ipi,
+    clock,
+    interrupts,
 );
 
 /// Looks a workload up by name.

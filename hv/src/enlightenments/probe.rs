@@ -1,14 +1,12 @@
 //! Host probes shared by the enlightenments: what KVM offers in CPUID, which capabilities it
-//! has, and whether a hypercall instruction completes at all (run in a throw-away VM, once).
+//! has, and whether a hypercall instruction completes at all (`hv caps`' probe guest, once).
 
 use std::sync::OnceLock;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs};
-use kvm_ioctls::{Cap, Kvm, VcpuExit};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, Kvm};
+
+use crate::caps::HypercallOutcome;
 
 /// CPUID `leaf` as KVM supports it, or `None`.
 pub(crate) fn supported_leaf(kvm: &Kvm, leaf: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
@@ -62,148 +60,57 @@ pub(crate) fn host_is_amd() -> bool {
     &v == b"AuthenticAMD" || &v == b"HygonGenuine"
 }
 
-/// `Ok` when a hypercall instruction (vmcall or vmmcall, by host vendor) completes in a guest:
-/// a throw-away VM runs `mov eax, 0xffff; vmcall; hlt` in real mode and must come back from
-/// the HLT with KVM's -ENOSYS in EAX. The answer is cached for the process.
+/// `Ok` when the host vendor's hypercall instruction (vmcall, or vmmcall on AMD/Hygon) reaches
+/// KVM's hypercall handler in a guest, as KVM's PV hypercalls need. The probe is `hv caps`'
+/// (`caps::probe_hypercall_insn`: a real-mode probe guest under its watchdog); the answer is
+/// cached for the process.
 pub fn hypercalls_work(kvm: &Kvm) -> Result<(), String> {
     static CACHE: OnceLock<Result<(), String>> = OnceLock::new();
-    CACHE.get_or_init(|| probe_with_watchdog(kvm)).clone()
-}
-
-/// Runs the probe on its own thread; if the guest does not come back within a second (on some
-/// hosts the instruction never completes), the thread is kicked out of KVM_RUN with hv's vCPU
-/// kick signal and the probe reports that.
-fn probe_with_watchdog(kvm: &Kvm) -> Result<(), String> {
-    use std::os::unix::thread::JoinHandleExt;
-    // Installs the kick signal handler, so the signal interrupts KVM_RUN instead of killing us.
-    crate::vcpu::RunControl::new().map_err(|e| format!("hypercall probe: {e}"))?;
-    let fd = kvm
-        .create_vm()
-        .map_err(|e| format!("hypercall probe: KVM_CREATE_VM: {e}"))?;
-    drop(fd);
-    // The probe needs its own Kvm handle on the thread: reopen /dev/kvm.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = std::thread::Builder::new()
-        .name("hypercall-probe".into())
-        .spawn(move || {
-            let r = match Kvm::new() {
-                Ok(k) => probe_hypercall(&k),
-                Err(e) => Err(format!("hypercall probe: /dev/kvm: {e}")),
-            };
-            let _ = tx.send(r);
-        })
-        .map_err(|e| format!("hypercall probe: thread: {e}"))?;
-    let t = h.as_pthread_t();
-    let mut result = rx.recv_timeout(std::time::Duration::from_secs(1));
-    while result.is_err() {
-        // SAFETY: `h` is not joined yet, so `t` names a live or exited-unjoined thread.
-        unsafe { libc::pthread_kill(t, crate::vcpu::kick_signal()) };
-        result = rx.recv_timeout(std::time::Duration::from_millis(100));
-    }
-    let _ = h.join();
-    result.unwrap_or_else(|_| Err("hypercall probe: no answer".into()))
-}
-
-fn probe_hypercall(kvm: &Kvm) -> Result<(), String> {
-    const CODE: u64 = 0x1000;
-    const TRAP: u64 = 0x500;
-    let why = |s: &str, e: &dyn std::fmt::Display| format!("hypercall probe: {s}: {e}");
-    // Declared before the VM, so it is unmapped only after the VM is gone.
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])
-        .map_err(|e| why("guest memory", &e))?;
-    let vm = kvm.create_vm().map_err(|e| why("KVM_CREATE_VM", &e))?;
-    let host = mem
-        .iter()
-        .next()
-        .ok_or_else(|| why("guest memory", &"no region"))?
-        .get_host_address(MemoryRegionAddress(0))
-        .map_err(|e| why("guest memory", &e))?;
-    let region = kvm_bindings::kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: 0x10000,
-        userspace_addr: host as u64,
-    };
-    // SAFETY: the region is a live mapping owned by `mem`, declared before `vm` and therefore
-    // dropped after it.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| why("KVM_SET_USER_MEMORY_REGION", &e))?;
-    let insn: [u8; 3] = if host_is_amd() {
-        [0x0f, 0x01, 0xd9]
-    } else {
-        [0x0f, 0x01, 0xc1]
-    };
-    // mov eax, 0xffff (operand-size prefix in real mode); hypercall; hlt.
-    let mut code = vec![0x66, 0xb8, 0xff, 0xff, 0x00, 0x00];
-    code.extend_from_slice(&insn);
-    code.push(0xf4);
-    mem.write_slice(&code, GuestAddress(CODE))
-        .map_err(|e| why("writing code", &e))?;
-    // Every real-mode interrupt vector points at a HLT at TRAP, so a fault (#UD) ends there.
-    mem.write_slice(&[0xf4], GuestAddress(TRAP))
-        .map_err(|e| why("writing code", &e))?;
-    for v in 0..256u64 {
-        mem.write_obj(TRAP as u32, GuestAddress(v * 4))
-            .map_err(|e| why("writing IVT", &e))?;
-    }
-    let mut vcpu = vm.create_vcpu(0).map_err(|e| why("KVM_CREATE_VCPU", &e))?;
-    if let Ok(c) = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES) {
-        let _ = vcpu.set_cpuid2(&c);
-    }
-    let mut sregs = vcpu.get_sregs().map_err(|e| why("KVM_GET_SREGS", &e))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| why("KVM_SET_SREGS", &e))?;
-    vcpu.set_regs(&kvm_regs {
-        rip: CODE,
-        rflags: 2,
-        rsp: 0x8000,
-        ..Default::default()
-    })
-    .map_err(|e| why("KVM_SET_REGS", &e))?;
-    let end = CODE + code.len() as u64;
-    {
-        let exit = match vcpu.run() {
-            Ok(VcpuExit::Hlt) => None,
-            Ok(VcpuExit::Hypercall(_)) => {
-                return Err("the hypercall exited to userspace instead of KVM handling it".into());
-            }
-            Ok(other) => Some(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR => {
-                return Err(
-                    "a hypercall instruction does not complete on this host (the guest did not return within 1 s)"
-                        .into(),
-                );
-            }
-            Err(e) => Some(format!("KVM_RUN failed: {e}")),
-        };
-        if let Some(what) = exit {
-            return Err(format!(
-                "a hypercall instruction does not complete on this host (guest exit: {what})"
-            ));
-        }
-        let regs = vcpu.get_regs().map_err(|e| why("KVM_GET_REGS", &e))?;
-        if regs.rip == end {
-            let expected = hvlab_protocol::kvm_pv::ENOSYS as u64 & 0xffff_ffff;
-            return if regs.rax & 0xffff_ffff == expected {
-                Ok(())
+    CACHE
+        .get_or_init(|| {
+            let (name, insn) = if host_is_amd() {
+                ("vmmcall", crate::caps::VMMCALL)
             } else {
-                Err(format!(
-                    "a hypercall instruction returned {:#x}, not KVM's -ENOSYS",
-                    regs.rax
-                ))
+                ("vmcall", crate::caps::VMCALL)
             };
+            match crate::caps::probe_hypercall_insn(kvm, insn) {
+                HypercallOutcome::Handled => Ok(()),
+                HypercallOutcome::ExitToUserspace { nr } => Err(format!(
+                    "{name} exits to userspace (KVM_EXIT_HYPERCALL nr {nr:#x}) instead of KVM handling it"
+                )),
+                HypercallOutcome::Failed(why) => Err(format!(
+                    "a hypercall instruction does not complete on this host ({name}: {why})"
+                )),
+            }
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypercall_probe_is_caps_probe_for_this_vendor_and_cached() {
+        // Needs /dev/kvm; without it there is nothing to check here.
+        let Ok(kvm) = Kvm::new() else { return };
+        let first = hypercalls_work(&kvm);
+        let insn = if host_is_amd() {
+            crate::caps::VMMCALL
+        } else {
+            crate::caps::VMCALL
+        };
+        let caps = crate::caps::probe_hypercall_insn(&kvm, insn);
+        assert_eq!(
+            first.is_ok(),
+            caps == HypercallOutcome::Handled,
+            "{first:?} vs {caps:?}"
+        );
+        if let Err(why) = &first {
+            assert!(why.contains(&caps.detail()), "{why} / {}", caps.detail());
         }
-        if regs.rip == TRAP + 1 {
-            return Err(
-                "a hypercall instruction faults on this host (the guest took an exception)".into(),
-            );
-        }
-        Err(format!(
-            "a hypercall instruction does not complete on this host (halted at {:#x})",
-            regs.rip
-        ))
+        let t = std::time::Instant::now();
+        assert_eq!(hypercalls_work(&kvm), first);
+        assert!(t.elapsed() < std::time::Duration::from_millis(50), "cached");
     }
 }

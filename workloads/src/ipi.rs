@@ -1,0 +1,303 @@
+//! ipi: the BSP sends IPIs to halted APs, unicast (to CPU 1) and multicast (to the N-1 APs),
+//! and waits for every handler to run before the next one. Each AP idles in `sti; hlt`, so an
+//! IPI is a wake-up: send, deliver, leave HLT, handle, EOI, halt again.
+//!
+//! How an IPI is sent (`mode=`) follows what is exposed: `apic` (the ICR, through xAPIC MMIO
+//! or x2APIC MSRs, whichever the runtime chose at boot: `--enlighten` without `x2apic` means
+//! xAPIC), `pv-ipi` (KVM_HC_SEND_IPI: one hypercall for a set of APIC IDs), `hypercall` (hv's
+//! CALL_SEND_IPI: one MSR exit to hv, which sends one KVM_SIGNAL_MSI per target). `auto` picks
+//! hypercall, then pv-ipi, then apic. A multicast through the APIC is one ICR write with the
+//! all-but-self shorthand (`multicast=shorthand`) or one ICR write per target (`loop`).
+//!
+//! Per phase it reports `ipis` (sends: ICR writes or calls), `targets` (interrupts meant),
+//! `received` (handler runs), `halts` (AP halts entered) and `failed` (calls that returned an
+//! error); exits, MMIO/MSR counts and time per operation are in the host's record.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "ipi",
+    summary: "unicast and multicast IPIs to halted vCPUs: xAPIC MMIO, x2APIC MSR, pv-ipi, ipi-hypercall (hv)",
+    params: &[
+        Param {
+            key: "iters",
+            default: "50",
+            help: "IPIs per phase (unicast, multicast)",
+        },
+        Param {
+            key: "mode",
+            default: "auto",
+            help: "auto, apic, pv-ipi, hypercall",
+        },
+        Param {
+            key: "multicast",
+            default: "shorthand",
+            help: "APIC multicast: shorthand (one ICR write) or loop (one per target)",
+        },
+        Param {
+            key: "phases",
+            default: "unicast,multicast",
+            help: "which phases to run",
+        },
+    ],
+    min_vcpus: 2,
+    devices: &[],
+    host_features: &[],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    use hvlab_guest_rt::entry::MAX_CPUS;
+    use hvlab_guest_rt::phase::{self, Histogram};
+    use hvlab_guest_rt::pv::{self, hvcall, hypercall};
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, smp};
+    use hvlab_protocol::{hvcall as proto, kvm_pv};
+
+    const IPI_VECTOR: u8 = 0xe3;
+    /// Bound on waiting for handlers (TSC cycles: tens of seconds at any plausible rate).
+    const WAIT_LIMIT: u64 = 1 << 36;
+
+    static RECEIVED: AtomicU32 = AtomicU32::new(0);
+    static HALTS: AtomicU64 = AtomicU64::new(0);
+    static READY: AtomicU32 = AtomicU32::new(0);
+    static QUIT: AtomicBool = AtomicBool::new(false);
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Xapic,
+        X2apic,
+        PvIpi,
+        Hypercall,
+    }
+
+    fn on_ipi(_: u8) {
+        RECEIVED.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// AP side: halt until an IPI arrives, forever until told to quit. The check runs with
+    /// interrupts off and `sti; hlt` re-enables them atomically, so no IPI is lost in between.
+    fn ap_job(_cpu: u32, _: usize) {
+        READY.fetch_add(1, Ordering::AcqRel);
+        loop {
+            cpu::cli();
+            if QUIT.load(Ordering::Acquire) {
+                break;
+            }
+            HALTS.fetch_add(1, Ordering::Relaxed);
+            cpu::sti_hlt();
+        }
+    }
+
+    fn wait_received(target: u32) -> Result<(), Fail> {
+        let start = cpu::rdtsc();
+        while RECEIVED.load(Ordering::Acquire) < target {
+            if cpu::rdtsc().wrapping_sub(start) > WAIT_LIMIT {
+                return Err(Fail::Check("an IPI was never handled"));
+            }
+            cpu::pause();
+        }
+        Ok(())
+    }
+
+    struct Sender {
+        mode: Mode,
+        loop_multicast: bool,
+        /// APIC IDs of the APs (CPU 1..n).
+        ids: [u32; MAX_CPUS],
+        n_ids: usize,
+        mask: u64,
+        sends: u64,
+        failed: u64,
+    }
+
+    impl Sender {
+        fn unicast(&mut self) {
+            let id = self.ids[0];
+            match self.mode {
+                Mode::Xapic | Mode::X2apic => apic::send_ipi(id, IPI_VECTOR),
+                Mode::PvIpi => {
+                    if hypercall::send_ipi(&[id], IPI_VECTOR).is_err() {
+                        self.failed += 1;
+                    }
+                }
+                Mode::Hypercall => {
+                    if hvcall::send_ipi(1 << (id % 64), IPI_VECTOR) != proto::STATUS_OK {
+                        self.failed += 1;
+                    }
+                }
+            }
+            self.sends += 1;
+        }
+
+        fn multicast(&mut self) {
+            match self.mode {
+                Mode::Xapic | Mode::X2apic if self.loop_multicast => {
+                    for &id in &self.ids[..self.n_ids] {
+                        apic::send_ipi(id, IPI_VECTOR);
+                        self.sends += 1;
+                    }
+                }
+                Mode::Xapic | Mode::X2apic => {
+                    apic::send_ipi_all_but_self(IPI_VECTOR);
+                    self.sends += 1;
+                }
+                Mode::PvIpi => match hypercall::send_ipi(&self.ids[..self.n_ids], IPI_VECTOR) {
+                    Ok(calls) => self.sends += u64::from(calls),
+                    Err(_) => {
+                        self.sends += 1;
+                        self.failed += 1;
+                    }
+                },
+                Mode::Hypercall => {
+                    if hvcall::send_ipi(self.mask, IPI_VECTOR) != proto::STATUS_OK {
+                        self.failed += 1;
+                    }
+                    self.sends += 1;
+                }
+            }
+        }
+    }
+
+    fn phase_name(mode: Mode, multicast: bool) -> &'static str {
+        match (mode, multicast) {
+            (Mode::Xapic, false) => "ipi-unicast-xapic",
+            (Mode::Xapic, true) => "ipi-multicast-xapic",
+            (Mode::X2apic, false) => "ipi-unicast-x2apic",
+            (Mode::X2apic, true) => "ipi-multicast-x2apic",
+            (Mode::PvIpi, false) => "ipi-unicast-pv-ipi",
+            (Mode::PvIpi, true) => "ipi-multicast-pv-ipi",
+            (Mode::Hypercall, false) => "ipi-unicast-hypercall",
+            (Mode::Hypercall, true) => "ipi-multicast-hypercall",
+        }
+    }
+
+    fn measure(s: &mut Sender, multicast: bool, iters: u64) -> Result<(), Fail> {
+        let targets_per_op = if multicast { s.n_ids as u32 } else { 1 };
+        s.sends = 0;
+        s.failed = 0;
+        let mut hist = Histogram::default();
+        let halts0 = HALTS.load(Ordering::Relaxed);
+        let recv0 = RECEIVED.load(Ordering::Acquire);
+        let mut expect = recv0;
+        let p = phase::begin(phase_name(s.mode, multicast));
+        for _ in 0..iters {
+            let t0 = cpu::rdtsc();
+            expect += targets_per_op;
+            if multicast {
+                s.multicast();
+            } else {
+                s.unicast();
+            }
+            wait_received(expect)?;
+            hist.record(cpu::rdtsc().wrapping_sub(t0));
+        }
+        let f = p.end(iters);
+        let received = RECEIVED.load(Ordering::Acquire).wrapping_sub(recv0);
+        f.report(
+            &[
+                ("cpus", s.n_ids as u64 + 1),
+                ("targets", u64::from(targets_per_op) * iters),
+                ("ipis", s.sends),
+                ("received", u64::from(received)),
+                ("halts", HALTS.load(Ordering::Relaxed).wrapping_sub(halts0)),
+                ("failed", s.failed),
+            ],
+            Some(&hist),
+        );
+        if s.failed != 0 {
+            return Err(Fail::Check("an IPI call returned an error"));
+        }
+        Ok(())
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let iters = ctx.args.u64_or("iters", 50)?;
+        let n = ctx.cpus;
+        if n < 2 {
+            return Err(Fail::Unsupported("ipi needs cpus>=2"));
+        }
+        let has_hv = pv::hv_has(proto::FEATURE_IPI);
+        let has_pv = pv::kvm_has(kvm_pv::FEATURE_PV_SEND_IPI);
+        let apic_mode = match apic::mode() {
+            apic::Mode::X2apic => Mode::X2apic,
+            apic::Mode::Xapic => Mode::Xapic,
+        };
+        let mode = match ctx.args.str_or("mode", "auto") {
+            "auto" if has_hv => Mode::Hypercall,
+            "auto" if has_pv => Mode::PvIpi,
+            "auto" | "apic" => apic_mode,
+            "hypercall" if has_hv => Mode::Hypercall,
+            "pv-ipi" if has_pv => Mode::PvIpi,
+            "hypercall" => {
+                phase::skip("ipi-hypercall", "ipi-hypercall_not_exposed");
+                return Err(Fail::Unsupported("ipi-hypercall not exposed"));
+            }
+            "pv-ipi" => {
+                phase::skip("ipi-pv-ipi", "pv-ipi_not_exposed");
+                return Err(Fail::Unsupported("pv-ipi not exposed"));
+            }
+            _ => return Err(Fail::BadArg("mode")),
+        };
+        let loop_multicast = match ctx.args.str_or("multicast", "shorthand") {
+            "shorthand" => false,
+            "loop" => true,
+            _ => return Err(Fail::BadArg("multicast")),
+        };
+        let phases = ctx.args.str_or("phases", "unicast,multicast");
+        let (mut uni, mut multi) = (false, false);
+        for w in phases.split(',') {
+            match w {
+                "unicast" => uni = true,
+                "multicast" => multi = true,
+                _ => return Err(Fail::BadArg("phases")),
+            }
+        }
+        let mut s = Sender {
+            mode,
+            loop_multicast,
+            ids: [0; MAX_CPUS],
+            n_ids: 0,
+            mask: 0,
+            sends: 0,
+            failed: 0,
+        };
+        for i in 1..n {
+            let id = smp::apic_id(i);
+            s.ids[s.n_ids] = id;
+            s.n_ids += 1;
+            s.mask |= 1 << (id % 64);
+        }
+        idt::register(IPI_VECTOR, on_ipi);
+        for i in 1..n {
+            smp::post(i, ap_job, 0);
+        }
+        let start = cpu::rdtsc();
+        while READY.load(Ordering::Acquire) < n - 1 {
+            if cpu::rdtsc().wrapping_sub(start) > WAIT_LIMIT {
+                return Err(Fail::Check("APs did not start"));
+            }
+            cpu::pause();
+        }
+        let mut result = Ok(());
+        if uni {
+            result = measure(&mut s, false, iters);
+        }
+        if multi && result.is_ok() {
+            result = measure(&mut s, true, iters);
+        }
+        // Stop the APs: each wakes on one more IPI and sees QUIT.
+        QUIT.store(true, Ordering::Release);
+        for i in 1..n {
+            apic::send_ipi(smp::apic_id(i), IPI_VECTOR);
+        }
+        for i in 1..n {
+            smp::wait(i);
+        }
+        result
+    }
+}
