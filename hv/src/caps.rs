@@ -1220,7 +1220,11 @@ mod tests {
             assert_eq!(caps.flavour, "nested-pvm");
             assert!(caps.cpl0_emulated.supported, "{:?}", caps.cpl0_emulated);
             assert!(!caps.hypercalls.supported, "{:?}", caps.hypercalls);
-            let pv_ipi = caps.enlightenments.iter().find(|e| e.name == "pv-ipi").unwrap();
+            let pv_ipi = caps
+                .enlightenments
+                .iter()
+                .find(|e| e.name == "pv-ipi")
+                .unwrap();
             assert!(!pv_ipi.supported && !pv_ipi.reason.is_empty(), "{pv_ipi:?}");
         }
     }

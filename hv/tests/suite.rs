@@ -1,8 +1,9 @@
 //! `hv suite` through real guests: results files, resume after a kill, shards.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use hv::record::{Manifest, RunRecord};
@@ -32,7 +33,7 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn records(dir: &PathBuf) -> Vec<RunRecord> {
+fn records(dir: &Path) -> Vec<RunRecord> {
     std::fs::read_to_string(dir.join("runs.jsonl"))
         .unwrap()
         .lines()
@@ -40,12 +41,29 @@ fn records(dir: &PathBuf) -> Vec<RunRecord> {
         .collect()
 }
 
-fn suite(dir: &PathBuf, shard: Option<Shard>, resume: bool) -> hv::suite::SuiteSummary {
+fn suite(dir: &Path, shard: Option<Shard>, resume: bool) -> hv::suite::SuiteSummary {
     let kvm = hv::error::open_kvm().unwrap();
     let spec = Spec::parse(SPEC, "t").unwrap();
-    let opts = SuiteOptions { out_dir: dir.clone(), shard, resume, command: vec![], echo_console: false };
-    let mut m = Manifest { run_id: "test".into(), ..Manifest::default() };
-    run_suite(&kvm, &[spec], &opts, &mut m, &AtomicBool::new(false), &mut |_| {}).unwrap()
+    let opts = SuiteOptions {
+        out_dir: dir.to_path_buf(),
+        shard,
+        resume,
+        command: vec![],
+        echo_console: false,
+    };
+    let mut m = Manifest {
+        run_id: "test".into(),
+        ..Manifest::default()
+    };
+    run_suite(
+        &kvm,
+        &[spec],
+        &opts,
+        &mut m,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 #[test]
@@ -57,7 +75,10 @@ fn suite_records_every_run_and_resumes_after_a_kill() {
     let keys: std::collections::BTreeSet<_> = recs.iter().map(|r| r.run_key.clone()).collect();
     assert_eq!(keys.len(), 6);
     // Every hv run of `ef` has both phases with exact exit counts.
-    for r in recs.iter().filter(|r| r.vmm == "hv" && r.experiment == "ef") {
+    for r in recs
+        .iter()
+        .filter(|r| r.vmm == "hv" && r.experiment == "ef")
+    {
         let want = if r.phase == "pio-out" { 20 } else { 0 };
         assert_eq!(r.exits["total"], want, "{}", r.run_key);
     }
@@ -65,7 +86,9 @@ fn suite_records_every_run_and_resumes_after_a_kill() {
     // working hypercalls); the plain variant runs.
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         let skipped = recs.iter().find(|r| r.variant == "pv-ipi").unwrap();
-        assert!(matches!(&skipped.status, hv::record::RecordStatus::Skipped(why) if why.contains("pv-ipi")));
+        assert!(
+            matches!(&skipped.status, hv::record::RecordStatus::Skipped(why) if why.contains("pv-ipi"))
+        );
     }
     // Simulate a SIGKILL in the middle of writing a run: drop the last run's last line and
     // leave half a line behind.
@@ -84,8 +107,15 @@ fn suite_records_every_run_and_resumes_after_a_kill() {
     assert_eq!(s.already_done, 5);
     assert_eq!(s.runs, 1, "only the cut run is repeated");
     let after = records(&dir);
-    assert_eq!(after.len(), recs.len(), "whole lines only, nothing duplicated");
-    assert_eq!(after.iter().filter(|r| r.run_key == last_key).count(), n_last);
+    assert_eq!(
+        after.len(),
+        recs.len(),
+        "whole lines only, nothing duplicated"
+    );
+    assert_eq!(
+        after.iter().filter(|r| r.run_key == last_key).count(),
+        n_last
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -96,7 +126,8 @@ fn two_shards_cover_the_matrix_exactly_once() {
     suite(&b, Some(Shard { k: 2, n: 2 }), false);
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for r in records(&a).into_iter().chain(records(&b)) {
-        *count.entry(r.run_key).or_default() += usize::from(r.run_records > 0 && r.phase != "pio-out");
+        *count.entry(r.run_key).or_default() +=
+            usize::from(r.run_records > 0 && r.phase != "pio-out");
     }
     let plan = hv::suite::matrix::plan(&[Spec::parse(SPEC, "t").unwrap()]);
     assert_eq!(count.len(), plan.len());

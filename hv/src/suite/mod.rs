@@ -195,7 +195,12 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
     let mut records = if run.vmm == "qemu" {
         match crate::peer::run_qemu(&req, &ctx) {
             Ok(r) => r,
-            Err(e) => vec![run_record(run, &ctx, Some(&req), RecordStatus::Failed(e.to_string()))],
+            Err(e) => vec![run_record(
+                run,
+                &ctx,
+                Some(&req),
+                RecordStatus::Failed(e.to_string()),
+            )],
         }
     } else if let Some(why) = unsupported_reason(kvm, &req) {
         vec![run_record(
