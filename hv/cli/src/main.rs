@@ -191,15 +191,26 @@ fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {
         other => bail!("--device {other}: expected none, emulated, synthetic or both"),
     };
     let mut code = ExitCode::SUCCESS;
+    let mut done = Vec::new();
     for v in variants {
-        if cmd_run_one(&a, v)? != ExitCode::SUCCESS {
+        let (c, records) = cmd_run_one(&a, v)?;
+        if c != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
+        }
+        done.push(records);
+    }
+    if let [emulated, synthetic] = done.as_slice() {
+        if !a.json {
+            print!("{}", table::side_by_side(emulated, synthetic));
         }
     }
     Ok(code)
 }
 
-fn cmd_run_one(a: &args::RunArgs, variant: DeviceVariant) -> Result<ExitCode> {
+fn cmd_run_one(
+    a: &args::RunArgs,
+    variant: DeviceVariant,
+) -> Result<(ExitCode, Vec<hv::record::RunRecord>)> {
     let req = build_request(a, variant)?;
     hv::run::validate(&req)?;
     let kvm = hv::error::open_kvm()?;
@@ -228,9 +239,10 @@ fn cmd_run_one(a: &args::RunArgs, variant: DeviceVariant) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if result.ok() {
+    let code = if result.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    };
+    Ok((code, result.records))
 }

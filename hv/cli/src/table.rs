@@ -114,3 +114,64 @@ pub fn run_result(req: &RunRequest, res: &RunResult) -> String {
     }
     s
 }
+
+fn metric(r: &RunRecord, key: &str) -> Option<f64> {
+    (r.ops > 0).then(|| r.metrics.get(key).copied().unwrap_or(0.0) / r.ops as f64)
+}
+
+fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// `--device both`: the emulated and synthetic runs of each phase next to each other.
+pub fn side_by_side(a: &[RunRecord], b: &[RunRecord]) -> String {
+    let mut s = String::new();
+    let (la, lb) = (
+        a.first().map_or("A", |r| r.variant.as_str()),
+        b.first().map_or("B", |r| r.variant.as_str()),
+    );
+    let _ = writeln!(
+        s,
+        "\nside by side: {la} | {lb}   (per operation; latency from the guest's histogram)"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "phase",
+        "ns/op A",
+        "ns/op B",
+        "exits A",
+        "exits B",
+        "irqs A",
+        "irqs B",
+        "p50 A",
+        "p50 B",
+        "B/A"
+    );
+    for ra in a.iter().filter(|r| r.partition == 0) {
+        let Some(rb) = b.iter().find(|r| r.partition == 0 && r.phase == ra.phase) else {
+            continue;
+        };
+        let exits = |r: &RunRecord| r.exits_per_op("total");
+        let p50 = |r: &RunRecord| r.latency.as_ref().map(|l| l.p50);
+        let ratio = match (ra.ns_per_op(), rb.ns_per_op()) {
+            (Some(x), Some(y)) if x > 0.0 => format!("{:.2}", y / x),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+            ra.phase,
+            cell(ra.ns_per_op(), 0),
+            cell(rb.ns_per_op(), 0),
+            cell(exits(ra), 2),
+            cell(exits(rb), 2),
+            cell(metric(ra, "interrupts"), 2),
+            cell(metric(rb, "interrupts"), 2),
+            cell(p50(ra), 0),
+            cell(p50(rb), 0),
+            ratio
+        );
+    }
+    s
+}
