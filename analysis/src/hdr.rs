@@ -12,11 +12,15 @@ pub fn decode(s: &str) -> Result<Histogram<u64>, AnalysisError> {
     let bytes = STANDARD
         .decode(s.trim())
         .map_err(|e| AnalysisError::Histogram(format!("not base64: {e}")))?;
-    Deserializer::new()
+    let mut h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .map_err(|e| {
             AnalysisError::Histogram(format!("not an hdrhistogram V2 serialization: {e:?}"))
-        })
+        })?;
+    // Deserialized histograms are fixed-range; merging runs with larger values into this one
+    // must grow it instead of failing.
+    h.auto(true);
+    Ok(h)
 }
 
 /// Encodes a histogram the way the guest protocol does (also used to build test fixtures).
@@ -60,6 +64,19 @@ pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_histograms_merge_larger_values() {
+        let mut small = Histogram::<u64>::new(3).unwrap();
+        small.record(10).unwrap();
+        let mut big = Histogram::<u64>::new(3).unwrap();
+        big.record(10_000_000_000).unwrap();
+        let mut a = decode(&encode(&small).unwrap()).unwrap();
+        let b = decode(&encode(&big).unwrap()).unwrap();
+        a.add(&b).unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(a.max() >= 9_990_000_000);
+    }
 
     #[test]
     fn encode_decode_roundtrip_keeps_counts_and_percentiles() {
