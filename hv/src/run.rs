@@ -12,6 +12,7 @@ use crate::error::HvError;
 use crate::guest_output::{self, GuestReport};
 use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome};
 use crate::record::{HostInfo, RecordStatus, RunRecord, SCHEMA_VERSION};
+use crate::status::RunStatus;
 use crate::vcpu::UnmappedPolicy;
 
 /// What to run.
@@ -320,43 +321,15 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     })
 }
 
-fn failure_reason(p: &PartitionResult) -> String {
-    let mut why = p.outcome.status.to_string();
-    if let Some(f) = &p.report.fault {
-        why.push_str(&format!(" [{f}]"));
-    }
-    why
-}
-
-/// The records of one partition: one per reported phase (plus skipped micro-tests), or one
-/// `run` record when the guest reported no phase.
-pub fn records_for(
+/// The fields every record of one run shares, whichever VMM ran it.
+pub fn base_record(
     req: &RunRequest,
     ctx: &RecordContext,
     params: &BTreeMap<String, String>,
-    p: &PartitionResult,
-) -> Vec<RunRecord> {
-    let o = &p.outcome;
-    let status = if o.status.is_ok() {
-        RecordStatus::Ok
-    } else {
-        RecordStatus::Failed(failure_reason(p))
-    };
-    let tsc_khz = u64::from(o.tsc_khz.unwrap_or(0));
-    let mut notes = o.notes.clone();
-    if p.report.malformed > 0 {
-        notes.push(format!(
-            "{} malformed result lines ignored",
-            p.report.malformed
-        ));
-    }
-    if o.console_dropped > 0 {
-        notes.push(format!(
-            "{} console bytes dropped past the capture limit",
-            o.console_dropped
-        ));
-    }
-    let base = RunRecord {
+    vmm: &str,
+    partition: u32,
+) -> RunRecord {
+    RunRecord {
         schema: SCHEMA_VERSION,
         run_id: ctx.run_id.clone(),
         timestamp: ctx.timestamp.clone(),
@@ -364,7 +337,7 @@ pub fn records_for(
         hv_version: ctx.hv_version.clone(),
         host: ctx.host.clone(),
         experiment: ctx.experiment.clone(),
-        vmm: "hv".into(),
+        vmm: vmm.into(),
         workload: req.workload.clone(),
         params: params.clone(),
         device: req.devices.variant.name().into(),
@@ -377,15 +350,51 @@ pub fn records_for(
         variant: req.variant_label(),
         vcpus: req.vcpus,
         partitions: req.partitions,
-        partition: o.index,
+        partition,
         repetition: ctx.repetition,
-        status: status.clone(),
-        tsc_khz,
-        notes,
         ..RunRecord::default()
+    }
+}
+
+/// What the VMM measured besides the guest's own report.
+pub trait HostCounters {
+    /// Fills `r` (a phase record) with the host's counters for phase `r.phase_id`.
+    fn phase(&self, r: &mut RunRecord);
+    /// Fills `r` (the `run` record of a run without phases) with whole-run counters.
+    fn whole_run(&self, r: &mut RunRecord);
+}
+
+/// Records from what the guest reported: one per phase and per skipped micro-test, or one
+/// `run` record when it reported none. `status` and `fault` decide ok/failed for all of them.
+pub fn guest_records(
+    mut base: RunRecord,
+    status: &RunStatus,
+    report: &GuestReport,
+    console_dropped: u64,
+    counters: &dyn HostCounters,
+) -> Vec<RunRecord> {
+    base.status = if status.is_ok() {
+        RecordStatus::Ok
+    } else {
+        let mut why = status.to_string();
+        if let Some(f) = &report.fault {
+            why.push_str(&format!(" [{f}]"));
+        }
+        RecordStatus::Failed(why)
     };
+    if report.malformed > 0 {
+        base.notes.push(format!(
+            "{} malformed result lines ignored",
+            report.malformed
+        ));
+    }
+    if console_dropped > 0 {
+        base.notes.push(format!(
+            "{console_dropped} console bytes dropped past the capture limit"
+        ));
+    }
     let mut out = Vec::new();
-    for gp in &p.report.phases {
+    for gp in &report.phases {
         let mut r = base.clone();
         r.phase = gp.name.clone();
         r.phase_id = gp.id;
@@ -396,8 +405,31 @@ pub fn records_for(
             .iter()
             .map(|(k, v)| (k.clone(), *v as f64))
             .collect();
-        r.latency = crate::latency::summarize(&gp.hist, tsc_khz);
-        match o.phases.iter().find(|d| d.id == gp.id) {
+        r.latency = crate::latency::summarize(&gp.hist, base.tsc_khz);
+        counters.phase(&mut r);
+        out.push(r);
+    }
+    for (name, reason) in &report.skips {
+        let mut r = base.clone();
+        r.phase = name.clone();
+        r.status = RecordStatus::Skipped(reason.clone());
+        out.push(r);
+    }
+    if out.is_empty() {
+        let mut r = base;
+        r.phase = "run".into();
+        counters.whole_run(&mut r);
+        out.push(r);
+    }
+    out
+}
+
+/// hv's counters: the phase deltas its meter took at the guest's markers.
+struct HvCounters<'a>(&'a PartitionOutcome);
+
+impl HostCounters for HvCounters<'_> {
+    fn phase(&self, r: &mut RunRecord) {
+        match self.0.phases.iter().find(|d| d.id == r.phase_id) {
             Some(d) => {
                 r.wall_ns = d.wall_ns;
                 r.exits = d.exits.clone();
@@ -410,26 +442,37 @@ pub fn records_for(
                 .notes
                 .push("no phase markers seen for this phase: host counters missing".into()),
         }
-        out.push(r);
     }
-    for (name, reason) in &p.report.skips {
-        let mut r = base.clone();
-        r.phase = name.clone();
-        r.status = RecordStatus::Skipped(reason.clone());
-        out.push(r);
+
+    fn whole_run(&self, r: &mut RunRecord) {
+        let t = &self.0.totals;
+        r.wall_ns = u64::try_from(self.0.wall.as_nanos()).unwrap_or(u64::MAX);
+        r.exits = t.exits.clone();
+        r.exits_by_device = t.exits_by_device.clone();
+        r.kvm_stats = t.kvm_stats.clone();
+        r.tracepoints = t.tracepoints.clone();
+        r.cpu = t.cpu;
     }
-    if out.is_empty() {
-        let mut r = base;
-        r.phase = "run".into();
-        r.wall_ns = u64::try_from(o.wall.as_nanos()).unwrap_or(u64::MAX);
-        r.exits = o.totals.exits.clone();
-        r.exits_by_device = o.totals.exits_by_device.clone();
-        r.kvm_stats = o.totals.kvm_stats.clone();
-        r.tracepoints = o.totals.tracepoints.clone();
-        r.cpu = o.totals.cpu;
-        out.push(r);
-    }
-    out
+}
+
+/// The records of one hv partition.
+pub fn records_for(
+    req: &RunRequest,
+    ctx: &RecordContext,
+    params: &BTreeMap<String, String>,
+    p: &PartitionResult,
+) -> Vec<RunRecord> {
+    let o = &p.outcome;
+    let mut base = base_record(req, ctx, params, "hv", o.index);
+    base.tsc_khz = u64::from(o.tsc_khz.unwrap_or(0));
+    base.notes = o.notes.clone();
+    guest_records(
+        base,
+        &o.status,
+        &p.report,
+        o.console_dropped,
+        &HvCounters(o),
+    )
 }
 
 #[cfg(test)]

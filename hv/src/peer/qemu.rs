@@ -28,8 +28,8 @@ use thiserror::Error;
 
 use crate::devices::emulated::serial::CONSOLE_CAPTURE_LIMIT;
 use crate::error::HvError;
-use crate::guest_output::{self, GuestReport};
-use crate::record::{RecordStatus, RunRecord, SCHEMA_VERSION};
+use crate::guest_output;
+use crate::record::{RecordStatus, RunRecord};
 use crate::run::{RecordContext, RunRequest, effective_args, guest_cmdline, validate};
 use crate::status::RunStatus;
 use crate::vcpu::UnmappedPolicy;
@@ -528,7 +528,7 @@ fn pin_to(cmd: &mut Command, cpus: &[usize]) {
 pub fn run_qemu(req: &RunRequest, ctx: &RecordContext) -> Result<Vec<RunRecord>, HvError> {
     let info = validate(req)?;
     let params = effective_args(info, req);
-    let base = base_record(req, ctx, &params);
+    let mut base = crate::run::base_record(req, ctx, &params, "qemu", 0);
     let skipped = |why: String| {
         let mut r = base.clone();
         r.phase = "run".into();
@@ -575,102 +575,27 @@ pub fn run_qemu(req: &RunRequest, ctx: &RecordContext) -> Result<Vec<RunRecord>,
     if matches!(outcome.status, RunStatus::Timeout(_)) {
         notes.push(format!("QEMU pid {} killed at the timeout", outcome.pid));
     }
-    Ok(records(base, &outcome, &report, tsc_khz, notes))
-}
-
-/// The fields shared by every record of one QEMU run.
-fn base_record(
-    req: &RunRequest,
-    ctx: &RecordContext,
-    params: &std::collections::BTreeMap<String, String>,
-) -> RunRecord {
-    RunRecord {
-        schema: SCHEMA_VERSION,
-        run_id: ctx.run_id.clone(),
-        timestamp: ctx.timestamp.clone(),
-        git_rev: ctx.git_rev.clone(),
-        hv_version: ctx.hv_version.clone(),
-        host: ctx.host.clone(),
-        experiment: ctx.experiment.clone(),
-        vmm: "qemu".into(),
-        workload: req.workload.clone(),
-        params: params.clone(),
-        device: req.devices.variant.name().into(),
-        enlightenments: req
-            .enlightenments
-            .names()
-            .iter()
-            .map(|n| n.to_string())
-            .collect(),
-        variant: req.variant_label(),
-        vcpus: req.vcpus,
-        partitions: req.partitions,
-        partition: 0,
-        repetition: ctx.repetition,
-        ..RunRecord::default()
-    }
-}
-
-/// One record per reported phase and skipped micro-test, or one `run` record when the guest
-/// reported none (as hv's `records_for`).
-fn records(
-    mut base: RunRecord,
-    o: &QemuOutcome,
-    report: &GuestReport,
-    tsc_khz: Option<u32>,
-    mut notes: Vec<String>,
-) -> Vec<RunRecord> {
-    base.status = if o.status.is_ok() {
-        RecordStatus::Ok
-    } else {
-        let mut why = o.status.to_string();
-        if let Some(f) = &report.fault {
-            why.push_str(&format!(" [{f}]"));
-        }
-        RecordStatus::Failed(why)
-    };
     base.tsc_khz = u64::from(tsc_khz.unwrap_or(0));
-    if report.malformed > 0 {
-        notes.push(format!(
-            "{} malformed result lines ignored",
-            report.malformed
-        ));
-    }
-    if o.console_dropped > 0 {
-        notes.push(format!(
-            "{} console bytes dropped past the capture limit",
-            o.console_dropped
-        ));
-    }
     base.notes = notes;
-    let mut out = Vec::new();
-    for gp in &report.phases {
-        let mut r = base.clone();
-        r.phase = gp.name.clone();
-        r.phase_id = gp.id;
-        r.ops = gp.ops;
-        r.guest_tsc = gp.tsc;
-        r.metrics = gp
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.clone(), *v as f64))
-            .collect();
-        r.latency = crate::latency::summarize(&gp.hist, base.tsc_khz);
-        out.push(r);
+    Ok(crate::run::guest_records(
+        base,
+        &outcome.status,
+        &report,
+        outcome.console_dropped,
+        &QemuCounters(outcome.wall),
+    ))
+}
+
+/// What QEMU leaves for the records: only the whole run's wall time (hv's counters do not
+/// exist there, and are never estimated).
+struct QemuCounters(Duration);
+
+impl crate::run::HostCounters for QemuCounters {
+    fn phase(&self, _r: &mut RunRecord) {}
+
+    fn whole_run(&self, r: &mut RunRecord) {
+        r.wall_ns = u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX);
     }
-    for (name, reason) in &report.skips {
-        let mut r = base.clone();
-        r.phase = name.clone();
-        r.status = RecordStatus::Skipped(reason.clone());
-        out.push(r);
-    }
-    if out.is_empty() {
-        let mut r = base;
-        r.phase = "run".into();
-        r.wall_ns = u64::try_from(o.wall.as_nanos()).unwrap_or(u64::MAX);
-        out.push(r);
-    }
-    out
 }
 
 #[cfg(test)]
