@@ -106,6 +106,7 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         timeout: Duration::from_secs_f64(run.timeout_s),
         devices: device_options(&run.device),
         enlightenments,
+        tracepoints: e.tracepoints,
         ..RunRequest::default()
     })
 }

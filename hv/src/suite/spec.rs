@@ -133,6 +133,15 @@ pub struct Experiment {
     pub mem: Option<String>,
     #[serde(default)]
     pub timeout_s: Option<f64>,
+    /// Count `kvm:*` tracepoints (default true). Counting costs time on every traced event
+    /// (on nested hosts `kvm_emulate_insn` fires per guest instruction), so experiments that
+    /// compare times against a peer VMM turn it off.
+    #[serde(default = "default_true")]
+    pub tracepoints: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A spec file.
