@@ -56,6 +56,9 @@ pub struct Row {
     pub irqs_per_op: Option<f64>,
     /// Halts per op (KVM `halt_exits`, else hv's `hlt` exits).
     pub halts_per_op: Option<f64>,
+    /// Host CPU time per op (medians), in µs: the vCPU threads and the device worker threads.
+    pub vcpu_us_per_op: Option<f64>,
+    pub worker_us_per_op: Option<f64>,
     pub lat_p50: Option<f64>,
     pub lat_p99: Option<f64>,
     pub lat_unit: String,
@@ -156,6 +159,16 @@ fn row(key: GroupKey, variant: &str, rs: &[&RunRecord]) -> Row {
         exits_by_reason,
         irqs_per_op: med(rs, stat("irq_injections")),
         halts_per_op: halts,
+        vcpu_us_per_op: med(rs, |r| {
+            (r.vmm == "hv" && r.cpu.vcpu_ns > 0)
+                .then(|| per_op(r, r.cpu.vcpu_ns as f64 / 1e3))
+                .flatten()
+        }),
+        worker_us_per_op: med(rs, |r| {
+            (r.cpu.worker_ns > 0)
+                .then(|| per_op(r, r.cpu.worker_ns as f64 / 1e3))
+                .flatten()
+        }),
         lat_p50: med(rs, |r| r.latency.as_ref().map(|l| l.p50)),
         lat_p99: med(rs, |r| r.latency.as_ref().map(|l| l.p99)),
         lat_unit: rs

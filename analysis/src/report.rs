@@ -189,6 +189,8 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
     let irqs = any(&|r| r.irqs_per_op.is_some());
     let halts = any(&|r| r.halts_per_op.is_some());
     let lat = any(&|r| r.lat_p50.is_some());
+    let cpu = any(&|r| r.vcpu_us_per_op.is_some());
+    let worker = any(&|r| r.worker_us_per_op.is_some());
     let peer = has_qemu && any(&|r| r.key.vmm == "qemu");
     let unit = rows
         .iter()
@@ -219,6 +221,12 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
     if lat {
         head.push(format!("p50 ({unit})"));
         head.push(format!("p99 ({unit})"));
+    }
+    if cpu {
+        head.push("vCPU host µs/op".into());
+    }
+    if worker {
+        head.push("worker host µs/op".into());
     }
     head.push("time vs baseline [95% CI]".into());
     head.push("speed-up".into());
@@ -258,6 +266,12 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
             if lat {
                 c.push(opt(r.lat_p50));
                 c.push(opt(r.lat_p99));
+            }
+            if cpu {
+                c.push(opt(r.vcpu_us_per_op));
+            }
+            if worker {
+                c.push(opt(r.worker_us_per_op));
             }
             if r.is_baseline {
                 c.push("baseline".into());

@@ -221,8 +221,20 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             )],
         }
     };
+    // Arguments that vary within the experiment are part of what tells variants apart
+    // (QD1 vs QD32), so they join the variant label that tables group by.
+    let varying: Vec<String> = run
+        .experiment
+        .args
+        .iter()
+        .filter(|(_, v)| matches!(v, spec::OneOrMany::Many(list) if list.len() > 1))
+        .filter_map(|(k, _)| run.args.get(k).map(|v| format!("{k}={v}")))
+        .collect();
     // Every record of a run carries the run's identity, whichever VMM or error path made it.
     for r in &mut records {
+        if !varying.is_empty() && !r.variant.contains(&varying[0]) {
+            r.variant = format!("{} {}", r.variant, varying.join(" "));
+        }
         r.vmm = run.vmm.clone();
         r.run_id = ctx.run_id.clone();
         r.git_rev = ctx.git_rev.clone();
