@@ -276,6 +276,43 @@ mod tests {
     }
 
     #[test]
+    fn report_over_shards_equals_the_unsharded_report() {
+        // The same records, once in one directory and once split round-robin over two shard
+        // directories (as `hv suite --shard 1/2` and `2/2` write them), give the same tables.
+        let (recs, m) = fixture();
+        let whole = results_dir("whole", &recs, Some(&m));
+        let (a, b): (Vec<_>, Vec<_>) = recs
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % 2 == 0);
+        let strip = |v: Vec<(usize, RunRecord)>| v.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        let mut m1 = m.clone();
+        m1.shard = Some("1/2".into());
+        let mut m2 = m.clone();
+        m2.shard = Some("2/2".into());
+        let s1 = results_dir("shard1", &strip(a), Some(&m1));
+        let s2 = results_dir("shard2", &strip(b), Some(&m2));
+        let (o1, o2) = (temp_dir("out-whole"), temp_dir("out-shards"));
+        let opts = ReportOptions::default();
+        write_report(std::slice::from_ref(&whole), &o1, &opts).unwrap();
+        write_report(&[s1, s2], &o2, &opts).unwrap();
+        let summary = |d: &Path| std::fs::read_to_string(d.join("summary.csv")).unwrap();
+        assert_eq!(summary(&o1), summary(&o2));
+        let tables = |d: &Path| {
+            std::fs::read_to_string(d.join("report.md"))
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let (t1, t2) = (tables(&o1), tables(&o2));
+        assert!(t1.len() > 5, "{t1:?}");
+        assert_eq!(t1, t2);
+    }
+
+    #[test]
     fn load_skips_blank_lines_and_defaults_missing_manifest() {
         let (recs, _) = fixture();
         let d = results_dir("load", &recs, None);
