@@ -105,6 +105,50 @@ fn nice_max(v: f64) -> f64 {
     }
 }
 
+/// The frame of a per-category chart on a white `root`: caption, y axis 0..`ymax` with
+/// `y_label`, one unit-wide slot per category along x, labelled under the axis.
+fn category_chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    ymax: f64,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    root.fill(&WHITE).map_err(er)?;
+    let n = categories.len();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, 20))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
+        .map_err(er)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_label)
+        .draw()
+        .map_err(er)?;
+    category_labels(root, &chart, categories)?;
+    Ok(chart)
+}
+
+/// The series legend, boxed, at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(er)
+}
+
 /// Grouped bars: one group per category, one bar per series.
 #[derive(Debug, Clone)]
 pub struct Bars {
@@ -124,8 +168,6 @@ impl Chart for Bars {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        root.fill(&WHITE).map_err(er)?;
-        let n = self.categories.len();
         let ymax = nice_max(
             self.series
                 .iter()
@@ -133,21 +175,7 @@ impl Chart for Bars {
                 .copied()
                 .fold(0.0, f64::max),
         );
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FONT, 20))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
-            .map_err(er)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_desc(self.y_label.as_str())
-            .draw()
-            .map_err(er)?;
-        category_labels(root, &chart, &self.categories)?;
+        let mut chart = category_chart(root, &self.title, &self.y_label, &self.categories, ymax)?;
         let k = self.series.len().max(1) as f64;
         let w = 0.8 / k;
         for (j, (name, vals)) in self.series.iter().enumerate() {
@@ -163,15 +191,7 @@ impl Chart for Bars {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(er)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -247,15 +267,7 @@ impl Chart for Lines {
                     .map_err(er)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(er)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
 
@@ -275,24 +287,9 @@ impl Chart for ErrorBars {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        root.fill(&WHITE).map_err(er)?;
         let n = self.categories.len();
         let ymax = nice_max(self.points.iter().map(|p| p.2).fold(1.0, f64::max));
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FONT, 20))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
-            .map_err(er)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_desc(self.y_label.as_str())
-            .draw()
-            .map_err(er)?;
-        category_labels(root, &chart, &self.categories)?;
+        let mut chart = category_chart(root, &self.title, &self.y_label, &self.categories, ymax)?;
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(0.0, 1.0), (n as f64, 1.0)],

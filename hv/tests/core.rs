@@ -1,9 +1,11 @@
 //! Boots real guests through /dev/kvm: exit statuses, isolation between partitions, the
 //! exit-floor counts, and every way a guest can misbehave.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Duration;
 
+use common::{kvm, request};
 use hv::partition::{Partition, PartitionConfig};
 use hv::record::RecordStatus;
 use hv::run::{RecordContext, RunRequest, RunResult};
@@ -11,22 +13,6 @@ use hv::vcpu::UnmappedPolicy;
 use hv::{HvError, RunStatus};
 use hvlab_workloads::mem_pattern::pattern_word;
 use vm_memory::{Bytes, GuestAddress};
-
-fn kvm() -> kvm_ioctls::Kvm {
-    hv::error::open_kvm().expect("these tests need read/write access to /dev/kvm")
-}
-
-fn request(workload: &str, args: &[(&str, &str)]) -> RunRequest {
-    RunRequest {
-        workload: workload.into(),
-        args: args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        timeout: Duration::from_secs(30),
-        ..RunRequest::default()
-    }
-}
 
 fn run(req: &RunRequest) -> RunResult {
     hv::run::run(&kvm(), req, &RecordContext::adhoc()).expect("run starts")

@@ -2,24 +2,16 @@
 //! skips (passes with a message) on a host without KVM access.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hv::devices::{DeviceOptions, DeviceVariant};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 
-fn kvm() -> Option<kvm_ioctls::Kvm> {
-    match hv::error::open_kvm() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
-
 fn boot(opts: &DeviceOptions, cmdline: &str) -> Option<PartitionOutcome> {
-    let kvm = kvm()?;
+    let kvm = common::kvm_or_skip()?;
     let workload = cmdline.split_whitespace().next().unwrap_or("");
     let info = hvlab_workloads::find(workload).expect("known workload");
     let words = hv::devices::cmdline_words(opts, info.devices);

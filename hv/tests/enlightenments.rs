@@ -3,29 +3,37 @@
 //! refused with the probe's reason. Skipped (passing) when /dev/kvm is unavailable.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::kvm_or_skip;
 use hv::enlightenments::{EnlightenmentSet, registry};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 
-fn kvm() -> Option<kvm_ioctls::Kvm> {
-    hv::error::open_kvm().ok()
-}
-
-fn boot(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
-    let cfg = PartitionConfig {
+/// `cmdline` on `vcpus` vCPUs with enlightenment set `set`.
+fn config(cmdline: &str, vcpus: u32, set: &str, tracepoints: bool) -> PartitionConfig {
+    PartitionConfig {
         cmdline: format!("{cmdline} cpus={vcpus}"),
         vcpus,
         enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
-        tracepoints: false,
+        tracepoints,
         ..Default::default()
-    };
+    }
+}
+
+/// Boots `cfg` and waits (60 s at most) for the outcome.
+fn boot_config(kvm: &kvm_ioctls::Kvm, cfg: PartitionConfig) -> PartitionOutcome {
     let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
     let r = p.start().expect("starts");
     r.wait(
         Instant::now() + Duration::from_secs(60),
         Duration::from_secs(60),
     )
+}
+
+fn boot(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
+    boot_config(kvm, config(cmdline, vcpus, set, false))
 }
 
 /// `key=value` of the first guest line containing `rec` and `key=`.
@@ -57,7 +65,7 @@ fn hv_count(o: &PartitionOutcome, name: &str) -> u64 {
 
 #[test]
 fn guest_sees_cpuid_bits_exactly_when_enabled() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     for e in registry() {
         if e.probe(&kvm).is_err() || (e.kvm_pv_bits() == 0 && e.hv_bits() == 0) {
             continue;
@@ -77,7 +85,7 @@ fn guest_sees_cpuid_bits_exactly_when_enabled() {
 
 #[test]
 fn tlb_shootdown_every_variant_reads_the_new_frame() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     // (set, mode, expect IPIs)
     let cases = [
         ("none", "ipi", true),
@@ -134,7 +142,7 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
 
 #[test]
 fn long_spin_notify_parks_waiters_and_counts_calls() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     let cmd = "spinlock iters=60 hold=50 spins=16";
     let plain = boot(&kvm, &format!("{cmd} mode=pause"), 3, "none");
     assert!(plain.status.is_ok(), "{}", plain.status);
@@ -160,7 +168,7 @@ fn long_spin_notify_parks_waiters_and_counts_calls() {
 
 #[test]
 fn unsupported_enlightenments_are_refused_with_the_probe_reason() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     for e in registry() {
         let Err(reason) = e.probe(&kvm) else { continue };
         let cfg = PartitionConfig {
@@ -176,7 +184,7 @@ fn unsupported_enlightenments_are_refused_with_the_probe_reason() {
 
 #[test]
 fn shootdown_by_hypercall_without_the_feature_is_refused_by_the_guest() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     // The guest only calls what is exposed; with none exposed it refuses cleanly.
     let o = boot(&kvm, "tlb-shootdown iters=1 mode=hypercall", 2, "none");
     assert_eq!(
@@ -186,19 +194,7 @@ fn shootdown_by_hypercall_without_the_feature_is_refused_by_the_guest() {
 }
 
 fn boot_traced(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
-    let cfg = PartitionConfig {
-        cmdline: format!("{cmdline} cpus={vcpus}"),
-        vcpus,
-        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
-        tracepoints: true,
-        ..Default::default()
-    };
-    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
-    let r = p.start().expect("starts");
-    r.wait(
-        Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
+    boot_config(kvm, config(cmdline, vcpus, set, true))
 }
 
 /// The guest's `rec=phase` line for phase `name`.
@@ -234,7 +230,7 @@ fn tracepoint(o: &PartitionOutcome, name: &str, tp: &str) -> Option<u64> {
 
 #[test]
 fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     const ITERS: u64 = 10;
     const VCPUS: u32 = 4;
     let targets = u64::from(VCPUS - 1);
@@ -315,25 +311,14 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
 fn boot_workload(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
     let name = cmdline.split_whitespace().next().unwrap_or("");
     let info = hvlab_workloads::find(name).expect("known workload");
-    let mut cfg = PartitionConfig {
-        cmdline: format!("{cmdline} cpus={vcpus}"),
-        vcpus,
-        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
-        tracepoints: true,
-        ..Default::default()
-    };
+    let mut cfg = config(cmdline, vcpus, set, true);
     hv::run::apply_host_features(info, &mut cfg);
-    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
-    let r = p.start().expect("starts");
-    r.wait(
-        Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
+    boot_config(kvm, cfg)
 }
 
 #[test]
 fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     const ITERS: u64 = 40;
     let with = EnlightenmentSet::parse("kvm-clock").unwrap().resolve(&kvm);
     let set = if with.is_ok() { "kvm-clock" } else { "none" };
@@ -384,7 +369,7 @@ fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
 
 #[test]
 fn interrupts_storm_counts_eois_with_and_without_pv_eoi() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     const ITERS: u64 = 20;
     let mut sets = vec!["none"];
     match EnlightenmentSet::parse("pv-eoi").unwrap().resolve(&kvm) {
@@ -442,7 +427,7 @@ fn interrupts_storm_counts_eois_with_and_without_pv_eoi() {
 
 #[test]
 fn idle_no_exit_keeps_hlt_in_the_guest_where_the_host_executes_it() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm_or_skip() else { return };
     const ITERS: u64 = 30;
     if let Err(e) = EnlightenmentSet::parse("idle-no-exit")
         .unwrap()

@@ -3,25 +3,15 @@
 //! run is one skipped record with the reason. The missing-QEMU branch is also exercised on hosts
 //! that have QEMU, by re-running one test of this binary with a `PATH` that lacks it.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::request;
 use hv::peer::{self, qemu_binary, run_qemu};
 use hv::record::{RecordStatus, RunRecord};
 use hv::run::{RecordContext, RunRequest};
-
-fn request(workload: &str, args: &[(&str, &str)]) -> RunRequest {
-    RunRequest {
-        workload: workload.into(),
-        args: args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        timeout: Duration::from_secs(30),
-        ..RunRequest::default()
-    }
-}
 
 fn run(req: &RunRequest) -> Vec<RunRecord> {
     run_qemu(req, &RecordContext::adhoc()).expect("the QEMU peer runs or skips")

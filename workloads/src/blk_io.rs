@@ -467,26 +467,30 @@ mod guest {
                 i as u64 % blocks
             } * per,
         };
-        // Each phase regenerates the same op list from the seed (nothing is stored).
+        // Each phase regenerates the same op list from the seed (nothing is stored): batch `b`
+        // is its ops and how many there are.
         let batches = count.div_ceil(qd);
+        let batch_ops = |b: usize, r: &mut Rng, m: &mut Rng| {
+            let n = qd.min(count - b * qd);
+            let mut ops = [Op {
+                write: false,
+                lba: 0,
+            }; MAX_SLOTS];
+            for (i, op) in ops.iter_mut().enumerate().take(n) {
+                *op = op_at(b * qd + i, r, m);
+            }
+            (ops, n)
+        };
         let mut hist = Histogram::default();
 
         if prep && rw != "write" {
             let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
             let p = phase::begin("blk-prep");
             for b in 0..batches {
-                let n = qd.min(count - b * qd);
-                let mut ops = [Op {
-                    write: true,
-                    lba: 0,
-                }; MAX_SLOTS];
+                let (mut ops, n) = batch_ops(b, &mut r, &mut m);
                 for (i, op) in ops.iter_mut().enumerate().take(n) {
-                    let o = op_at(b * qd + i, &mut r, &mut m);
-                    *op = Op {
-                        write: true,
-                        lba: o.lba,
-                    };
-                    stamp(arena(i * bs as usize), o.lba, per, seed);
+                    op.write = true;
+                    stamp(arena(i * bs as usize), op.lba, per, seed);
                 }
                 dev.batch(&ops[..n], bs, &mut Histogram::default())?;
             }
@@ -504,13 +508,8 @@ mod guest {
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
         let p = phase::begin(name);
         for b in 0..batches {
-            let n = qd.min(count - b * qd);
-            let mut ops = [Op {
-                write: false,
-                lba: 0,
-            }; MAX_SLOTS];
-            for (i, op) in ops.iter_mut().enumerate().take(n) {
-                *op = op_at(b * qd + i, &mut r, &mut m);
+            let (ops, n) = batch_ops(b, &mut r, &mut m);
+            for (i, op) in ops.iter().enumerate().take(n) {
                 if op.write {
                     stamp(arena(i * bs as usize), op.lba, per, seed);
                 }
@@ -546,16 +545,9 @@ mod guest {
             let p = phase::begin("blk-verify");
             let mut verified = 0u64;
             for b in 0..batches {
-                let n = qd.min(count - b * qd);
-                let mut ops = [Op {
-                    write: false,
-                    lba: 0,
-                }; MAX_SLOTS];
-                for (i, op) in ops.iter_mut().enumerate().take(n) {
-                    *op = Op {
-                        write: false,
-                        lba: op_at(b * qd + i, &mut r, &mut m).lba,
-                    };
+                let (mut ops, n) = batch_ops(b, &mut r, &mut m);
+                for op in ops.iter_mut().take(n) {
+                    op.write = false;
                 }
                 dev.batch(&ops[..n], bs, &mut Histogram::default())?;
                 for (i, op) in ops.iter().enumerate().take(n) {

@@ -49,10 +49,10 @@ mod guest {
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase};
     use hvlab_protocol::kvm_pv;
 
+    use crate::common::WAIT_LIMIT;
+
     const TIMER_VECTOR: u8 = 0xe4;
     const IPI_VECTOR: u8 = 0xe5;
-    /// Bound on one phase (TSC cycles: tens of seconds at any plausible rate).
-    const WAIT_LIMIT: u64 = 1 << 36;
 
     static COUNT: AtomicU64 = AtomicU64::new(0);
 

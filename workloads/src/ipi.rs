@@ -58,9 +58,9 @@ mod guest {
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, smp};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
+    use crate::common::{not_exposed, wait_count};
+
     const IPI_VECTOR: u8 = 0xe3;
-    /// Bound on waiting for handlers (TSC cycles: tens of seconds at any plausible rate).
-    const WAIT_LIMIT: u64 = 1 << 36;
 
     static RECEIVED: AtomicU32 = AtomicU32::new(0);
     static HALTS: AtomicU64 = AtomicU64::new(0);
@@ -94,14 +94,7 @@ mod guest {
     }
 
     fn wait_received(target: u32) -> Result<(), Fail> {
-        let start = cpu::rdtsc();
-        while RECEIVED.load(Ordering::Acquire) < target {
-            if cpu::rdtsc().wrapping_sub(start) > WAIT_LIMIT {
-                return Err(Fail::Check("an IPI was never handled"));
-            }
-            cpu::pause();
-        }
-        Ok(())
+        wait_count(&RECEIVED, target, "an IPI was never handled")
     }
 
     struct Sender {
@@ -233,14 +226,8 @@ mod guest {
             "auto" | "apic" => apic_mode,
             "hypercall" if has_hv => Mode::Hypercall,
             "pv-ipi" if has_pv => Mode::PvIpi,
-            "hypercall" => {
-                phase::skip("ipi-hypercall", "ipi-hypercall_not_exposed");
-                return Err(Fail::Unsupported("ipi-hypercall not exposed"));
-            }
-            "pv-ipi" => {
-                phase::skip("ipi-pv-ipi", "pv-ipi_not_exposed");
-                return Err(Fail::Unsupported("pv-ipi not exposed"));
-            }
+            "hypercall" => return Err(not_exposed!("ipi-hypercall", "ipi-hypercall")),
+            "pv-ipi" => return Err(not_exposed!("ipi-pv-ipi", "pv-ipi")),
             _ => return Err(Fail::BadArg("mode")),
         };
         let loop_multicast = match ctx.args.str_or("multicast", "shorthand") {
@@ -262,27 +249,17 @@ mod guest {
             loop_multicast,
             ids: [0; MAX_CPUS],
             n_ids: 0,
-            mask: 0,
+            mask: smp::ap_apic_mask(),
             sends: 0,
             failed: 0,
         };
         for i in 1..n {
-            let id = smp::apic_id(i);
-            s.ids[s.n_ids] = id;
+            s.ids[s.n_ids] = smp::apic_id(i);
             s.n_ids += 1;
-            s.mask |= 1 << (id % 64);
         }
         idt::register(IPI_VECTOR, on_ipi);
-        for i in 1..n {
-            smp::post(i, ap_job, 0);
-        }
-        let start = cpu::rdtsc();
-        while READY.load(Ordering::Acquire) < n - 1 {
-            if cpu::rdtsc().wrapping_sub(start) > WAIT_LIMIT {
-                return Err(Fail::Check("APs did not start"));
-            }
-            cpu::pause();
-        }
+        smp::post_aps(ap_job, 0);
+        wait_count(&READY, n - 1, "APs did not start")?;
         let mut result = Ok(());
         if uni {
             result = measure(&mut s, false, iters);
@@ -295,9 +272,7 @@ mod guest {
         for i in 1..n {
             apic::send_ipi(smp::apic_id(i), IPI_VECTOR);
         }
-        for i in 1..n {
-            smp::wait(i);
-        }
+        smp::wait_aps();
         result
     }
 }

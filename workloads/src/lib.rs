@@ -7,6 +7,8 @@
 
 pub mod blk_io;
 pub mod clock;
+#[cfg(target_os = "none")]
+mod common;
 pub mod console_io;
 pub mod exit_floor;
 pub mod interrupts;

@@ -49,6 +49,8 @@ mod guest {
     use hvlab_guest_rt::{Ctx, Fail, cpu, idt, phase, smp};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
+    use crate::common::not_exposed;
+
     const KICK_VECTOR: u8 = 0xe2;
     /// Bound of one long-spin wait, µs.
     const NOTIFY_BOUND_US: u64 = 2000;
@@ -165,14 +167,8 @@ mod guest {
             "spin" => Mode::Spin,
             "notify" if notify => Mode::Notify,
             "pv-unhalt" if unhalt => Mode::PvUnhalt,
-            "notify" => {
-                phase::skip("spinlock-notify", "long-spin-notify_not_exposed");
-                return Err(Fail::Unsupported("long-spin-notify not exposed"));
-            }
-            "pv-unhalt" => {
-                phase::skip("spinlock-pv-unhalt", "pv-unhalt_not_exposed");
-                return Err(Fail::Unsupported("pv-unhalt not exposed"));
-            }
+            "notify" => return Err(not_exposed!("spinlock-notify", "long-spin-notify")),
+            "pv-unhalt" => return Err(not_exposed!("spinlock-pv-unhalt", "pv-unhalt")),
             _ => return Err(Fail::BadArg("mode")),
         };
         idt::register(KICK_VECTOR, on_kick);
@@ -184,13 +180,9 @@ mod guest {
         };
         let n = ctx.cpus;
         let p = phase::begin(name);
-        for i in 1..n {
-            smp::post(i, worker, mode as usize);
-        }
+        smp::post_aps(worker, mode as usize);
         worker(0, mode as usize);
-        for i in 1..n {
-            smp::wait(i);
-        }
+        smp::wait_aps();
         let total = iters * u64::from(n);
         let f = p.end(total);
         let count = COUNTER.load(Ordering::Relaxed);

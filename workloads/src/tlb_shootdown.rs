@@ -44,6 +44,8 @@ mod guest {
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
+    use crate::common::{not_exposed, wait_count};
+
     const FLUSH_VECTOR: u8 = 0xe1;
     const PAGE: usize = 0;
 
@@ -125,14 +127,7 @@ mod guest {
     }
 
     fn wait_for(counter: &AtomicU32, target: u32) -> Result<(), Fail> {
-        let start = cpu::rdtsc();
-        while counter.load(Ordering::Acquire) < target {
-            if cpu::rdtsc().wrapping_sub(start) > 1 << 36 {
-                return Err(Fail::Check("APs stopped answering"));
-            }
-            cpu::pause();
-        }
-        Ok(())
+        wait_count(counter, target, "APs stopped answering")
     }
 
     pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
@@ -150,13 +145,11 @@ mod guest {
             "auto" | "ipi" => Mode::Ipi,
             "pv-tlb-flush" if has_pv => Mode::PvTlbFlush,
             "pv-tlb-flush" => {
-                phase::skip("shootdown-pv-tlb-flush", "pv-tlb-flush_not_exposed");
-                return Err(Fail::Unsupported("pv-tlb-flush not exposed"));
+                return Err(not_exposed!("shootdown-pv-tlb-flush", "pv-tlb-flush"));
             }
             "hypercall" if has_hv => Mode::Hypercall,
             "hypercall" => {
-                phase::skip("shootdown-hypercall", "tlb-flush-hypercall_not_exposed");
-                return Err(Fail::Unsupported("tlb-flush-hypercall not exposed"));
+                return Err(not_exposed!("shootdown-hypercall", "tlb-flush-hypercall"));
             }
             "none" => Mode::None,
             _ => return Err(Fail::BadArg("mode")),
@@ -167,13 +160,8 @@ mod guest {
         cpu::flush_tlb();
         EXPECT.store(1, Ordering::SeqCst);
         let targets = n - 1;
-        let mut mask = 0u64;
-        for i in 1..n {
-            mask |= 1 << (smp::apic_id(i) % 64);
-        }
-        for i in 1..n {
-            smp::post(i, ap_job, 0);
-        }
+        let mask = smp::ap_apic_mask();
+        smp::post_aps(ap_job, 0);
         let (mut ipis, mut local_invlpg, mut pv_flagged, mut hvcalls, mut timeouts) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         let p = phase::begin(mode.name());
@@ -219,9 +207,7 @@ mod guest {
         }
         let f = p.end(iters);
         STEP.store(u32::MAX, Ordering::Release);
-        for i in 1..n {
-            smp::wait(i);
-        }
+        smp::wait_aps();
         let stale = u64::from(STALE.load(Ordering::Relaxed));
         f.report(
             &[

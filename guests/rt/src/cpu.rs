@@ -92,6 +92,17 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     CpuidResult { eax, ebx, ecx, edx }
 }
 
+/// Vendor signature of CPUID `leaf` (EBX, ECX, EDX as 12 bytes) and its EAX (for a hypervisor
+/// leaf, the highest leaf of that interface).
+pub fn cpuid_signature(leaf: u32) -> ([u8; 12], u32) {
+    let r = cpuid(leaf, 0);
+    let mut s = [0u8; 12];
+    s[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    s[8..].copy_from_slice(&r.edx.to_le_bytes());
+    (s, r.eax)
+}
+
 /// Reads a model-specific register. A missing MSR raises #GP, which the runtime reports.
 #[inline(always)]
 pub fn rdmsr(msr: u32) -> u64 {

@@ -2,7 +2,7 @@
 
 use hvlab_protocol::{EXIT_PORT, HV_CPUID_BASE, HV_CPUID_SIGNATURE, PHASE_END, PHASE_PORT};
 
-use crate::cpu::{cli, cpuid, hlt, outl};
+use crate::cpu::{cli, cpuid, cpuid_signature, hlt, outl};
 
 /// Ends the run with `status`. If the VMM ignores the exit port, the CPU halts with interrupts
 /// off for good, which the VMM's watchdog ends.
@@ -41,15 +41,6 @@ pub struct Hypervisor {
     pub hv_features: Option<u32>,
 }
 
-fn signature(leaf: u32) -> ([u8; 12], u32) {
-    let r = cpuid(leaf, 0);
-    let mut s = [0u8; 12];
-    s[..4].copy_from_slice(&r.ebx.to_le_bytes());
-    s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
-    s[8..].copy_from_slice(&r.edx.to_le_bytes());
-    (s, r.eax)
-}
-
 impl Hypervisor {
     /// Detects the hypervisor the way Linux and Windows do: the CPUID "hypervisor present" bit,
     /// then the vendor leaves.
@@ -58,13 +49,13 @@ impl Hypervisor {
         if !present {
             return Hypervisor::default();
         }
-        let (sig, max_leaf) = signature(0x4000_0000);
+        let (sig, max_leaf) = cpuid_signature(0x4000_0000);
         let kvm_features = if &sig[..9] == b"KVMKVMKVM" {
             cpuid(0x4000_0001, 0).eax
         } else {
             0
         };
-        let (hv_sig, _) = signature(HV_CPUID_BASE);
+        let (hv_sig, _) = cpuid_signature(HV_CPUID_BASE);
         let hv_features = (hv_sig == HV_CPUID_SIGNATURE).then(|| cpuid(HV_CPUID_BASE + 1, 0).eax);
         Hypervisor {
             present,

@@ -124,13 +124,27 @@ pub fn wait(index: u32) {
     }
 }
 
-/// Runs `job` on every AP and waits for all of them.
-pub fn run_on_aps(job: Job, arg: usize) {
-    let n = online();
-    for i in 1..n {
+/// Posts `job(cpu, arg)` to every AP and wakes them, without waiting.
+pub fn post_aps(job: Job, arg: usize) {
+    for i in 1..online() {
         post(i, job, arg);
     }
-    for i in 1..n {
+}
+
+/// Waits until every AP finished its jobs.
+pub fn wait_aps() {
+    for i in 1..online() {
         wait(i);
     }
+}
+
+/// Runs `job` on every AP and waits for all of them.
+pub fn run_on_aps(job: Job, arg: usize) {
+    post_aps(job, arg);
+    wait_aps();
+}
+
+/// The APs' APIC IDs as a mask (bit `id % 64`), the target set hv's calls take.
+pub fn ap_apic_mask() -> u64 {
+    (1..online()).fold(0, |mask, i| mask | 1 << (apic_id(i) % 64))
 }

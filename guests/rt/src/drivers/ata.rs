@@ -255,42 +255,43 @@ impl Ata {
         (cmd, ext, block)
     }
 
-    /// Reads `count` sectors (at most 256, or 65536 with LBA48) at `lba` into `buf`.
-    pub fn read(&self, lba: u64, count: u32, buf: *mut u8) -> Result<(), AtaError> {
-        let (cmd, ext, block) = self.command(false, lba, count);
+    /// Issues a READ or WRITE of `count` sectors at `lba` and moves each DRQ block through
+    /// `pio(offset, bytes)`, where `offset` is the block's byte offset in the caller's buffer.
+    fn transfer(
+        &self,
+        write: bool,
+        lba: u64,
+        count: u32,
+        mut pio: impl FnMut(usize, usize),
+    ) -> Result<(), AtaError> {
+        let (cmd, ext, block) = self.command(write, lba, count);
         issue(cmd, lba, count, ext);
         let mut done = 0u32;
         while done < count {
             wait_drq()?;
             let n = block.min(count - done);
-            // SAFETY: the caller's buffer holds `count` sectors.
-            pio_in(
-                unsafe { buf.add(done as usize * 512) },
-                n as usize * 512,
-                self.mode,
-            );
+            pio(done as usize * 512, n as usize * 512);
             done += n;
         }
         wait_ready().map(|_| ())
     }
 
+    /// Reads `count` sectors (at most 256, or 65536 with LBA48) at `lba` into `buf`.
+    pub fn read(&self, lba: u64, count: u32, buf: *mut u8) -> Result<(), AtaError> {
+        self.transfer(false, lba, count, |offset, bytes| {
+            // SAFETY: the caller's buffer holds `count` sectors; `transfer` passes offsets
+            // within them.
+            pio_in(unsafe { buf.add(offset) }, bytes, self.mode)
+        })
+    }
+
     /// Writes `count` sectors from `buf` at `lba`.
     pub fn write(&self, lba: u64, count: u32, buf: *const u8) -> Result<(), AtaError> {
-        let (cmd, ext, block) = self.command(true, lba, count);
-        issue(cmd, lba, count, ext);
-        let mut done = 0u32;
-        while done < count {
-            wait_drq()?;
-            let n = block.min(count - done);
-            // SAFETY: the caller's buffer holds `count` sectors.
-            pio_out(
-                unsafe { buf.add(done as usize * 512) },
-                n as usize * 512,
-                self.mode,
-            );
-            done += n;
-        }
-        wait_ready().map(|_| ())
+        self.transfer(true, lba, count, |offset, bytes| {
+            // SAFETY: the caller's buffer holds `count` sectors; `transfer` passes offsets
+            // within them.
+            pio_out(unsafe { buf.add(offset) }, bytes, self.mode)
+        })
     }
 
     /// FLUSH CACHE (EXT on LBA48 disks).

@@ -19,21 +19,12 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use hvlab_protocol::{HV_CPUID_BASE, HV_CPUID_SIGNATURE, kvm_pv};
 
-use crate::cpu::{cpuid, wrmsr};
+use crate::cpu::{cpuid, cpuid_signature, wrmsr};
 
 static KVM_FEATURES: AtomicU32 = AtomicU32::new(0);
 static HV_FEATURES: AtomicU32 = AtomicU32::new(0);
 static HV_MSR: AtomicU32 = AtomicU32::new(0);
 static AMD: AtomicBool = AtomicBool::new(false);
-
-fn signature(leaf: u32) -> ([u8; 12], u32) {
-    let r = cpuid(leaf, 0);
-    let mut s = [0u8; 12];
-    s[..4].copy_from_slice(&r.ebx.to_le_bytes());
-    s[4..8].copy_from_slice(&r.ecx.to_le_bytes());
-    s[8..].copy_from_slice(&r.edx.to_le_bytes());
-    (s, r.eax)
-}
 
 /// KVM's CPUID base as Linux finds it, or `None`.
 pub fn kvm_cpuid_base() -> Option<u32> {
@@ -42,12 +33,12 @@ pub fn kvm_cpuid_base() -> Option<u32> {
     }
     (0x4000_0000u32..0x4001_0000)
         .step_by(0x100)
-        .find(|&leaf| signature(leaf).0 == kvm_pv::SIGNATURE)
+        .find(|&leaf| cpuid_signature(leaf).0 == kvm_pv::SIGNATURE)
 }
 
 /// Detects what is exposed (BSP, once, before the APs start).
 pub fn init_bsp() {
-    let v = signature(0).0;
+    let v = cpuid_signature(0).0;
     AMD.store(
         &v == b"AuthenticAMD" || &v == b"HygonGenuine",
         Ordering::Relaxed,
@@ -55,7 +46,7 @@ pub fn init_bsp() {
     if let Some(base) = kvm_cpuid_base() {
         KVM_FEATURES.store(cpuid(base + 1, 0).eax, Ordering::Relaxed);
     }
-    if cpuid(1, 0).ecx & (1 << 31) != 0 && signature(HV_CPUID_BASE).0 == HV_CPUID_SIGNATURE {
+    if cpuid(1, 0).ecx & (1 << 31) != 0 && cpuid_signature(HV_CPUID_BASE).0 == HV_CPUID_SIGNATURE {
         let r = cpuid(HV_CPUID_BASE + 1, 0);
         HV_FEATURES.store(r.eax, Ordering::Relaxed);
         HV_MSR.store(r.ebx, Ordering::Relaxed);
