@@ -146,19 +146,16 @@ fn exit_floor_counts_one_userspace_exit_per_trapping_op() {
         match *name {
             "pio-out" | "pio-in" | "mmio-write" | "mmio-read" => {
                 assert_eq!(total, iters, "{name}: userspace exits");
-                // Independent sources agree where the host provides them (+1: the closing
-                // phase marker exits before KVM's counters can be read).
+                // Independent sources agree where the host provides them, within the
+                // issue's 1.00 +- 0.01 per op (the closing phase marker exits before KVM's
+                // counters can be read, and the host may add a stray exit).
+                let agree = iters..=iters + iters / 100 + 1;
                 if let Some(&kvm_exits) = rec.kvm_stats.get("exits") {
-                    assert!(
-                        (iters as i64..=iters as i64 + 2).contains(&kvm_exits),
-                        "{name}: kvm exits {kvm_exits}"
-                    );
+                    let k = kvm_exits as u64;
+                    assert!(agree.contains(&k), "{name}: kvm exits {k}");
                 }
                 if let Some(&ue) = rec.tracepoints.get("kvm_userspace_exit") {
-                    assert!(
-                        (iters..=iters + 2).contains(&ue),
-                        "{name}: kvm_userspace_exit {ue}"
-                    );
+                    assert!(agree.contains(&ue), "{name}: kvm_userspace_exit {ue}");
                 }
             }
             _ => assert_eq!(total, 0, "{name}: no userspace exits expected"),

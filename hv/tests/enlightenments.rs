@@ -248,8 +248,7 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
         }
         let o = boot_traced(&kvm, &format!("ipi iters={ITERS} mode={mode}"), VCPUS, set);
         assert!(o.status.is_ok(), "{set}: {}\n{}", o.status, o.console);
-        let uni = format!("ipi-unicast-{suffix}");
-        let multi = format!("ipi-multicast-{suffix}");
+        let (uni, multi) = ("ipi-unicast".to_string(), "ipi-multicast".to_string());
         for (phase, per_op) in [(&uni, 1), (&multi, targets)] {
             assert_eq!(
                 metric(&o, phase, "targets"),
