@@ -17,6 +17,7 @@ pub mod mem_pattern;
 pub mod misbehave;
 pub mod spinlock;
 pub mod tlb_shootdown;
+pub mod user_mode;
 
 /// One workload argument.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,7 @@ registry!(
     ipi,
     clock,
     interrupts,
+    user_mode,
 );
 
 /// Looks a workload up by name.

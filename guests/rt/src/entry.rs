@@ -108,13 +108,19 @@ ap_trampoline_end:
     .code64
     .popsection
 
-    .pushsection .rodata.gdt, "a"
+    /* Writable: `user::init_this_cpu` fills this CPU's TSS descriptor before LTR. */
+    .pushsection .data.gdt, "aw"
     .balign 16
 gdt:
     .quad 0
     .quad 0x00209A0000000000    /* 0x08: 64-bit code */
     .quad 0x00CF92000000FFFF    /* 0x10: flat data */
-    .quad 0x00CF9A000000FFFF    /* 0x18: flat 32-bit code (AP trampoline) */
+    .quad 0x00CF9A000000FFFF    /* 0x18: flat 32-bit code (AP trampoline); SYSRET base */
+    .quad 0x00CFF2000000FFFF    /* 0x20: user data, DPL 3 (SYSRET base + 8) */
+    .quad 0x0020FA0000000000    /* 0x28: user 64-bit code, DPL 3 (SYSRET base + 16) */
+    .global gdt_tss
+gdt_tss:
+    .fill 2 * 64, 8, 0          /* 0x30 + 16 * cpu: each CPU's 64-bit TSS (MAX_CPUS) */
 gdt_end:
     .balign 4
 gdt_ptr:
@@ -122,23 +128,25 @@ gdt_ptr:
     .long gdt
     .popsection
 
-    /* Identity map of the low 4 GiB with 2 MiB pages; 3-4 GiB (MMIO) uncached. */
+    /* Identity map of the low 4 GiB with 2 MiB pages; 3-4 GiB (MMIO) uncached. RAM and the
+       test window are user-accessible (U, 0x4) so that CPL3 code (`user`) can run from the
+       image and share its statics; without SMEP/SMAP this changes nothing at CPL0. */
     .pushsection .data.pagetables, "aw"
     .balign 4096
 pml4:
-    .quad pdpt + 0x3
+    .quad pdpt + 0x7
     .fill 511, 8, 0
 pdpt:
-    .quad pd + 0x3
-    .quad pd + 0x1000 + 0x3
-    .quad pd + 0x2000 + 0x3
+    .quad pd + 0x7
+    .quad pd + 0x1000 + 0x7
+    .quad pd + 0x2000 + 0x7
     .quad pd + 0x3000 + 0x3
-    .quad pd_window + 0x3   /* 4 GiB: the test window (4 KiB pages, see `window_map`) */
+    .quad pd_window + 0x7   /* 4 GiB: the test window (4 KiB pages, see `window_map`) */
     .fill 507, 8, 0
 pd:
     .set addr, 0
     .rept 1536
-    .quad addr + 0x83
+    .quad addr + 0x87
     .set addr, addr + 0x200000
     .endr
     .rept 512
@@ -146,7 +154,7 @@ pd:
     .set addr, addr + 0x200000
     .endr
 pd_window:
-    .quad pt_window + 0x3
+    .quad pt_window + 0x7
     .fill 511, 8, 0
     .global pt_window
 pt_window:
@@ -296,10 +304,11 @@ fn window_pte(page: usize) -> &'static core::sync::atomic::AtomicU64 {
     unsafe { &*core::ptr::addr_of!(pt_window).add(page % WINDOW_PAGES) }
 }
 
-/// Maps window page `page` to the 4 KiB physical frame `phys` (present, writable). Does not
-/// invalidate any TLB: callers INVLPG / shoot down as their test requires.
+/// Maps window page `page` to the 4 KiB physical frame `phys` (present, writable, user, so CPL3
+/// readers see it too). Does not invalidate any TLB: callers INVLPG / shoot down as their test
+/// requires.
 pub fn window_map(page: usize, phys: u64) {
-    window_pte(page).store((phys & !0xfff) | 0x3, core::sync::atomic::Ordering::SeqCst);
+    window_pte(page).store((phys & !0xfff) | 0x7, core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Virtual address of window page `page`.

@@ -66,6 +66,12 @@ pub fn load() {
     }
 }
 
+/// Points `vector` straight at `stub` (a DPL 0 interrupt gate), bypassing the common handler:
+/// for the `user` module's kick, which must see the interrupted frame.
+pub fn set_raw_gate(vector: u8, stub: u64) {
+    set_gate(vector, stub);
+}
+
 /// Routes interrupts on `vector` (32..=254) to `handler`.
 pub fn register(vector: u8, handler: Handler) {
     assert!(
@@ -130,11 +136,12 @@ const NAMES: [&str; 32] = [
 extern "C" fn rt_exception(frame: &ExceptionFrame) -> ! {
     let name = NAMES.get(frame.vector as usize).copied().unwrap_or("?");
     crate::println!(
-        "HVLAB rec=fault vector={} name={} error={:#x} rip={:#x} rsp={:#x} cr2={:#x}",
+        "HVLAB rec=fault vector={} name={} error={:#x} rip={:#x} cs={:#x} rsp={:#x} cr2={:#x}",
         frame.vector,
         name,
         frame.error,
         frame.rip,
+        frame.cs,
         frame.rsp,
         crate::cpu::cr2()
     );

@@ -20,6 +20,7 @@ pub mod idt;
 pub mod phase;
 pub mod pv;
 pub mod smp;
+pub mod user;
 
 use core::fmt;
 
