@@ -141,6 +141,52 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
 }
 
 #[test]
+fn tlb_shootdown_at_cpl3_reads_stale_without_shootdown_and_fresh_with_each() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    // The control: no shootdown must be caught, or the check below proves nothing. CPL3
+    // readers (and a CPL3 remap) see KVM's shadow-MMU staleness even where CPL0 is emulated.
+    let none = boot(
+        &kvm,
+        "tlb-shootdown iters=5 mode=none reader=cpl3",
+        3,
+        "none",
+    );
+    assert!(none.status.is_ok(), "{}\n{}", none.status, none.console);
+    let stale = field(&none, "rec=phase", "stale_reads").expect("stale_reads reported");
+    assert!(stale > 0, "mode=none read no stale data:\n{}", none.console);
+    eprintln!("cpl3 none: stale_reads={stale}");
+    let mut cases = vec![
+        ("none", "ipi"),
+        ("x2apic", "ipi"),
+        ("tlb-flush-hypercall", "hypercall"),
+    ];
+    if EnlightenmentSet::parse("pv-tlb-flush")
+        .unwrap()
+        .resolve(&kvm)
+        .is_ok()
+    {
+        cases.push(("pv-tlb-flush", "pv-tlb-flush"));
+    }
+    for (set, mode) in cases {
+        let o = boot(
+            &kvm,
+            &format!("tlb-shootdown iters=5 mode={mode} reader=cpl3"),
+            3,
+            set,
+        );
+        assert!(
+            o.status.is_ok(),
+            "{set}/{mode}: {}\n{}",
+            o.status,
+            o.console
+        );
+        let stale = field(&o, "rec=phase", "stale_reads");
+        eprintln!("cpl3 {set}/{mode}: stale_reads={stale:?}");
+        assert_eq!(stale, Some(0), "{set}/{mode}");
+    }
+}
+
+#[test]
 fn long_spin_notify_parks_waiters_and_counts_calls() {
     let Some(kvm) = kvm_or_skip() else { return };
     let cmd = "spinlock iters=60 hold=50 spins=16";

@@ -9,6 +9,16 @@
 //! shootdown at all: a control that shows whether stale translations are observable on this
 //! host; it never fails). `auto` picks the best exposed one: hypercall, then pv-tlb-flush, then
 //! ipi.
+//!
+//! Readers (`reader=`): `cpl0` (the APs' kernel code) or `cpl3`. On nested hosts (kvm_pvm) CPL0
+//! code is emulated and walks the guest page tables on every access, so it never sees a stale
+//! translation and `mode=none` passes. With `cpl3` the APs read from ring 3 (runtime `user`
+//! module), which runs natively through KVM's shadow MMU, and the BSP's PTE store runs at CPL3
+//! too: KVM propagates an emulated store to a page table to every vCPU at once, while a native
+//! one lets the leaf table go out of sync until a vCPU invalidates. The BSP's own INVLPG then
+//! waits until the checks are done, because under shadow paging one vCPU's INVLPG resyncs the
+//! table shared by all (the BSP does not touch the page in between, so this is still a correct
+//! protocol). Then `mode=none` reads stale data and shows that the check can fail.
 
 use crate::{Param, WorkloadInfo};
 
@@ -26,6 +36,11 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
             default: "auto",
             help: "auto, ipi, pv-tlb-flush, hypercall, none",
         },
+        Param {
+            key: "reader",
+            default: "cpl0",
+            help: "cpl0, cpl3 (the APs read from ring 3)",
+        },
     ],
     min_vcpus: 2,
     devices: &[],
@@ -39,15 +54,19 @@ pub use guest::run;
 mod guest {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    use hvlab_guest_rt::entry::{window_map, window_va};
+    use hvlab_guest_rt::entry::{window_entry, window_map, window_va};
     use hvlab_guest_rt::pv::{self, hvcall, steal};
-    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp};
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp, user};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
     use crate::common::{not_exposed, wait_count};
 
     const FLUSH_VECTOR: u8 = 0xe1;
     const PAGE: usize = 0;
+    /// APIC timer period (bus clocks, ~50 us) that brings the BSP back from its CPL3 remap.
+    const REMAP_TIMER: u32 = 50_000;
+    /// Tries at the CPL3 remap (a tick may land before the store and end it early).
+    const REMAP_TRIES: u32 = 100;
 
     #[repr(C, align(4096))]
     struct Frame([AtomicU64; 512]);
@@ -66,6 +85,8 @@ mod guest {
     static EXPECT: AtomicU64 = AtomicU64::new(0);
     static STALE: AtomicU32 = AtomicU32::new(0);
     static FLUSH_ACKS: AtomicU32 = AtomicU32::new(0);
+    /// CPL3 readers that have started (a kick may only be sent after that).
+    static IN_USER: AtomicU32 = AtomicU32::new(0);
     static REMOTE_INVLPG: AtomicU32 = AtomicU32::new(0);
 
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,10 +120,9 @@ mod guest {
         unsafe { core::ptr::read_volatile(window_va(PAGE) as *const u64) }
     }
 
-    /// AP side: read when told, check when told, until told to quit. Interrupts are on so that
-    /// the IPI method's flush interrupt arrives.
-    fn ap_job(_cpu: u32, _: usize) {
-        cpu::sti();
+    /// Reader loop: read when told, check when told, until told to quit. Runs at CPL0 or at
+    /// CPL3, so it uses no privileged instruction.
+    fn reader_loop() {
         let mut seen = 0;
         loop {
             let s = STEP.load(Ordering::Acquire);
@@ -121,9 +141,47 @@ mod guest {
                     CHECKS.fetch_add(1, Ordering::Release);
                 }
             }
-            cpu::pause();
+            core::hint::spin_loop();
         }
+    }
+
+    /// The reader at CPL3: parks when done until the BSP kicks it back to CPL0.
+    extern "C" fn user_reader(_: u64) -> ! {
+        IN_USER.fetch_add(1, Ordering::Release);
+        reader_loop();
+        user::park()
+    }
+
+    /// AP side, at CPL0. Interrupts are on so that the IPI method's flush interrupt arrives.
+    fn ap_job(_cpu: u32, _: usize) {
+        cpu::sti();
+        reader_loop();
         cpu::cli();
+    }
+
+    /// AP side, at CPL3 (interrupts are on there).
+    fn ap_job_user(cpu: u32, _: usize) {
+        user::init_this_cpu(cpu);
+        user::enter(cpu, user_reader, 0);
+    }
+
+    /// At CPL3 on the BSP: the remap's PTE store, then wait for the timer's kick.
+    extern "C" fn user_remap(phys: u64) -> ! {
+        window_map(PAGE, phys);
+        user::park()
+    }
+
+    /// Remaps the window page to `phys` with a native (CPL3) store; see the module notes.
+    fn remap_at_cpl3(phys: u64) -> Result<(), Fail> {
+        for _ in 0..REMAP_TRIES {
+            apic::timer_periodic(user::KICK_VECTOR, REMAP_TIMER);
+            user::enter(0, user_remap, phys);
+            apic::timer_stop();
+            if window_entry(PAGE) & !0xfff == phys {
+                return Ok(());
+            }
+        }
+        Err(Fail::Check("the CPL3 remap did not take"))
     }
 
     fn wait_for(counter: &AtomicU32, target: u32) -> Result<(), Fail> {
@@ -154,6 +212,14 @@ mod guest {
             "none" => Mode::None,
             _ => return Err(Fail::BadArg("mode")),
         };
+        let cpl3 = match ctx.args.str_or("reader", "cpl0") {
+            "cpl0" => false,
+            "cpl3" => true,
+            _ => return Err(Fail::BadArg("reader")),
+        };
+        if cpl3 {
+            user::init_this_cpu(0);
+        }
         idt::register(FLUSH_VECTOR, on_flush);
         FRAMES[0].0[0].store(1, Ordering::SeqCst);
         window_map(PAGE, FRAMES[0].0.as_ptr() as u64);
@@ -161,7 +227,7 @@ mod guest {
         EXPECT.store(1, Ordering::SeqCst);
         let targets = n - 1;
         let mask = smp::ap_apic_mask();
-        smp::post_aps(ap_job, 0);
+        smp::post_aps(if cpl3 { ap_job_user } else { ap_job }, 0);
         let (mut ipis, mut local_invlpg, mut pv_flagged, mut hvcalls, mut timeouts) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         // One phase name for every mode: the variant (enlightenment set) tells them apart, and
@@ -176,9 +242,14 @@ mod guest {
             let value = u64::from(k) + 2;
             FRAMES[next].0[0].store(value, Ordering::SeqCst);
             EXPECT.store(value, Ordering::SeqCst);
-            window_map(PAGE, FRAMES[next].0.as_ptr() as u64);
-            cpu::invlpg(window_va(PAGE));
-            local_invlpg += 1;
+            let frame = FRAMES[next].0.as_ptr() as u64;
+            if cpl3 {
+                remap_at_cpl3(frame)?;
+            } else {
+                window_map(PAGE, frame);
+                cpu::invlpg(window_va(PAGE));
+                local_invlpg += 1;
+            }
             // 3. Shoot down the APs' translations.
             match mode {
                 Mode::Ipi | Mode::PvTlbFlush => {
@@ -206,9 +277,19 @@ mod guest {
             // 4. Every AP reads again and must see the new frame.
             STEP.store(2 * k + 2, Ordering::Release);
             wait_for(&CHECKS, targets * (k + 1))?;
+            if cpl3 {
+                cpu::invlpg(window_va(PAGE));
+                local_invlpg += 1;
+            }
         }
         let f = p.end(iters);
         STEP.store(u32::MAX, Ordering::Release);
+        if cpl3 {
+            wait_for(&IN_USER, targets)?;
+            for i in 1..n {
+                user::kick(smp::apic_id(i));
+            }
+        }
         smp::wait_aps();
         let stale = u64::from(STALE.load(Ordering::Relaxed));
         f.report(

@@ -311,6 +311,11 @@ pub fn window_map(page: usize, phys: u64) {
     window_pte(page).store((phys & !0xfff) | 0x7, core::sync::atomic::Ordering::SeqCst);
 }
 
+/// The current page-table entry of window page `page`.
+pub fn window_entry(page: usize) -> u64 {
+    window_pte(page).load(core::sync::atomic::Ordering::SeqCst)
+}
+
 /// Virtual address of window page `page`.
 pub fn window_va(page: usize) -> u64 {
     WINDOW_VA + ((page % WINDOW_PAGES) as u64) * 4096
