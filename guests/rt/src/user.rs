@@ -173,7 +173,7 @@ pub fn init_this_cpu(cpu: u32) {
     }
     // `user_enter` and `user_kick` find RSP0 as gs:4 (the runtime uses GS for nothing else).
     wrmsr(MSR_GS_BASE, tss);
-    crate::idt::set_raw_gate(KICK_VECTOR, user_kick as usize as u64);
+    crate::idt::set_raw_gate(KICK_VECTOR, user_kick as *const () as u64);
 }
 
 /// Runs `entry(arg)` at CPL3 on CPU `cpu`'s user stack (after [`init_this_cpu`] on this CPU)
