@@ -80,7 +80,7 @@ static TSS: Tsses = Tsses(UnsafeCell::new(
 #[repr(C, align(16))]
 struct Stacks(UnsafeCell<[[u8; USER_STACK_SIZE]; MAX_CPUS]>);
 
-// SAFETY: only the CPU-mode code running on CPU `i` uses stack `i`; Rust never reads it.
+// SAFETY: only user code entered on CPU `i` uses stack `i`; no Rust reference to it is made.
 unsafe impl Sync for Stacks {}
 
 static STACKS: Stacks = Stacks(UnsafeCell::new([[0; USER_STACK_SIZE]; MAX_CPUS]));
