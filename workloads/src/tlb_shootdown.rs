@@ -97,17 +97,6 @@ mod guest {
         None,
     }
 
-    impl Mode {
-        fn name(self) -> &'static str {
-            match self {
-                Mode::Ipi => "shootdown-ipi",
-                Mode::PvTlbFlush => "shootdown-pv-tlb-flush",
-                Mode::Hypercall => "shootdown-hypercall",
-                Mode::None => "shootdown-none",
-            }
-        }
-    }
-
     fn on_flush(_: u8) {
         cpu::invlpg(window_va(PAGE));
         REMOTE_INVLPG.fetch_add(1, Ordering::Relaxed);
