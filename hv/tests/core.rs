@@ -276,3 +276,24 @@ fn smp_guest_brings_up_every_vcpu() {
         Some("4")
     );
 }
+
+#[test]
+fn user_mode_round_trips_come_back_on_every_cpu() {
+    // Ring 3 runs natively on nested hosts (CPL0 is emulated): the shootdown's CPL3 reader
+    // depends on entering it, reading a user page, and being kicked back by an IPI.
+    let mut req = request("user-mode", &[("iters", "3")]);
+    req.vcpus = 3;
+    let r = run(&req);
+    assert!(
+        r.ok(),
+        "{}\n{}",
+        r.partitions[0].outcome.status,
+        r.partitions[0].outcome.console
+    );
+    let rec = r
+        .records
+        .iter()
+        .find(|x| x.phase == "user-round-trip")
+        .expect("phase reported");
+    assert_eq!(rec.ops, 3);
+}
