@@ -241,6 +241,10 @@ impl VcpuRunner {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         let mut exits: u64 = 0;
+        let entry_hooks = self
+            .enlightenments
+            .clone()
+            .filter(|e| e.needs_entry_hooks());
         let outcome = loop {
             if self.control.stopping() {
                 break None;
@@ -253,11 +257,11 @@ impl VcpuRunner {
             exits += 1;
             let index = self.index;
             // Enlightenments: a pending TLB flush happens here, before the guest runs again.
-            if let Some(e) = &self.enlightenments {
+            if let Some(e) = &entry_hooks {
                 e.before_entry(index, &mut self.fd);
             }
             let result = self.fd.run();
-            if let Some(e) = &self.enlightenments {
+            if let Some(e) = &entry_hooks {
                 e.after_exit(index);
             }
             let stop = match result {

@@ -170,6 +170,13 @@ impl EnlightenmentHost {
         }
     }
 
+    /// True when the vCPU loops must call [`Self::before_entry`] / [`Self::after_exit`]:
+    /// only the TLB-flush hypercall tracks who is in the guest and defers flushes to entry.
+    /// Other sets keep those calls (two SeqCst stores and a scan) off the exit path.
+    pub(crate) fn needs_entry_hooks(&self) -> bool {
+        self.set.hv_bits() & hvcall::FEATURE_TLB_FLUSH != 0
+    }
+
     /// Called by vCPU `index`'s loop right after KVM_RUN returns.
     pub(crate) fn after_exit(&self, index: u32) {
         if let Some(g) = self.in_guest.get(index as usize) {
