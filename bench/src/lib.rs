@@ -1,6 +1,9 @@
 //! Shared pieces of hvlab's criterion benches: a minimal raw kvm-ioctls loop that runs the same
 //! tiny guest code as hv, so hv's own overhead can be measured against it in one process.
 
+pub mod variants;
+pub mod virtqueue;
+
 use std::time::{Duration, Instant};
 
 use hv::partition::{Partition, PartitionConfig};

@@ -299,7 +299,9 @@ impl DeviceState {
         }
     }
 
-    fn write_reg(&mut self, offset: u64, v: u32) -> bool {
+    /// A driver's 32-bit write of register `offset`; true when the worker should look at the
+    /// queues. Public so that benches can drive the transport without a VM (`bench/`).
+    pub fn write_reg(&mut self, offset: u64, v: u32) -> bool {
         let mut wake = false;
         let ready = self.queue().is_some_and(|q| q.ready());
         match offset {
