@@ -110,15 +110,16 @@ pub fn walk(
     let mut total: u32 = 0;
     // Current table: the queue's, or an indirect one.
     let (mut tbl, mut tbl_size, mut in_indirect) = (table, queue_size, false);
-    let mut seen = vec![false; usize::from(queue_size)];
+    // A table of N descriptors yields at most N distinct ones, so a walk that visits more
+    // has looped. Counting needs no per-request allocation (Linux's vring uses this bound).
+    let mut visited: u32 = 0;
     let mut index = head;
     loop {
         let d = read_desc(mem, tbl, tbl_size, index)?;
-        let slot = &mut seen[usize::from(index)];
-        if *slot {
+        visited += 1;
+        if visited > u32::from(tbl_size) {
             return Err(ChainError::Loop { index });
         }
-        *slot = true;
         if d.flags() & F_INDIRECT != 0 {
             // An indirect descriptor must be the only one in the chain it appears in.
             if !indirect || in_indirect || d.flags() & F_NEXT != 0 || !segments.is_empty() {
@@ -147,7 +148,7 @@ pub fn walk(
             tbl = d.addr();
             tbl_size = entries as u16;
             in_indirect = true;
-            seen = vec![false; usize::from(tbl_size)];
+            visited = 0;
             index = 0;
             continue;
         }
