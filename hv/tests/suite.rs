@@ -48,8 +48,6 @@ fn suite(dir: &Path, shard: Option<Shard>, resume: bool) -> hv::suite::SuiteSumm
         out_dir: dir.to_path_buf(),
         shard,
         resume,
-        command: vec![],
-        echo_console: false,
     };
     let mut m = Manifest {
         run_id: "test".into(),

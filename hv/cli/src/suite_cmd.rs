@@ -150,8 +150,6 @@ pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
         out_dir: dir.clone(),
         shard: a.shard,
         resume,
-        command: manifest.command.clone(),
-        echo_console: false,
     };
     let bar = ProgressBar::hidden();
     bar.set_style(

@@ -29,10 +29,6 @@ pub struct SuiteOptions {
     pub shard: Option<Shard>,
     /// Continue `out_dir`, skipping runs already recorded whole.
     pub resume: bool,
-    /// The command line, for the manifest.
-    pub command: Vec<String>,
-    /// Keep going past failed runs (they are recorded as failed either way).
-    pub echo_console: bool,
 }
 
 /// What happened, for the progress display.
