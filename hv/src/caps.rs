@@ -26,27 +26,16 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::counters::kvm_stats::KvmStatsReader;
 use crate::counters::tracepoints;
+use crate::host;
 use crate::record::HostInfo;
 
 /// Errors that stop the probe as a whole. Individual probes that fail are reported in their
 /// [`Probe::detail`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
-    /// `/dev/kvm` does not exist.
-    #[error(
-        "no /dev/kvm: load the KVM module (kvm_intel, kvm_amd or kvm_pvm) and enable \
-         virtualization in firmware, or run on a host that offers nested virtualization"
-    )]
-    NoKvm,
-    /// `/dev/kvm` exists but may not be opened.
-    #[error(
-        "permission denied opening /dev/kvm: add yourself to the kvm group \
-         (`sudo usermod -aG kvm $USER`, then log in again) or run as root"
-    )]
-    PermissionDenied,
-    /// `/dev/kvm` could not be opened for another reason.
-    #[error("cannot open /dev/kvm: {0}")]
-    Open(#[source] io::Error),
+    /// `/dev/kvm` is missing or may not be opened (the message names the fix).
+    #[error(transparent)]
+    Kvm(#[from] crate::error::HvError),
     /// A KVM ioctl that the probe cannot do without failed.
     #[error("{what} failed: {source}")]
     Ioctl {
@@ -114,9 +103,9 @@ pub struct HostCaps {
 
 /// Probes the host. Fails only if KVM itself is unusable; each probe's failure is in its detail.
 pub fn probe() -> Result<HostCaps, CapsError> {
-    let kvm = open_kvm()?;
+    let kvm = crate::error::open_kvm()?;
     let vm = kvm.create_vm().map_err(ioctl_err("KVM_CREATE_VM"))?;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpuinfo = host::cpuinfo();
 
     let capabilities = probe_capabilities(&vm);
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES);
@@ -153,9 +142,9 @@ pub fn probe() -> Result<HostCaps, CapsError> {
 
     let (flavour, flavour_evidence) = classify_flavour(&cpuinfo, &cpl0_emulated);
     Ok(HostCaps {
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-        cpu_model: cpu_model(&cpuinfo),
-        cores: online_cpus(),
+        kernel: host::kernel_release(),
+        cpu_model: host::cpu_model(&cpuinfo),
+        cores: host::cores(),
         kvm_api_version: kvm.get_api_version(),
         flavour,
         flavour_evidence,
@@ -292,122 +281,22 @@ impl HostCaps {
     }
 }
 
-fn open_kvm() -> Result<Kvm, CapsError> {
-    Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENODEV | libc::ENXIO => CapsError::NoKvm,
-        libc::EACCES | libc::EPERM => CapsError::PermissionDenied,
-        n => CapsError::Open(io::Error::from_raw_os_error(n)),
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Host facts
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|e| format!("unknown ({path}: {e})"))
-}
-
-fn cpu_model(cpuinfo: &str) -> String {
-    cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "model name").then(|| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Parses a CPU list such as `0-3,8,10-11` into a count.
-fn count_cpu_list(list: &str) -> Option<u32> {
-    let mut n = 0u32;
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        n += match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
-                b.checked_sub(a)? + 1
-            }
-            None => {
-                part.trim().parse::<u32>().ok()?;
-                1
-            }
-        };
-    }
-    Some(n)
-}
-
-fn online_cpus() -> u32 {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| count_cpu_list(&s))
-        .or_else(|| {
-            std::thread::available_parallelism()
-                .ok()
-                .and_then(|n| u32::try_from(n.get()).ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_flags(cpuinfo: &str) -> Vec<&str> {
-    cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "flags").then_some(v)
-        })
-        .map(|v| v.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
+/// The host's flavour (modules and CPU flags, see `host::kvm_flavour`) with the behavioural
+/// CPL0-emulation probe added to the evidence.
 fn classify_flavour(cpuinfo: &str, cpl0: &Probe) -> (String, Vec<String>) {
-    let flags = cpu_flags(cpuinfo);
-    let has = |f: &str| flags.contains(&f);
-    let module = |m: &str| std::path::Path::new("/sys/module").join(m).exists();
-    let (vmx, svm, hypervisor) = (has("vmx"), has("svm"), has("hypervisor"));
-    let (intel, amd, pvm) = (module("kvm_intel"), module("kvm_amd"), module("kvm_pvm"));
-    let mut ev = vec![
-        format!(
-            "cpuinfo flags: vmx={} svm={} hypervisor={}",
-            yes(vmx),
-            yes(svm),
-            yes(hypervisor)
-        ),
-        format!(
-            "/sys/module: kvm_intel={} kvm_amd={} kvm_pvm={}",
-            yes(intel),
-            yes(amd),
-            yes(pvm)
-        ),
+    let (flavour, mut ev) = host::kvm_flavour(cpuinfo);
+    ev.insert(
+        2.min(ev.len()),
         format!(
             "CPL0 emulated: {} ({})",
             if cpl0.supported { "yes" } else { "no" },
             cpl0.detail
         ),
-    ];
-    let flavour = if pvm {
-        "nested-pvm"
-    } else if intel && vmx {
-        "hardware-vmx"
-    } else if amd && svm {
-        "hardware-svm"
-    } else {
-        "unknown"
-    };
-    if flavour.starts_with("hardware") && hypervisor {
-        ev.push(
-            "the host itself runs under a hypervisor: this is nested hardware virtualization"
-                .to_owned(),
-        );
-    }
+    );
     if flavour.starts_with("hardware") && cpl0.supported {
         ev.push("CPL0 code is emulated although the module is a hardware one".to_owned());
     }
-    (flavour.to_owned(), ev)
-}
-
-fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    (flavour, ev)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1141,15 +1030,6 @@ mod tests {
                 None
             }
         }
-    }
-
-    #[test]
-    fn count_cpu_list_parses_ranges() {
-        assert_eq!(count_cpu_list("0-1\n"), Some(2));
-        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
-        assert_eq!(count_cpu_list("0"), Some(1));
-        assert_eq!(count_cpu_list("3-1"), None);
-        assert_eq!(count_cpu_list("x"), None);
     }
 
     #[test]

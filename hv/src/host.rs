@@ -1,72 +1,147 @@
-//! Cheap host facts for run records (the full probe with test guests is `caps`).
+//! Host facts read from /proc and /sys: the one place they are parsed. Run records use them
+//! as they are; `caps` adds behavioural probes with test guests on top.
 
 use std::path::Path;
 
 use crate::record::HostInfo;
 
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({path}: {e})"))
+}
+
 /// `uname -r`.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    read_trimmed("/proc/sys/kernel/osrelease")
 }
 
-/// First `model name` in /proc/cpuinfo.
-pub fn cpu_model() -> String {
-    cpuinfo_field("model name").unwrap_or_default()
+/// The text of /proc/cpuinfo (empty if unreadable).
+pub fn cpuinfo() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()
 }
 
-fn cpuinfo_field(name: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    text.lines()
-        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
+fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// First `model name` in `cpuinfo`.
+pub fn cpu_model(cpuinfo: &str) -> String {
+    cpuinfo_field(cpuinfo, "model name")
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Counts a CPU list such as `0-3,8,10-11`.
+pub fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut n = 0u32;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => {
+                part.trim().parse::<u32>().ok()?;
+                1
+            }
+        };
+    }
+    Some(n)
 }
 
 /// Online host CPUs.
 pub fn cores() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| count_cpu_list(&s))
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
 }
 
 /// How KVM runs guests here, from what the host shows: the KVM vendor module loaded and the
-/// CPU's virtualization flags. (`hv caps` adds a behavioural probe on top.)
-pub fn kvm_flavour() -> (String, Vec<String>) {
-    let mut evidence = Vec::new();
+/// CPU's virtualization flags, with the evidence as lines. (`caps` adds a behavioural probe.)
+pub fn kvm_flavour(cpuinfo: &str) -> (String, Vec<String>) {
+    let flags: Vec<&str> = cpuinfo_field(cpuinfo, "flags")
+        .map(|v| v.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |f: &str| flags.contains(&f);
     let module = |m: &str| Path::new("/sys/module").join(m).exists();
-    let flags = cpuinfo_field("flags").unwrap_or_default();
-    let has_flag = |f: &str| flags.split_ascii_whitespace().any(|x| x == f);
-    for m in ["kvm_pvm", "kvm_intel", "kvm_amd"] {
-        if module(m) {
-            evidence.push(format!("module {m} loaded"));
-        }
-    }
-    for f in ["vmx", "svm", "hypervisor"] {
-        if has_flag(f) {
-            evidence.push(format!("cpu flag {f}"));
-        }
-    }
-    let flavour = if module("kvm_pvm") {
+    let (vmx, svm, hypervisor) = (has("vmx"), has("svm"), has("hypervisor"));
+    let (intel, amd, pvm) = (module("kvm_intel"), module("kvm_amd"), module("kvm_pvm"));
+    let mut ev = vec![
+        format!(
+            "cpuinfo flags: vmx={} svm={} hypervisor={}",
+            yes(vmx),
+            yes(svm),
+            yes(hypervisor)
+        ),
+        format!(
+            "/sys/module: kvm_intel={} kvm_amd={} kvm_pvm={}",
+            yes(intel),
+            yes(amd),
+            yes(pvm)
+        ),
+    ];
+    let flavour = if pvm {
         "nested-pvm"
-    } else if module("kvm_intel") && has_flag("vmx") {
+    } else if intel && vmx {
         "hardware-vmx"
-    } else if module("kvm_amd") && has_flag("svm") {
+    } else if amd && svm {
         "hardware-svm"
     } else {
         "unknown"
     };
-    (flavour.to_string(), evidence)
+    if flavour.starts_with("hardware") && hypervisor {
+        ev.push(
+            "the host itself runs under a hypervisor: this is nested hardware virtualization"
+                .to_owned(),
+        );
+    }
+    (flavour.to_owned(), ev)
 }
 
 /// Host facts without capability probes.
 pub fn host_info() -> HostInfo {
+    let cpuinfo = cpuinfo();
     HostInfo {
         kernel: kernel_release(),
-        cpu_model: cpu_model(),
+        cpu_model: cpu_model(&cpuinfo),
         cores: cores(),
-        kvm_flavour: kvm_flavour().0,
+        kvm_flavour: kvm_flavour(&cpuinfo).0,
         caps: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_cpu_list_parses_ranges() {
+        assert_eq!(count_cpu_list("0-1\n"), Some(2));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn cpuinfo_fields_are_found_by_key() {
+        let text = "processor\t: 0\nmodel name\t: Test CPU @ 1GHz\nflags\t\t: fpu vmx\n";
+        assert_eq!(cpu_model(text), "Test CPU @ 1GHz");
+        assert_eq!(cpu_model(""), "unknown");
+        assert!(kvm_flavour(text).1[0].contains("vmx=yes svm=no"));
     }
 }

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<hv::caps::CapsError>().is_some_and(|c| {
                     matches!(
                         c,
-                        hv::caps::CapsError::NoKvm | hv::caps::CapsError::PermissionDenied
+                        hv::caps::CapsError::Kvm(h) if h.is_host_access()
                     )
                 });
             eprintln!("hv: {e:#}");
