@@ -608,6 +608,21 @@ impl HypercallOutcome {
     }
 }
 
+/// What `insn` does on this host, probed once per process: both `hv caps` and the
+/// enlightenment probes ask, and each probe may wait out a watchdog.
+pub(crate) fn hypercall_outcome(kvm: &Kvm, insn: [u8; 3]) -> HypercallOutcome {
+    static VMCALL_OUTCOME: OnceLock<HypercallOutcome> = OnceLock::new();
+    static VMMCALL_OUTCOME: OnceLock<HypercallOutcome> = OnceLock::new();
+    let cache = if insn == VMMCALL {
+        &VMMCALL_OUTCOME
+    } else {
+        &VMCALL_OUTCOME
+    };
+    cache
+        .get_or_init(|| probe_hypercall_insn(kvm, insn))
+        .clone()
+}
+
 /// Runs one hypercall instruction (`insn`: [`VMCALL`] or [`VMMCALL`]) with an unknown
 /// hypercall number in a probe guest under the watchdog, and says what it did.
 pub(crate) fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> HypercallOutcome {
@@ -653,8 +668,8 @@ pub(crate) fn probe_hypercall_insn(kvm: &Kvm, insn: [u8; 3]) -> HypercallOutcome
 }
 
 fn probe_hypercalls(kvm: &Kvm) -> Probe {
-    let vmcall = probe_hypercall_insn(kvm, VMCALL);
-    let vmmcall = probe_hypercall_insn(kvm, VMMCALL);
+    let vmcall = hypercall_outcome(kvm, VMCALL);
+    let vmmcall = hypercall_outcome(kvm, VMMCALL);
     Probe::new(
         "hypercalls",
         vmcall.works() || vmmcall.works(),

@@ -61,29 +61,24 @@ pub(crate) fn host_is_amd() -> bool {
 }
 
 /// `Ok` when the host vendor's hypercall instruction (vmcall, or vmmcall on AMD/Hygon) reaches
-/// KVM's hypercall handler in a guest, as KVM's PV hypercalls need. The probe is `hv caps`'
-/// (`caps::probe_hypercall_insn`: a real-mode probe guest under its watchdog); the answer is
-/// cached for the process.
+/// KVM's hypercall handler in a guest, as KVM's PV hypercalls need. The answer is `hv caps`'
+/// own probe (`caps::hypercall_outcome`: a real-mode probe guest under its watchdog, run once
+/// per process).
 pub fn hypercalls_work(kvm: &Kvm) -> Result<(), String> {
-    static CACHE: OnceLock<Result<(), String>> = OnceLock::new();
-    CACHE
-        .get_or_init(|| {
-            let (name, insn) = if host_is_amd() {
-                ("vmmcall", crate::caps::VMMCALL)
-            } else {
-                ("vmcall", crate::caps::VMCALL)
-            };
-            match crate::caps::probe_hypercall_insn(kvm, insn) {
-                HypercallOutcome::Handled => Ok(()),
-                HypercallOutcome::ExitToUserspace { nr } => Err(format!(
-                    "{name} exits to userspace (KVM_EXIT_HYPERCALL nr {nr:#x}) instead of KVM handling it"
-                )),
-                HypercallOutcome::Failed(why) => Err(format!(
-                    "a hypercall instruction does not complete on this host ({name}: {why})"
-                )),
-            }
-        })
-        .clone()
+    let (name, insn) = if host_is_amd() {
+        ("vmmcall", crate::caps::VMMCALL)
+    } else {
+        ("vmcall", crate::caps::VMCALL)
+    };
+    match crate::caps::hypercall_outcome(kvm, insn) {
+        HypercallOutcome::Handled => Ok(()),
+        HypercallOutcome::ExitToUserspace { nr } => Err(format!(
+            "{name} exits to userspace (KVM_EXIT_HYPERCALL nr {nr:#x}) instead of KVM handling it"
+        )),
+        HypercallOutcome::Failed(why) => Err(format!(
+            "a hypercall instruction does not complete on this host ({name}: {why})"
+        )),
+    }
 }
 
 #[cfg(test)]
