@@ -24,6 +24,7 @@ pub mod run;
 pub mod status;
 pub mod suite;
 pub mod tiny_guest;
+pub mod units;
 pub mod vcpu;
 
 pub use error::HvError;

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
 use clap::Args;
 
 /// `hv run` arguments.
@@ -80,76 +79,4 @@ pub struct RunArgs {
     /// Workload arguments, `key=value` (after `--`).
     #[arg(last = true)]
     pub workload_args: Vec<String>,
-}
-
-/// Parses `32M`, `1G`, `4096`, `64KiB`.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &t[digits.len()..];
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{s}` is not a size (try 32M or 1G)"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => bail!("`{s}`: unknown unit `{unit}` (use K, M or G)"),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow::anyhow!("`{s}` is too large"))
-}
-
-/// Parses `0,1,4-7`.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse()?, b.parse()?);
-                if a > b || b - a > 4096 {
-                    bail!("bad CPU range `{part}`");
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(
-                part.parse()
-                    .map_err(|_| anyhow::anyhow!("`{part}` is not a CPU number"))?,
-            ),
-        }
-    }
-    if out.is_empty() {
-        bail!("empty CPU list");
-    }
-    let online = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if let Some(bad) = out.iter().find(|&&c| c >= online.max(1024)) {
-        bail!("CPU {bad} does not exist on this host");
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("32M").unwrap(), 32 << 20);
-        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5T").is_err());
-    }
-
-    #[test]
-    fn cpu_lists_parse_ranges() {
-        assert_eq!(parse_cpu_list("0,2-4").unwrap(), vec![0, 2, 3, 4]);
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("x").is_err());
-        assert!(parse_cpu_list("").is_err());
-    }
 }

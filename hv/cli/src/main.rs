@@ -125,7 +125,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
         (
             "bs",
             a.bs.as_deref()
-                .map(|v| args::parse_size(v).map(|n| n.to_string()))
+                .map(|v| hv::units::parse_size(v).map(|n| n.to_string()))
                 .transpose()
                 .context("--bs")?,
         ),
@@ -141,12 +141,12 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
         workload: a.workload.clone(),
         args: wl_args,
         vcpus: a.vcpus,
-        mem_bytes: args::parse_size(&a.mem).context("--mem")?,
+        mem_bytes: hv::units::parse_size(&a.mem).context("--mem")?,
         partitions: a.partitions,
         cpus: a
             .cpus
             .as_deref()
-            .map(args::parse_cpu_list)
+            .map(hv::units::parse_cpu_list)
             .transpose()
             .context("--cpus")?,
         timeout: Duration::from_secs_f64(a.timeout),
@@ -164,7 +164,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             disk_size: a
                 .disk_size
                 .as_deref()
-                .map(args::parse_size)
+                .map(hv::units::parse_size)
                 .transpose()
                 .context("--disk-size")?
                 .unwrap_or(0),

@@ -77,21 +77,14 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
     let enlightenments =
         EnlightenmentSet::parse(&run.enlighten).map_err(|err| HvError::Config(err.to_string()))?;
     let mem_bytes = match &e.mem {
-        Some(m) => parse_mem(m)?,
+        Some(m) => crate::units::parse_size(m)?,
         None => RunRequest::default().mem_bytes,
     };
-    let cpus = match &e.cpus {
-        Some(list) => Some(
-            list.split(',')
-                .map(|c| {
-                    c.trim()
-                        .parse::<usize>()
-                        .map_err(|_| HvError::Config(format!("cpus `{list}`")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        None => None,
-    };
+    let cpus = e
+        .cpus
+        .as_deref()
+        .map(crate::units::parse_cpu_list)
+        .transpose()?;
     Ok(RunRequest {
         workload: e.workload.clone(),
         args: run.args.clone(),
@@ -105,20 +98,6 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         tracepoints: e.tracepoints,
         ..RunRequest::default()
     })
-}
-
-fn parse_mem(s: &str) -> Result<u64, HvError> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| HvError::Config(format!("mem `{s}` is not a size like 32M")))
 }
 
 /// A record standing for a whole run that produced no phase records.
@@ -335,7 +314,5 @@ mod tests {
         let n = device_options("synthetic-noevidx");
         assert!(!n.event_idx);
         assert_eq!(device_options("emulated").variant, DeviceVariant::Emulated);
-        assert_eq!(parse_mem("32M").unwrap(), 32 << 20);
-        assert!(parse_mem("lots").is_err());
     }
 }
