@@ -11,6 +11,11 @@ use hv::devices::{DeviceOptions, DeviceVariant};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 
 fn boot(opts: &DeviceOptions, cmdline: &str) -> Option<PartitionOutcome> {
+    boot_within(opts, cmdline, Duration::from_secs(60))
+}
+
+/// [`boot`] with the run limited to `limit`.
+fn boot_within(opts: &DeviceOptions, cmdline: &str, limit: Duration) -> Option<PartitionOutcome> {
     let kvm = common::kvm_or_skip()?;
     let workload = cmdline.split_whitespace().next().unwrap_or("");
     let info = hvlab_workloads::find(workload).expect("known workload");
@@ -24,10 +29,7 @@ fn boot(opts: &DeviceOptions, cmdline: &str) -> Option<PartitionOutcome> {
     let mut p = Partition::new(&kvm, cfg, hv::GUEST_IMAGE).expect("partition");
     hv::devices::attach(&mut p, opts, info.devices).expect("attach");
     let r = p.start().expect("start");
-    Some(r.wait(
-        Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(60),
-    ))
+    Some(r.wait(Instant::now() + limit, limit))
 }
 
 fn opts(variant: DeviceVariant) -> DeviceOptions {
@@ -224,6 +226,44 @@ fn hostile_virtio_rings_put_the_device_into_needs_reset() {
             r.notes
         );
     }
+}
+
+/// Finding 1 of issue 8: after DRIVER_OK the guest re-readies queue 0 with its available ring
+/// on the last 4 bytes of RAM and publishes an entry. hv used to serve that queue forever inside
+/// the device lock (the guest's next register read, the run's timeout and teardown all hung);
+/// now re-readying validates the rings. The run has a 20 s limit and the test gives up waiting
+/// for hv 40 s later, so a hang fails the test instead of hanging it.
+#[test]
+fn hostile_virtio_reready_at_end_of_ram_needs_reset_and_does_not_hang() {
+    let ram = PartitionConfig::default().mem_bytes;
+    let how = "reready-end-of-ram";
+    let cmdline = format!("blk-io how={how} ram={ram}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(boot_within(
+            &opts(DeviceVariant::Synthetic),
+            &cmdline,
+            Duration::from_secs(20),
+        ));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("hv did not return within 60 s of a 20 s run: the device hung");
+    let Some(r) = r else {
+        return;
+    };
+    assert_ok(&r);
+    assert!(
+        r.console.contains(&format!("hostile={how} ")) && r.console.contains("detected=1"),
+        "{}",
+        r.console
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("DEVICE_NEEDS_RESET")
+            && n.contains("queue 0 rings lie outside guest memory")),
+        "notes {:?}",
+        r.notes
+    );
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "how",
             default: "normal",
-            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx | ata: past-end, out-of-order",
+            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m) | ata: past-end, out-of-order",
         },
     ],
     min_vcpus: 1,
@@ -659,6 +659,26 @@ mod guest {
                     }
                     "avail-idx" => {
                         v.q.publish_raw(size.wrapping_add(10));
+                        v.dev.write(virtio::REG_QUEUE_NOTIFY, 0);
+                    }
+                    "reready-end-of-ram" => {
+                        // After DRIVER_OK: queue 0 not ready, its available ring moved to the
+                        // last 4 bytes of RAM (flags and index fit, the entries do not), ready
+                        // again, one entry published. `ram=` is the guest's RAM size.
+                        let ram = ctx.args.u64_or("ram", 32 << 20)?;
+                        if !(8..hvlab_protocol::MAX_GUEST_RAM).contains(&ram) {
+                            return Err(Fail::BadArg("ram"));
+                        }
+                        let avail = ram - 4;
+                        v.dev.write(virtio::REG_QUEUE_SEL, 0);
+                        v.dev.write(virtio::REG_QUEUE_READY, 0);
+                        v.dev.write(virtio::REG_QUEUE_DRIVER_LOW, avail as u32);
+                        v.dev
+                            .write(virtio::REG_QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+                        v.dev.write(virtio::REG_QUEUE_READY, 1);
+                        // SAFETY: the last bytes of RAM, inside the identity map; nothing else
+                        // of this run lives there.
+                        unsafe { core::ptr::write_volatile((avail + 2) as *mut u16, 1) };
                         v.dev.write(virtio::REG_QUEUE_NOTIFY, 0);
                     }
                     _ => return Err(Fail::BadArg("how")),
