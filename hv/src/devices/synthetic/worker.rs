@@ -1,0 +1,338 @@
+//! The device worker: one thread per device that sleeps in epoll on the queues' doorbells
+//! (ioeventfds), a wake eventfd (register writes that need the worker) and a stop eventfd, and
+//! serves the queues in bounded passes; in polling mode it keeps polling the available rings
+//! for [`POLL_WINDOW`] after its last request before it sleeps again.
+//!
+//! Stopping always wins: the stop flag is checked between every two service passes and on
+//! every turn of the poll loop, and the state lock is released between passes, so a vCPU's
+//! register access and the run's teardown wait at most one bounded pass. [`WorkerHandle`]'s
+//! drop waits [`JOIN_TIMEOUT`] for the thread and then detaches it with a note rather than
+//! block its caller (a backend stuck in a host system call cannot hang the run's end).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::transport::lock;
+use super::{DeviceState, VirtioMmio, reg};
+use crate::counters::cputime::ThreadClock;
+use crate::devices::NoteSink;
+use crate::error::HvError;
+
+/// How long a polling worker keeps polling after its last request.
+pub const POLL_WINDOW: Duration = Duration::from_millis(20);
+/// How long dropping a [`WorkerHandle`] waits for the worker thread before detaching it.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Stops and joins the worker when the partition's run ends.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    state: Arc<Mutex<DeviceState>>,
+    name: String,
+    notes: NoteSink,
+}
+
+impl WorkerHandle {
+    /// The device state (tests read the status and counters).
+    pub fn state(&self) -> &Arc<Mutex<DeviceState>> {
+        &self.state
+    }
+
+    /// Tells the worker to stop; it does so at its next check (between service passes, in the
+    /// poll loop, or at once from epoll). Does not wait.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.write(1);
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.request_stop();
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                // Dropping the handle detaches the thread; it exits at its next stop check.
+                self.notes.note(format!(
+                    "{}: worker did not stop within {} ms; detached",
+                    self.name,
+                    JOIN_TIMEOUT.as_millis()
+                ));
+            }
+        }
+        // The summary needs the state lock, which a stuck worker may hold: try, don't block.
+        loop {
+            match self.state.try_lock() {
+                Ok(s) => break s.notes.note(s.summary()),
+                Err(TryLockError::Poisoned(p)) => {
+                    let s = p.into_inner();
+                    break s.notes.note(s.summary());
+                }
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    break self.notes.note(format!(
+                        "{}: device state still locked at teardown; no counters",
+                        self.name
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// What `attach_device` leaves with the partition.
+#[derive(Debug)]
+pub struct Attached {
+    pub bus_device: Arc<Mutex<VirtioMmio>>,
+    pub worker: WorkerHandle,
+    pub clock: Option<ThreadClock>,
+}
+
+fn setup(e: impl std::fmt::Display) -> HvError {
+    HvError::Setup(format!("virtio device: {e}"))
+}
+
+/// Builds a virtio-mmio device at `base` with interrupts on `gsi`: registers one ioeventfd
+/// per queue on QueueNotify and an irqfd, and starts the worker thread.
+pub fn create(
+    vm: &VmFd,
+    name: &str,
+    base: u64,
+    gsi: u32,
+    state: DeviceState,
+    irq: &EventFd,
+) -> Result<Attached, HvError> {
+    let queues = state.queues.len();
+    let mut doorbells = Vec::with_capacity(queues);
+    for i in 0..queues {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(setup)?;
+        vm.register_ioevent(
+            &fd,
+            &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+            i as u32,
+        )
+        .map_err(HvError::kvm("KVM_IOEVENTFD"))?;
+        doorbells.push(fd);
+    }
+    vm.register_irqfd(irq, gsi)
+        .map_err(HvError::kvm("KVM_IRQFD"))?;
+    let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(setup)?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(setup)?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let polling = state.tuning.polling;
+    let notes = state.notes.clone();
+    let state = Arc::new(Mutex::new(state));
+    let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    let worker = Worker {
+        state: state.clone(),
+        doorbells,
+        wake: wake.try_clone().map_err(setup)?,
+        stop: stop.try_clone().map_err(setup)?,
+        stopping: stopping.clone(),
+        polling,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("{name}-worker"))
+        .spawn(move || {
+            let _ = clock_tx.send(ThreadClock::current());
+            worker.run();
+        })
+        .map_err(|e| HvError::Thread(e.to_string()))?;
+    let clock = clock_rx.recv().ok().flatten();
+    Ok(Attached {
+        bus_device: Arc::new(Mutex::new(VirtioMmio {
+            state: state.clone(),
+            wake,
+        })),
+        worker: WorkerHandle {
+            stop,
+            stopping,
+            thread: Some(thread),
+            state,
+            name: name.to_string(),
+            notes,
+        },
+        clock,
+    })
+}
+
+struct Worker {
+    state: Arc<Mutex<DeviceState>>,
+    doorbells: Vec<EventFd>,
+    wake: EventFd,
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    polling: bool,
+}
+
+const STOP_TOKEN: u64 = u64::MAX;
+const WAKE_TOKEN: u64 = u64::MAX - 1;
+
+impl Worker {
+    fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn run(self) {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                let s = lock(&self.state);
+                s.notes
+                    .note(format!("{}: worker cannot create epoll: {e}", s.name));
+                return;
+            }
+        };
+        let mut fds: Vec<(i32, u64)> = self
+            .doorbells
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| (fd.as_raw_fd(), i as u64))
+            .collect();
+        fds.push((self.wake.as_raw_fd(), WAKE_TOKEN));
+        fds.push((self.stop.as_raw_fd(), STOP_TOKEN));
+        for (fd, token) in fds {
+            if let Err(e) = epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            ) {
+                let s = lock(&self.state);
+                s.notes.note(format!("{}: worker epoll_ctl: {e}", s.name));
+                return;
+            }
+        }
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            if self.stopped() {
+                return;
+            }
+            // No lock is held here: this is the one place the worker blocks.
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let mut kicks = 0;
+            for ev in &events[..n] {
+                match ev.data() {
+                    STOP_TOKEN => return,
+                    WAKE_TOKEN => {
+                        let _ = self.wake.read();
+                    }
+                    i => {
+                        if let Some(fd) = self.doorbells.get(i as usize) {
+                            kicks += fd.read().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            {
+                let mut s = lock(&self.state);
+                s.stats.doorbells += kicks;
+                s.stats.wakeups += 1;
+            }
+            let Some(served) = self.serve_until_idle() else {
+                return;
+            };
+            if self.polling && served > 0 && self.poll() {
+                return;
+            }
+        }
+    }
+
+    /// Runs service passes until one finds nothing more to do, taking the lock for one pass
+    /// at a time. Returns the chains completed, or None when asked to stop meanwhile.
+    fn serve_until_idle(&self) -> Option<u64> {
+        let mut total = 0;
+        loop {
+            if self.stopped() {
+                return None;
+            }
+            let pass = lock(&self.state).serve_pass();
+            total += pass.served;
+            if !pass.more {
+                return Some(total);
+            }
+        }
+    }
+
+    /// Polls the available rings with notifications suppressed until [`POLL_WINDOW`] passes
+    /// without work; returns true if asked to stop meanwhile.
+    fn poll(&self) -> bool {
+        let mut last_work = Instant::now();
+        loop {
+            if self.stopped() {
+                return true;
+            }
+            let mut s = lock(&self.state);
+            if s.pending() {
+                let n = s.serve_pass().served;
+                if n > 0 {
+                    s.stats.poll_hits += n;
+                    last_work = Instant::now();
+                }
+            } else if last_work.elapsed() >= POLL_WINDOW {
+                let more = s.stop_polling();
+                drop(s);
+                return more && self.serve_until_idle().is_none();
+            }
+            drop(s);
+            // Yield rather than spin hard: on an oversubscribed host the vCPU needs the core.
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that never stops (a backend stuck in a host call) must not hang the drop.
+    #[test]
+    fn drop_detaches_a_worker_that_does_not_stop() {
+        let (s, notes) = super::super::testing::blk_state(1 << 20);
+        let state = Arc::new(Mutex::new(s));
+        let stuck = state.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _held = lock(&stuck);
+            let _ = locked_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        });
+        locked_rx.recv().unwrap();
+        let handle = WorkerHandle {
+            stop: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            thread: Some(thread),
+            state,
+            name: "virtio-blk".into(),
+            notes: notes.clone(),
+        };
+        let t0 = Instant::now();
+        drop(handle);
+        let took = t0.elapsed();
+        let _ = release_tx.send(());
+        assert!(took < JOIN_TIMEOUT * 5, "drop took {took:?}");
+        let n = notes.snapshot();
+        assert!(n.iter().any(|n| n.contains("detached")), "{n:?}");
+        assert!(n.iter().any(|n| n.contains("still locked")), "{n:?}");
+    }
+}
