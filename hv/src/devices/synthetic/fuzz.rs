@@ -18,6 +18,7 @@ use super::console::Console;
 use super::service::{MAX_PASSES, NOTIFY_RETRIES};
 use super::testing::{negotiate, put_read_request};
 use super::{DeviceState, QUEUE_MAX, Tuning, reg, status};
+use crate::counters::cputime::ThreadClock;
 use crate::devices::NoteSink;
 use crate::devices::disk::Disk;
 use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink};
@@ -263,17 +264,20 @@ fn random_registers_and_ring_bytes_always_end_in_bounded_work() {
     let (tx, rx) = std::sync::mpsc::channel();
     // A thread, so that a service loop that never returns fails the test instead of hanging it.
     std::thread::spawn(move || {
+        let clock = ThreadClock::current();
+        let cpu0 = clock.map_or(0, ThreadClock::read_ns);
         let t0 = Instant::now();
         let mut t = Totals::default();
         for seed in 0..SEEDS {
             run_seed(seed, &mut t);
         }
-        let _ = tx.send((t, t0.elapsed()));
+        let cpu = Duration::from_nanos(clock.map_or(0, ThreadClock::read_ns) - cpu0);
+        let _ = tx.send((t, t0.elapsed(), cpu));
     });
-    let (t, took) = rx
+    let (t, took, cpu) = rx
         .recv_timeout(Duration::from_secs(120))
         .expect("fuzzing did not finish: a service call hung (or a seed panicked)");
-    eprintln!("fuzz: {SEEDS} seeds, {t:?}, {took:?}");
+    eprintln!("fuzz: {SEEDS} seeds, {t:?}, {took:?} wall, {cpu:?} CPU");
     assert_eq!(t.calls, SEEDS * OPS as u64);
     // The seeds reach both the good path and the broken one.
     assert!(t.chains > 0, "{t:?}");
