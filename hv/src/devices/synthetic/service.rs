@@ -222,15 +222,18 @@ impl DeviceState {
             })
     }
 
-    /// Leaves polling: lets the driver notify again. Returns true if work arrived meanwhile.
+    /// Leaves polling: lets the driver notify again. Returns true if work the backend wants
+    /// arrived meanwhile.
     pub(super) fn stop_polling(&mut self) -> bool {
         if !self.live() {
             return false;
         }
-        let mem = self.mem.clone();
         let mut more = false;
-        for q in self.queues.iter_mut().filter(|q| q.ready()) {
-            more |= q.enable_notification(&mem).unwrap_or(false);
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if q.ready() {
+                let work = q.enable_notification(&self.mem).unwrap_or(false);
+                more |= work && self.backend.wants(i);
+            }
         }
         more
     }

@@ -16,16 +16,23 @@ use crate::devices::disk::Disk;
 /// A virtio-blk device over `mem_bytes` of guest memory at GPA 0 and a 1 MiB memory disk,
 /// with EVENT_IDX offered; and the sink its notes go to.
 pub(crate) fn blk_state(mem_bytes: u64) -> (DeviceState, NoteSink) {
+    blk_state_tuned(
+        mem_bytes,
+        Tuning {
+            event_idx: true,
+            polling: false,
+        },
+    )
+}
+
+/// [`blk_state`] with the given tuning.
+pub(crate) fn blk_state_tuned(mem_bytes: u64, tuning: Tuning) -> (DeviceState, NoteSink) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_bytes as usize)]).unwrap();
     let notes = NoteSink::default();
     let disk = Disk::memory(1 << 20).unwrap();
     let backend = Blk::new(Arc::new(Mutex::new(disk)), notes.clone());
     // Non-blocking, so that a counter nobody reads can never block a write.
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let tuning = Tuning {
-        event_idx: true,
-        polling: false,
-    };
     let s = DeviceState::new(
         "virtio-blk",
         Box::new(backend),
@@ -38,10 +45,15 @@ pub(crate) fn blk_state(mem_bytes: u64) -> (DeviceState, NoteSink) {
     (s, notes)
 }
 
-/// ACKNOWLEDGE, DRIVER, VERSION_1 | EVENT_IDX | INDIRECT_DESC, FEATURES_OK.
+/// ACKNOWLEDGE, DRIVER, VERSION_1 | EVENT_IDX | INDIRECT_DESC as far as the device offers
+/// them, FEATURES_OK.
 pub(crate) fn negotiate(s: &mut DeviceState) {
-    let features = feature::VERSION_1 | feature::EVENT_IDX | feature::INDIRECT_DESC;
     s.write_reg(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    s.write_reg(reg::DEVICE_FEATURES_SEL, 0);
+    let lo = u64::from(s.read_reg(reg::DEVICE_FEATURES));
+    s.write_reg(reg::DEVICE_FEATURES_SEL, 1);
+    let offered = lo | u64::from(s.read_reg(reg::DEVICE_FEATURES)) << 32;
+    let features = (feature::VERSION_1 | feature::EVENT_IDX | feature::INDIRECT_DESC) & offered;
     s.write_reg(reg::DRIVER_FEATURES_SEL, 0);
     s.write_reg(reg::DRIVER_FEATURES, features as u32);
     s.write_reg(reg::DRIVER_FEATURES_SEL, 1);

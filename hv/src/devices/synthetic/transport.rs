@@ -384,7 +384,7 @@ impl DeviceState {
         starting
     }
 
-    fn read_reg(&self, offset: u64) -> u32 {
+    pub(super) fn read_reg(&self, offset: u64) -> u32 {
         let q = self.queues.get(self.queue_sel as usize);
         match offset {
             reg::MAGIC => MAGIC,

@@ -182,6 +182,9 @@ struct Worker {
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
+/// Rounds the worker looks again without sleeping in epoll before it sleeps anyway (with
+/// notifications on, so a doorbell still wakes it).
+const MAX_AGAIN: u32 = 8;
 const WAKE_TOKEN: u64 = u64::MAX - 1;
 
 impl Worker {
@@ -219,31 +222,35 @@ impl Worker {
             }
         }
         let mut events = vec![EpollEvent::default(); 8];
+        // Rounds in a row that looked again without sleeping because re-enabling
+        // notifications found work; bounded so that no guest can keep the worker from epoll.
+        let mut again = 0;
         loop {
             if self.stopped() {
                 return;
             }
-            // No lock is held here: this is the one place the worker blocks.
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            let mut kicks = 0;
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP_TOKEN => return,
-                    WAKE_TOKEN => {
-                        let _ = self.wake.read();
-                    }
-                    i => {
-                        if let Some(fd) = self.doorbells.get(i as usize) {
-                            kicks += fd.read().unwrap_or(0);
+            if again == 0 || again > MAX_AGAIN {
+                again = 0;
+                // No lock is held here: this is the one place the worker blocks.
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                let mut kicks = 0;
+                for ev in &events[..n] {
+                    match ev.data() {
+                        STOP_TOKEN => return,
+                        WAKE_TOKEN => {
+                            let _ = self.wake.read();
+                        }
+                        i => {
+                            if let Some(fd) = self.doorbells.get(i as usize) {
+                                kicks += fd.read().unwrap_or(0);
+                            }
                         }
                     }
                 }
-            }
-            {
                 let mut s = lock(&self.state);
                 s.stats.doorbells += kicks;
                 s.stats.wakeups += 1;
@@ -251,9 +258,23 @@ impl Worker {
             let Some(served) = self.serve_until_idle() else {
                 return;
             };
-            if self.polling && served > 0 && self.poll() {
-                return;
+            if !self.polling {
+                // The service loop re-enabled notifications before it found the rings empty.
+                again = 0;
+                continue;
             }
+            // Polling passes leave notifications off; they go back on before the worker
+            // sleeps, and work that arrived meanwhile is served first.
+            let more = if served > 0 {
+                match self.poll() {
+                    Polled::Stop => return,
+                    Polled::Idle => false,
+                    Polled::More => true,
+                }
+            } else {
+                lock(&self.state).stop_polling()
+            };
+            again = if more { again + 1 } else { 0 };
         }
     }
 
@@ -274,12 +295,12 @@ impl Worker {
     }
 
     /// Polls the available rings with notifications suppressed until [`POLL_WINDOW`] passes
-    /// without work; returns true if asked to stop meanwhile.
-    fn poll(&self) -> bool {
+    /// without work, then re-enables notifications.
+    fn poll(&self) -> Polled {
         let mut last_work = Instant::now();
         loop {
             if self.stopped() {
-                return true;
+                return Polled::Stop;
             }
             let mut s = lock(&self.state);
             if s.pending() {
@@ -289,15 +310,28 @@ impl Worker {
                     last_work = Instant::now();
                 }
             } else if last_work.elapsed() >= POLL_WINDOW {
-                let more = s.stop_polling();
-                drop(s);
-                return more && self.serve_until_idle().is_none();
+                return if s.stop_polling() {
+                    Polled::More
+                } else {
+                    Polled::Idle
+                };
             }
             drop(s);
             // Yield rather than spin hard: on an oversubscribed host the vCPU needs the core.
             std::thread::yield_now();
         }
     }
+}
+
+/// How a polling window ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// Asked to stop.
+    Stop,
+    /// Notifications are on again and the rings were empty.
+    Idle,
+    /// Notifications are on again but work arrived meanwhile: serve before sleeping.
+    More,
 }
 
 #[cfg(test)]
@@ -414,6 +448,54 @@ mod tests {
         );
         t.join().unwrap();
         assert!(within(&state).live());
+    }
+
+    /// A polling worker (without EVENT_IDX, so notifications are the used ring's NO_NOTIFY
+    /// flag) that was woken with nothing to do must not sleep with notifications off: the
+    /// driver would never notify again and its requests would wait for ever.
+    #[test]
+    fn a_polling_worker_never_sleeps_with_notifications_off() {
+        let (s, _notes) = super::super::testing::blk_state_tuned(
+            1 << 20,
+            Tuning {
+                event_idx: false,
+                polling: true,
+            },
+        );
+        let mut s = s;
+        super::super::testing::drive_to_ready(&mut s);
+        assert!(s.live());
+        let mem = s.mem.clone();
+        let state = Arc::new(Mutex::new(s));
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let worker = Worker {
+            state: state.clone(),
+            doorbells: Vec::new(),
+            wake: wake.try_clone().unwrap(),
+            stop: stop.try_clone().unwrap(),
+            stopping: stopping.clone(),
+            polling: true,
+        };
+        let t = std::thread::spawn(move || worker.run());
+        // A wake with an empty ring (as QUEUE_READY or DRIVER_OK causes).
+        wake.write(1).unwrap();
+        let t0 = Instant::now();
+        while within(&state).stats.wakeups == 0 && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Past any polling window: the worker is asleep in epoll now.
+        std::thread::sleep(POLL_WINDOW * 5);
+        let flags: u16 = mem.read_obj(GuestAddress(0x3000)).unwrap();
+        stopping.store(true, Ordering::Release);
+        stop.write(1).unwrap();
+        t.join().unwrap();
+        assert_eq!(
+            flags & 1,
+            0,
+            "the worker sleeps with VRING_USED_F_NO_NOTIFY set"
+        );
     }
 
     /// A worker that never stops (a backend stuck in a host call) must not hang the drop.
