@@ -11,6 +11,7 @@
 //! overlapping each other or over the MMIO window put the device into DEVICE_NEEDS_RESET with a
 //! note; so does a status write that clears a bit only reset may clear.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
@@ -504,12 +505,24 @@ impl DeviceState {
 pub struct VirtioMmio {
     pub(super) state: Arc<Mutex<DeviceState>>,
     pub(super) wake: EventFd,
+    /// vCPUs waiting for the state lock; the worker lets them in between passes (std's
+    /// mutex is not fair, so a worker that re-locks at once could starve them).
+    pub(super) waiting: Arc<AtomicU32>,
+}
+
+impl VirtioMmio {
+    fn lock(&self) -> MutexGuard<'_, DeviceState> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let s = lock(&self.state);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        s
+    }
 }
 
 impl BusDevice for VirtioMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let s = lock(&self.state);
+        let s = self.lock();
         if offset >= reg::CONFIG {
             // Any width and alignment: the config bytes, zero past their end.
             let cfg = s.backend.config();
@@ -537,7 +550,7 @@ impl BusDevice for VirtioMmio {
         if offset % 4 != 0 || offset >= reg::CONFIG {
             return DeviceAction::None;
         }
-        let wake = lock(&self.state).write_reg(offset, u32::from_le_bytes(bytes));
+        let wake = self.lock().write_reg(offset, u32::from_le_bytes(bytes));
         if wake {
             let _ = self.wake.write(1);
         }
@@ -650,6 +663,7 @@ mod tests {
         let mut mmio = VirtioMmio {
             state: state.clone(),
             wake: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            waiting: Arc::default(),
         };
         mmio.write(reg::STATUS, &[1, 0]);
         mmio.write(reg::STATUS + 1, &[1, 0, 0, 0]);
