@@ -2,7 +2,8 @@
 //! backend, putting them on the used rings and deciding whether to interrupt.
 //!
 //! Bounded by construction. One [`DeviceState::serve_pass`] runs each queue's loop at most
-//! `queue size + NOTIFY_RETRIES + 1` times (so at most queue-size chains per queue per pass),
+//! `queue size + NOTIFY_RETRIES + 1` times (so at most queue-size chains per queue per pass;
+//! the worker's passes take fewer, [`DeviceState::serve_pass_limited`]),
 //! whatever the guest wrote; the worker holds the state lock for one pass at a time and checks
 //! for stop between passes. Guest data that would make a loop spin without progress is a
 //! broken ring instead: an available index that says there is work while the ring entry cannot
@@ -16,7 +17,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::chain;
-use super::{DeviceState, Served, feature};
+use super::{DeviceState, QUEUE_MAX, Served, feature};
 
 /// Times one pass re-checks a queue after re-enabling notifications found new work (a driver
 /// that published while the device was about to sleep). More than this and the pass ends with
@@ -49,13 +50,20 @@ enum End {
 impl DeviceState {
     /// One bounded pass over every queue: at most queue-size chains from each.
     pub fn serve_pass(&mut self) -> Pass {
+        self.serve_pass_limited(QUEUE_MAX)
+    }
+
+    /// One bounded pass over every queue: at most `limit` chains (and at most queue-size
+    /// chains) from each. The worker uses a smaller limit than the queue size so that it
+    /// checks for stop and lets vCPUs in more often when requests are large.
+    pub fn serve_pass_limited(&mut self, limit: u16) -> Pass {
         if !self.live() {
             return Pass::default();
         }
         self.stats.passes += 1;
         let mut pass = Pass::default();
         for qi in 0..self.queues.len() {
-            let (n, end) = self.serve_queue(qi);
+            let (n, end) = self.serve_queue(qi, limit);
             pass.served += n;
             pass.more |= end == End::Limit;
             if !self.live() {
@@ -95,17 +103,18 @@ impl DeviceState {
         total
     }
 
-    fn serve_queue(&mut self, qi: usize) -> (u64, End) {
+    fn serve_queue(&mut self, qi: usize, limit: u16) -> (u64, End) {
         let mem = self.mem.clone();
         let indirect = self.negotiated(feature::INDIRECT_DESC);
         let size = self.queues[qi].size();
+        let limit = size.min(limit);
         let mut done = 0u64;
         let mut retries = 0;
         let mut end = End::Limit;
-        for _ in 0..usize::from(size) + NOTIFY_RETRIES + 1 {
+        for _ in 0..usize::from(limit) + NOTIFY_RETRIES + 1 {
             self.stats.steps += 1;
-            if done >= u64::from(size) {
-                break; // the per-pass limit: at most queue-size chains
+            if done >= u64::from(limit) {
+                break; // the per-pass limit: at most `limit` (<= queue size) chains
             }
             if !self.queues[qi].ready() || !self.backend.wants(qi) {
                 end = End::Idle;
@@ -319,6 +328,16 @@ mod tests {
         // 16 more published: the next pass serves them, the one after finds nothing.
         mem.write_obj(32u16, GuestAddress(0x2002)).unwrap();
         assert_eq!(s.serve_pass().served, 16);
+        // A smaller limit (the worker's) splits a batch over passes.
+        mem.write_obj(40u16, GuestAddress(0x2002)).unwrap();
+        assert_eq!(
+            s.serve_pass_limited(5),
+            Pass {
+                served: 5,
+                more: true
+            }
+        );
+        assert_eq!(s.serve_pass_limited(5).served, 3);
         let p = s.serve_pass();
         assert_eq!(p, Pass::default());
         assert!(s.live(), "{:?}", notes.snapshot());

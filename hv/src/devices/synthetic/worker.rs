@@ -30,6 +30,10 @@ use crate::error::HvError;
 pub const POLL_WINDOW: Duration = Duration::from_millis(20);
 /// How long dropping a [`WorkerHandle`] waits for the worker thread before detaching it.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Chains the worker takes from one queue in one pass (one hold of the state lock): the
+/// largest queue depth the workloads use, so that a batch is still served in one pass, while a
+/// full 256-entry ring of 4 MiB requests is split into several holds with stop checks between.
+pub const PASS_CHAINS: u16 = 64;
 /// How long the worker waits, between two passes, for vCPUs that want the state lock.
 const HANDOFF: Duration = Duration::from_millis(2);
 
@@ -296,7 +300,7 @@ impl Worker {
             if self.stopped() {
                 return None;
             }
-            let pass = lock(&self.state).serve_pass();
+            let pass = lock(&self.state).serve_pass_limited(PASS_CHAINS);
             total += pass.served;
             if !pass.more {
                 return Some(total);
@@ -325,7 +329,7 @@ impl Worker {
             }
             let mut s = lock(&self.state);
             if s.pending() {
-                let n = s.serve_pass().served;
+                let n = s.serve_pass_limited(PASS_CHAINS).served;
                 if n > 0 {
                     s.stats.poll_hits += n;
                     last_work = Instant::now();
