@@ -205,6 +205,8 @@ fn hostile_virtio_rings_put_the_device_into_needs_reset() {
         ("oob-addr", "outside guest memory"),
         ("len-overflow", "overflows"),
         ("avail-idx", "queue 0"),
+        ("reready-overlap", "overlaps"),
+        ("renegotiate", "without a reset"),
     ] {
         let Some(r) = boot(
             &opts(DeviceVariant::Synthetic),

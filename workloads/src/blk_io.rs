@@ -82,7 +82,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "how",
             default: "normal",
-            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m) | ata: past-end, out-of-order",
+            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m), reready-overlap, renegotiate | ata: past-end, out-of-order",
         },
     ],
     min_vcpus: 1,
@@ -680,6 +680,22 @@ mod guest {
                         // of this run lives there.
                         unsafe { core::ptr::write_volatile((avail + 2) as *mut u16, 1) };
                         v.dev.write(virtio::REG_QUEUE_NOTIFY, 0);
+                    }
+                    "reready-overlap" => {
+                        // Queue 0 readied again with its available ring on its descriptor
+                        // table, which starts the ring memory (repr(C): the array is at 0).
+                        let desc = core::ptr::addr_of!(RING) as u64;
+                        v.dev.write(virtio::REG_QUEUE_SEL, 0);
+                        v.dev.write(virtio::REG_QUEUE_READY, 0);
+                        v.dev.write(virtio::REG_QUEUE_DRIVER_LOW, desc as u32);
+                        v.dev
+                            .write(virtio::REG_QUEUE_DRIVER_HIGH, (desc >> 32) as u32);
+                        v.dev.write(virtio::REG_QUEUE_READY, 1);
+                    }
+                    "renegotiate" => {
+                        // Back to ACKNOWLEDGE | DRIVER after DRIVER_OK, without a reset.
+                        v.dev
+                            .write(virtio::REG_STATUS, virtio::S_ACKNOWLEDGE | virtio::S_DRIVER);
                     }
                     _ => return Err(Fail::BadArg("how")),
                 }
