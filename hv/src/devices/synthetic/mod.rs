@@ -13,10 +13,12 @@
 //!
 //! 1. the bus's lock on [`VirtioMmio`] (vCPU threads only, for one register access);
 //! 2. the device's state lock, `Mutex<DeviceState>`: a vCPU holds it for one register access,
-//!    the worker for one bounded service pass ([`service`]), never across epoll, a sleep or an
-//!    unbounded loop;
+//!    the worker for one bounded service pass ([`service`], at most
+//!    [`worker::PASS_CHAINS`] chains per queue), never across epoll, a sleep or an unbounded
+//!    loop; between passes the worker checks for stop and lets waiting vCPUs in first;
 //! 3. a backend's own locks, taken inside a pass: the shared disk (virtio-blk, one request at a
-//!    time), the console capture (virtio-console);
+//!    time: its reads, writes and fdatasync are the only blocking host calls made under the
+//!    state lock), the console capture (virtio-console);
 //! 4. the run's [`NoteSink`](crate::devices::NoteSink) (a leaf).
 //!
 //! Variants: VIRTIO_F_EVENT_IDX is offered when [`Tuning::event_idx`]; in polling mode the
