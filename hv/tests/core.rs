@@ -299,11 +299,11 @@ fn user_mode_round_trips_come_back_on_every_cpu() {
 }
 
 /// hv's peak resident memory so far (VmHWM), bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn note_flood_guest_leaves_bounded_notes_and_records() {
             .any(|n| n.contains("result lines dropped")),
         "skips past the cap are reported"
     );
-    let peak = peak_rss();
+    let peak = peak_rss().expect("VmHWM in /proc/self/status");
     eprintln!("note-flood count={count}: peak RSS {} MiB", peak >> 20);
     assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
 }
@@ -400,8 +400,10 @@ fn max_exits_counts_exits_not_signals() {
 }
 
 fn threads_named(prefix: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return usize::MAX;
+    };
+    tasks
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
         .filter(|c| c.starts_with(prefix))
         .count()
