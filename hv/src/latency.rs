@@ -8,7 +8,8 @@ use hvlab_protocol::hist_bucket_low;
 use crate::record::Latency;
 
 /// Builds a latency summary from `(bucket, count)` pairs. Each bucket is represented by its
-/// midpoint (at most `limits::MAX_HIST_ENTRIES` pairs are used); values are converted to ns when `tsc_khz` is known, else kept in TSC cycles.
+/// midpoint (at most `limits::MAX_HIST_ENTRIES` pairs are used); values are converted to ns
+/// when `tsc_khz` is known, else kept in TSC cycles.
 pub fn summarize(buckets: &[(usize, u64)], tsc_khz: u64) -> Option<Latency> {
     let mut h = Histogram::<u64>::new(3).ok()?;
     let to_unit = |cycles: u64| {
