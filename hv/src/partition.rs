@@ -208,6 +208,13 @@ impl Partition {
     /// Creates the VM, memory, irqchip, vCPUs and hv's standard devices, and loads `image`.
     pub fn new(kvm: &Kvm, cfg: PartitionConfig, image: &[u8]) -> Result<Partition, HvError> {
         cfg.validate()?;
+        let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        if cfg.vcpus > max_vcpus {
+            return Err(HvError::Limit(crate::limits::LimitError::Vcpus {
+                vcpus: cfg.vcpus,
+                max: max_vcpus,
+            }));
+        }
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);

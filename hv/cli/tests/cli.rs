@@ -99,7 +99,7 @@ fn cpus_outside_the_affinity_mask_and_bad_limits_are_refused() {
     let (code, _, err) = hv(&["run", "misbehave", "--partitions", "65"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("MAX_PARTITIONS"), "{err}");
-    let (code, _, err) = hv(&["run", "misbehave", "--timeout", "-1"]);
+    let (code, _, err) = hv(&["run", "misbehave", "--timeout=-1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--timeout"), "{err}");
 }
