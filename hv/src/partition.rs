@@ -620,6 +620,31 @@ impl Partition {
     }
 }
 
+/// Drops a partition's devices (stopping their workers) on a thread of its own and waits up
+/// to `grace` for that; true when they were released in time. A worker that never stops
+/// cannot block the caller: its thread is left behind, holding what it holds.
+fn release_devices(
+    keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    index: u32,
+    grace: Duration,
+) -> bool {
+    if keep_alive.is_empty() {
+        return true;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("p{index}-release"))
+        .spawn(move || {
+            drop(keep_alive);
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => rx.recv_timeout(grace).is_ok(),
+        // No thread for it: the failed spawn dropped the closure, devices included, here.
+        Err(_) => true,
+    }
+}
+
 fn pin_current_thread(cpu: usize) -> Result<(), String> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(format!("CPU {cpu} is out of range"));
@@ -720,18 +745,15 @@ impl RunningPartition {
                 threads: stuck.len() as u32,
                 after: Box::new(status),
             };
-            let keep_alive = self.keep_alive;
-            let reaper = std::thread::Builder::new()
-                .name(format!("p{}-reaper", self.index))
-                .spawn(move || drop(keep_alive));
-            if let Err(e) = reaper {
-                extra_notes.push(format!("devices not released: {e}"));
-            }
-        } else {
+            // The stuck vCPU may hold a device lock a worker's drop needs: do not wait.
+            release_devices(self.keep_alive, self.index, Duration::ZERO);
+        } else if !release_devices(self.keep_alive, self.index, crate::limits::VCPU_EXIT_GRACE) {
             // Device workers stop (and file-backed disks sync) before the outcome is read, so
             // a clean exit leaves every completed write in the image and their remarks in the
-            // notes.
-            drop(self.keep_alive);
+            // notes; a worker that does not stop within the grace is left behind.
+            status = RunStatus::WorkerStuck {
+                after: Box::new(status),
+            };
         }
         if let Some(e) = &self.enlightenments {
             extra_notes.extend(e.take_notes());

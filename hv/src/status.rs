@@ -38,6 +38,9 @@ pub enum RunStatus {
         threads: u32,
         after: Box<RunStatus>,
     },
+    /// After the run ended (`after`), the partition's device workers did not stop within
+    /// `limits::VCPU_EXIT_GRACE` (a worker stuck in its service loop); hv left them behind.
+    WorkerStuck { after: Box<RunStatus> },
 }
 
 impl RunStatus {
@@ -62,7 +65,7 @@ impl RunStatus {
             RunStatus::KvmRunError { .. } => "kvm-run-error".into(),
             RunStatus::VcpuThreadPanicked { .. } => "vcpu-thread-panicked".into(),
             RunStatus::Stopped(_) => "stopped".into(),
-            RunStatus::DeviceStuck { .. } => "device-stuck".into(),
+            RunStatus::DeviceStuck { .. } | RunStatus::WorkerStuck { .. } => "device-stuck".into(),
         }
     }
 }
@@ -134,6 +137,11 @@ impl fmt::Display for RunStatus {
             } => write!(
                 f,
                 "vCPU {vcpu} stuck in a device: it did not leave within {:.1} s after the run ended ({after}); {threads} vCPU thread(s) given up",
+                crate::limits::VCPU_EXIT_GRACE.as_secs_f64()
+            ),
+            RunStatus::WorkerStuck { after } => write!(
+                f,
+                "a device worker did not stop within {:.1} s after the run ended ({after}); left behind",
                 crate::limits::VCPU_EXIT_GRACE.as_secs_f64()
             ),
         }

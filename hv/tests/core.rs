@@ -508,3 +508,69 @@ fn asking_for_more_memory_than_the_host_has_is_a_clear_error() {
         "{msg}"
     );
 }
+
+/// Stands for a device worker that never stops: dropping it blocks forever.
+struct NeverStops(std::sync::mpsc::Receiver<()>);
+
+impl Drop for NeverStops {
+    fn drop(&mut self) {
+        let _ = self.0.recv();
+    }
+}
+
+#[test]
+fn worker_that_never_stops_cannot_keep_the_run_from_ending() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::mem::forget(tx);
+    let cfg = PartitionConfig {
+        index: 72,
+        cmdline: "misbehave how=exit=0".into(),
+        ..PartitionConfig::default()
+    };
+    let mut p = Partition::new(&kvm(), cfg, hv::GUEST_IMAGE).unwrap();
+    p.keep_alive(Box::new(NeverStops(rx)));
+    let r = p.start().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let limit = Duration::from_secs(20);
+        let _ = done_tx.send(r.wait(std::time::Instant::now() + limit, limit).status);
+    });
+    let status = done_rx
+        .recv_timeout(hv::limits::VCPU_EXIT_GRACE + Duration::from_secs(20))
+        .expect("wait returned despite the stuck worker");
+    assert!(
+        matches!(&status, RunStatus::WorkerStuck { after } if after.is_ok()),
+        "{status}"
+    );
+    assert_eq!(status.label(), "device-stuck");
+}
+
+#[test]
+fn partitions_end_cleanly_while_vcpus_leave_at_different_times() {
+    // Many runs whose vCPUs leave at different moments (vCPU 0 ends the run, the others are
+    // kicked out) while hv stops the run: every kick must find a live thread (or none), and
+    // every run ends with a status.
+    let kvm = kvm();
+    for round in 0..15u32 {
+        let cfg = PartitionConfig {
+            index: 80,
+            vcpus: 3,
+            cmdline: "exit-floor cpus=3 iters=5 tests=nop".into(),
+            ..PartitionConfig::default()
+        };
+        let r = Partition::new(&kvm, cfg, hv::GUEST_IMAGE)
+            .unwrap()
+            .start()
+            .unwrap();
+        // Stop at a different moment each round: before boot, mid-run, after the guest's exit.
+        std::thread::sleep(Duration::from_millis(u64::from(round * 7 % 40)));
+        r.stop("test stops it");
+        let limit = Duration::from_secs(30);
+        let o = r.wait(std::time::Instant::now() + limit, limit);
+        assert!(
+            o.status.is_ok() || matches!(o.status, RunStatus::Stopped(_)),
+            "round {round}: {}",
+            o.status
+        );
+    }
+}
