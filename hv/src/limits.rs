@@ -20,7 +20,7 @@
 //! | console bytes captured per partition ([`CONSOLE_CAPTURE_BYTES`]) | 4 MiB | dropped and counted |
 //! | run records of one run ([`MAX_RECORDS_PER_RUN`]) | 8192 | later records dropped; the last one kept says how many |
 //! | partitions per run ([`MAX_PARTITIONS`]) | 64 | the request is refused |
-//! | grace for vCPU threads after a run ends ([`VCPU_EXIT_GRACE`]) | 2 s | thread detached, status `device-stuck` |
+//! | grace for vCPU threads, then for device workers, after a run ends ([`VCPU_EXIT_GRACE`]) | 2 s each | left behind, status `device-stuck` (`DeviceStuck` / `WorkerStuck`) |
 //!
 //! With these caps one partition's records hold at most about
 //! `(MAX_PHASES + MAX_SKIPS) * (MAX_NOTES + MAX_DEVICE_NOTES + 1) * MAX_NOTE_BYTES` bytes of
@@ -67,7 +67,8 @@ pub const MAX_RECORDS_PER_RUN: usize = 8192;
 /// Partitions one run may have.
 pub const MAX_PARTITIONS: u32 = 64;
 /// How long a partition's vCPU threads get to leave once its run has ended (deadline, guest
-/// exit, stop) before they are given up as stuck (`RunStatus::DeviceStuck`).
+/// exit, stop) before they are given up as stuck (`RunStatus::DeviceStuck`), and then how
+/// long its device workers get to stop (`RunStatus::WorkerStuck`).
 pub const VCPU_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Cuts `msg` to [`MAX_NOTE_BYTES`] at a character boundary.
