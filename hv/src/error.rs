@@ -60,6 +60,9 @@ pub enum HvError {
     /// A device or enlightenment failed to set up.
     #[error("{0}")]
     Setup(String),
+    /// The request needs more than the host has (memory, vCPUs, file descriptors).
+    #[error("host limit: {0}")]
+    Limit(#[from] crate::limits::LimitError),
     /// QEMU, the peer VMM, could not be run (its guest's failures are run statuses instead).
     #[error("QEMU peer: {0}")]
     Qemu(#[from] crate::peer::QemuError),
@@ -93,7 +96,10 @@ impl HvError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            HvError::UnknownWorkload { .. } | HvError::UnknownArgument { .. } | HvError::Config(_)
+            HvError::UnknownWorkload { .. }
+                | HvError::UnknownArgument { .. }
+                | HvError::Config(_)
+                | HvError::Limit(_)
         )
     }
 }

@@ -1,14 +1,15 @@
 //! Parses what a guest reported on its console (protocol: `HVLAB rec=... key=value ...`).
 //!
 //! The console is guest-controlled: malformed lines are counted and skipped, numbers that do
-//! not parse are treated as absent, and the amount kept is bounded.
+//! not parse are treated as absent, and the amount kept is bounded (caps in `crate::limits`).
 
 use std::collections::BTreeMap;
 
 use hvlab_protocol::{HIST_BUCKETS, LINE_PREFIX, rec};
 
-/// Most phases kept from one guest.
-const MAX_PHASES: usize = 4096;
+use crate::limits::{
+    MAX_HIST_ENTRIES, MAX_INFO_KEYS, MAX_METRICS_PER_PHASE, MAX_PHASES, MAX_SKIPS,
+};
 
 /// One `rec=phase` line, with its histogram if the guest sent one.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,6 +36,8 @@ pub struct GuestReport {
     pub fault: Option<String>,
     /// Lines that started with the prefix but could not be understood.
     pub malformed: usize,
+    /// Well-formed lines dropped past a cap (phases, histograms, skips, info keys).
+    pub dropped: usize,
 }
 
 fn pairs(rest: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -42,18 +45,23 @@ fn pairs(rest: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|t| t.split_once('='))
 }
 
+/// `bucket:count,...`; at most one entry per bucket (more is malformed), so what a line can
+/// make hv keep is bounded whatever its length.
 fn parse_hist(v: &str) -> Option<Vec<(usize, u64)>> {
     if v.is_empty() {
         return Some(Vec::new());
     }
-    v.split(',')
-        .map(|p| {
-            let (b, n) = p.split_once(':')?;
-            let b: usize = b.parse().ok()?;
-            (b < HIST_BUCKETS).then_some(())?;
-            Some((b, n.parse().ok()?))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for p in v.split(',') {
+        if out.len() >= MAX_HIST_ENTRIES {
+            return None;
+        }
+        let (b, n) = p.split_once(':')?;
+        let b: usize = b.parse().ok()?;
+        (b < HIST_BUCKETS).then_some(())?;
+        out.push((b, n.parse().ok()?));
+    }
+    Some(out)
 }
 
 /// Parses a console transcript.
@@ -73,11 +81,16 @@ pub fn parse(console: &str) -> GuestReport {
             Some(rec::PHASE) => {
                 let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u64>().ok());
                 match (num("id"), kv.get("name"), num("ops"), num("tsc")) {
-                    (Some(id), Some(name), Some(ops), Some(tsc)) if r.phases.len() < MAX_PHASES => {
+                    (Some(_), Some(_), Some(_), Some(_)) if r.phases.len() >= MAX_PHASES => {
+                        r.dropped += 1;
+                        true
+                    }
+                    (Some(id), Some(name), Some(ops), Some(tsc)) => {
                         let metrics = kv
                             .iter()
                             .filter(|(k, _)| !matches!(**k, "rec" | "id" | "name" | "ops" | "tsc"))
                             .filter_map(|(k, v)| Some(((*k).to_string(), v.parse().ok()?)))
+                            .take(MAX_METRICS_PER_PHASE)
                             .collect();
                         r.phases.push(GuestPhase {
                             id: u32::try_from(id).unwrap_or(u32::MAX),
@@ -98,7 +111,11 @@ pub fn parse(console: &str) -> GuestReport {
                     kv.get("b").and_then(|v| parse_hist(v)),
                 ) {
                     (Some(id), Some(h)) => {
-                        hists.insert(id, h);
+                        if hists.len() < MAX_PHASES || hists.contains_key(&id) {
+                            hists.insert(id, h);
+                        } else {
+                            r.dropped += 1;
+                        }
                         true
                     }
                     _ => false,
@@ -106,15 +123,24 @@ pub fn parse(console: &str) -> GuestReport {
             }
             Some(rec::INFO) => {
                 for (k, v) in &kv {
-                    if *k != "rec" {
+                    if *k == "rec" {
+                        continue;
+                    }
+                    if r.info.len() < MAX_INFO_KEYS || r.info.contains_key(*k) {
                         r.info.insert((*k).to_string(), (*v).to_string());
+                    } else {
+                        r.dropped += 1;
                     }
                 }
                 true
             }
             Some(rec::SKIP) => match (kv.get("name"), kv.get("reason")) {
                 (Some(n), Some(why)) => {
-                    r.skips.push(((*n).to_string(), why.replace('_', " ")));
+                    if r.skips.len() < MAX_SKIPS {
+                        r.skips.push(((*n).to_string(), why.replace('_', " ")));
+                    } else {
+                        r.dropped += 1;
+                    }
                     true
                 }
                 _ => false,
@@ -166,6 +192,49 @@ mod tests {
             vec![("vmcall".to_string(), "hypercalls not available".to_string())]
         );
         assert_eq!(r.malformed, 2, "bad ops and out-of-range bucket");
+    }
+
+    #[test]
+    fn skips_phases_info_and_hists_are_capped() {
+        let mut t = String::new();
+        for i in 0..MAX_SKIPS + 100 {
+            t.push_str(&format!("HVLAB rec=skip name=s{i} reason=r\n"));
+        }
+        for i in 0..MAX_PHASES + 5 {
+            t.push_str(&format!("HVLAB rec=phase id={i} name=p ops=1 tsc=1\n"));
+            t.push_str(&format!(
+                "HVLAB rec=hist id={} unit=tsc b=1:1\n",
+                i + 100_000
+            ));
+        }
+        for i in 0..MAX_INFO_KEYS + 7 {
+            t.push_str(&format!("HVLAB rec=info k{i}=v\n"));
+        }
+        let metrics: String = (0..MAX_METRICS_PER_PHASE + 9)
+            .map(|i| format!(" m{i}=1"))
+            .collect();
+        let r = parse(&format!(
+            "HVLAB rec=phase id=1 name=x ops=1 tsc=1{metrics}\n"
+        ));
+        assert_eq!(r.phases[0].metrics.len(), MAX_METRICS_PER_PHASE);
+        let r = parse(&t);
+        assert_eq!(r.skips.len(), MAX_SKIPS);
+        assert_eq!(r.phases.len(), MAX_PHASES);
+        assert_eq!(r.info.len(), MAX_INFO_KEYS);
+        assert_eq!(r.dropped, 100 + 5 + 5 + 7);
+        assert_eq!(r.malformed, 0);
+    }
+
+    #[test]
+    fn a_hist_line_holds_at_most_one_entry_per_bucket() {
+        let full: Vec<String> = (0..HIST_BUCKETS).map(|b| format!("{b}:1")).collect();
+        let ok = format!(
+            "HVLAB rec=phase id=1 name=x ops=1 tsc=1\nHVLAB rec=hist id=1 unit=tsc b={}\n",
+            full.join(",")
+        );
+        assert_eq!(parse(&ok).phases[0].hist.len(), HIST_BUCKETS);
+        let over = format!("HVLAB rec=hist id=1 unit=tsc b={},0:1\n", full.join(","));
+        assert_eq!(parse(&over).malformed, 1);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use hvlab_protocol::hist_bucket_low;
 use crate::record::Latency;
 
 /// Builds a latency summary from `(bucket, count)` pairs. Each bucket is represented by its
-/// midpoint; values are converted to ns when `tsc_khz` is known, else kept in TSC cycles.
+/// midpoint (at most `limits::MAX_HIST_ENTRIES` pairs are used); values are converted to ns
+/// when `tsc_khz` is known, else kept in TSC cycles.
 pub fn summarize(buckets: &[(usize, u64)], tsc_khz: u64) -> Option<Latency> {
     let mut h = Histogram::<u64>::new(3).ok()?;
     let to_unit = |cycles: u64| {
@@ -18,7 +19,8 @@ pub fn summarize(buckets: &[(usize, u64)], tsc_khz: u64) -> Option<Latency> {
             cycles
         }
     };
-    for &(b, n) in buckets {
+    // The parser keeps at most one entry per bucket; bound the work here too, whoever calls.
+    for &(b, n) in buckets.iter().take(crate::limits::MAX_HIST_ENTRIES) {
         let lo = hist_bucket_low(b);
         let hi = hist_bucket_low(b + 1).max(lo + 1);
         let mid = lo + (hi - lo) / 2;

@@ -1,7 +1,6 @@
 //! Partitions: one KVM VM each, with its own guest memory from GPA 0, in-kernel irqchip, vCPU
 //! threads, buses and devices. Partitions share nothing but the host.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -209,6 +208,13 @@ impl Partition {
     /// Creates the VM, memory, irqchip, vCPUs and hv's standard devices, and loads `image`.
     pub fn new(kvm: &Kvm, cfg: PartitionConfig, image: &[u8]) -> Result<Partition, HvError> {
         cfg.validate()?;
+        let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        if cfg.vcpus > max_vcpus {
+            return Err(HvError::Limit(crate::limits::LimitError::Vcpus {
+                vcpus: cfg.vcpus,
+                max: max_vcpus,
+            }));
+        }
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);
@@ -464,7 +470,7 @@ impl Partition {
 
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
-        let control = Arc::new(RunControl::new().map_err(HvError::Thread)?);
+        let control = Arc::new(RunControl::new(self.vcpus.len()).map_err(HvError::Thread)?);
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let counters: Vec<_> = (0..self.cfg.vcpus)
@@ -513,7 +519,11 @@ impl Partition {
         let unmapped_log = Arc::new(UnmappedLog::default());
         let started = Instant::now();
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        // Each thread reports whether its setup (pinning) worked, then waits for the go: the
+        // guest runs only once every vCPU thread is ready, and not at all if one is not.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut go = Vec::with_capacity(self.vcpus.len());
+        let mut failure = None;
         for (i, fd) in self.vcpus.into_iter().enumerate() {
             let runner = VcpuRunner {
                 index: i as u32,
@@ -532,26 +542,66 @@ impl Partition {
             let tracepoints = self.cfg.tracepoints;
             let meter = meter.clone();
             let ready = ready_tx.clone();
-            let h = std::thread::Builder::new()
+            let thread_control = control.clone();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+            let spawned = std::thread::Builder::new()
                 .name(format!("p{}-vcpu{i}", self.cfg.index))
                 .spawn(move || {
-                    if let Some(cpu) = pin {
-                        if let Err(e) = pin_current_thread(cpu) {
-                            meter.note(format!("vCPU {i}: pinning to CPU {cpu} failed: {e}"));
-                        }
+                    // First: listed for kicks, and unlisted (reporting that it left) however
+                    // the thread ends.
+                    let _slot = thread_control.enter_thread(i);
+                    let setup = match pin {
+                        Some(cpu) => pin_current_thread(cpu)
+                            .map_err(|e| format!("vCPU {i}: pinning to CPU {cpu} failed: {e}")),
+                        None => Ok(()),
+                    };
+                    if setup.is_ok() {
+                        meter.register_vcpu_thread(tracepoints);
                     }
-                    meter.register_vcpu_thread(tracepoints);
-                    let _ = ready.send(());
-                    runner.run();
-                })
-                .map_err(|e| HvError::Thread(e.to_string()))?;
-            control.add_thread(h.as_pthread_t());
-            threads.push(h);
+                    let _ = ready.send(setup);
+                    if go_rx.recv() == Ok(true) {
+                        runner.run();
+                    }
+                });
+            match spawned {
+                Ok(h) => {
+                    threads.push(h);
+                    go.push(go_tx);
+                }
+                Err(e) => {
+                    control.never_started(i);
+                    failure = Some(HvError::Thread(format!("cannot start vCPU {i}: {e}")));
+                    break;
+                }
+            }
         }
         drop(ready_tx);
         // Phase snapshots must see every vCPU thread's clock and tracepoints.
         for _ in 0..threads.len() {
-            let _ = ready_rx.recv();
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(HvError::Thread(e));
+                }
+                Err(_) => {
+                    failure.get_or_insert(HvError::Thread("a vCPU thread died in setup".into()));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            // No guest instruction has run; the threads end at once on `false`.
+            control.finish(RunStatus::Stopped(format!("start failed: {e}")));
+            for g in &go {
+                let _ = g.send(false);
+            }
+            for (i, t) in threads.into_iter().enumerate() {
+                let _ = t.join();
+                control.never_started(i);
+            }
+            return Err(e);
+        }
+        for g in &go {
+            let _ = g.send(true);
         }
         Ok(RunningPartition {
             index: self.cfg.index,
@@ -567,6 +617,31 @@ impl Partition {
             device_notes: self.device_notes,
             enlightenments: self.enlightenments,
         })
+    }
+}
+
+/// Drops a partition's devices (stopping their workers) on a thread of its own and waits up
+/// to `grace` for that; true when they were released in time. A worker that never stops
+/// cannot block the caller: its thread is left behind, holding what it holds.
+fn release_devices(
+    keep_alive: Vec<Box<dyn std::any::Any + Send>>,
+    index: u32,
+    grace: Duration,
+) -> bool {
+    if keep_alive.is_empty() {
+        return true;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("p{index}-release"))
+        .spawn(move || {
+            drop(keep_alive);
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => rx.recv_timeout(grace).is_ok(),
+        // No thread for it: the failed spawn dropped the closure, devices included, here.
+        Err(_) => true,
     }
 }
 
@@ -640,26 +715,66 @@ impl RunningPartition {
 
     /// Waits until the guest ends the run or `deadline` passes (then: timeout), and collects
     /// the outcome. `limit` is the timeout reported.
+    ///
+    /// Returns by `deadline + limits::VCPU_EXIT_GRACE` (plus the time to read the counters)
+    /// whatever the guest or a device does: a vCPU thread that does not leave within the grace
+    /// period (stuck inside a device, e.g. on its lock) is detached and the status becomes
+    /// `RunStatus::DeviceStuck`. What that thread still references (buses, devices, the meter,
+    /// its VcpuFd and with it the VM) stays alive through its `Arc`s until it leaves, if ever;
+    /// guest memory stays mapped as long as any clone of it lives. The partition's devices are
+    /// then dropped on a separate thread, so a worker whose drop blocks on the stuck device
+    /// cannot block this one either.
     pub fn wait(self, deadline: Instant, limit: Duration) -> PartitionOutcome {
-        let status = self.control.wait(deadline, limit);
+        let mut status = self.control.wait(deadline, limit);
         let wall = self.started.elapsed();
-        let mut status = status;
+        let stuck = self
+            .control
+            .wait_threads_left(Instant::now() + crate::limits::VCPU_EXIT_GRACE);
         for (i, t) in self.threads.into_iter().enumerate() {
-            if t.join().is_err() && status.is_ok() {
+            if stuck.contains(&i) {
+                // Detached: dropping the handle does not wait for the thread.
+                drop(t);
+            } else if t.join().is_err() && status.is_ok() {
                 status = RunStatus::VcpuThreadPanicked { vcpu: i as u32 };
             }
         }
-        // Device workers stop (and file-backed disks sync) before the outcome is read, so a
-        // clean exit leaves every completed write in the image and their remarks in the notes.
-        drop(self.keep_alive);
-        let mut notes = self.meter.notes();
-        notes.extend(self.device_notes.snapshot());
-        if let Some(e) = &self.enlightenments {
-            notes.extend(e.take_notes());
+        let mut extra_notes = Vec::new();
+        if let Some(&first) = stuck.first() {
+            status = RunStatus::DeviceStuck {
+                vcpu: first as u32,
+                threads: stuck.len() as u32,
+                after: Box::new(status),
+            };
+            // The stuck vCPU may hold a device lock a worker's drop needs: do not wait.
+            release_devices(self.keep_alive, self.index, Duration::ZERO);
+        } else if !release_devices(self.keep_alive, self.index, crate::limits::VCPU_EXIT_GRACE) {
+            // Device workers stop (and file-backed disks sync) before the outcome is read, so
+            // a clean exit leaves every completed write in the image and their remarks in the
+            // notes; a worker that does not stop within the grace is left behind.
+            status = RunStatus::WorkerStuck {
+                after: Box::new(status),
+            };
         }
-        let (console, console_dropped) = {
-            let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
-            (c.text(), c.dropped)
+        if let Some(e) = &self.enlightenments {
+            extra_notes.extend(e.take_notes());
+        }
+        let notes = crate::limits::merge_notes(
+            &[&self.meter.bounded_notes(), &self.device_notes.bounded()],
+            extra_notes,
+        );
+        // A stuck vCPU may hold the console (a console device stuck mid-write): do not wait
+        // for it then.
+        let (console, console_dropped) = match self.console.0.try_lock() {
+            Ok(c) => (c.text(), c.dropped),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let c = p.into_inner();
+                (c.text(), c.dropped)
+            }
+            Err(std::sync::TryLockError::WouldBlock) if stuck.is_empty() => {
+                let c = self.console.0.lock().unwrap_or_else(|p| p.into_inner());
+                (c.text(), c.dropped)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => (String::new(), 0),
         };
         PartitionOutcome {
             index: self.index,

@@ -10,7 +10,8 @@ use crate::devices::{self, DeviceOptions, DeviceVariant};
 use crate::enlightenments::EnlightenmentSet;
 use crate::error::HvError;
 use crate::guest_output::{self, GuestReport};
-use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome};
+use crate::limits::{self, LimitError, MAX_PARTITIONS, MAX_RECORDS_PER_RUN, ResourceAsk};
+use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome, RunningPartition};
 use crate::record::{HostInfo, RecordStatus, RunRecord, SCHEMA_VERSION};
 use crate::status::RunStatus;
 use crate::vcpu::UnmappedPolicy;
@@ -195,8 +196,17 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
             info.name, info.min_vcpus
         )));
     }
-    if req.partitions == 0 || req.partitions > 64 {
-        return Err(HvError::Config("--partitions must be 1..=64".into()));
+    if req.partitions == 0 || req.partitions > MAX_PARTITIONS {
+        return Err(HvError::Limit(LimitError::Partitions {
+            asked: req.partitions,
+            max: MAX_PARTITIONS,
+        }));
+    }
+    if let Some(cpus) = &req.cpus {
+        let allowed = limits::allowed_cpus().map_err(|e| {
+            HvError::Config(format!("cannot read this process's CPU affinity: {e}"))
+        })?;
+        limits::check_cpus(cpus, &allowed).map_err(|e| HvError::Config(format!("--cpus: {e}")))?;
     }
     Ok(info)
 }
@@ -265,6 +275,15 @@ impl RunResult {
 /// Runs the request: builds every partition, starts them together, waits for all.
 pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult, HvError> {
     let info = validate(req)?;
+    limits::ensure_host_resources(
+        kvm,
+        &ResourceAsk {
+            partitions: req.partitions,
+            vcpus: req.vcpus,
+            mem_bytes: req.mem_bytes,
+            tracepoints: req.tracepoints,
+        },
+    )?;
     let image: &[u8] = req.image.as_deref().unwrap_or(crate::GUEST_IMAGE);
     let mut built = Vec::with_capacity(req.partitions as usize);
     for index in 0..req.partitions {
@@ -299,10 +318,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         devices::attach(&mut p, &req.devices, info.devices)?;
         built.push(p);
     }
-    let mut running = Vec::with_capacity(built.len());
-    for p in built {
-        running.push(p.start()?);
-    }
+    let running = start_all(built)?;
     let deadline = Instant::now() + req.timeout;
     let mut partitions = Vec::with_capacity(running.len());
     for r in running {
@@ -311,14 +327,58 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         partitions.push(PartitionResult { outcome, report });
     }
     let params = effective_args(info, req);
-    let records = partitions
-        .iter()
-        .flat_map(|p| records_for(req, ctx, &params, p))
-        .collect();
+    let records = cap_records(
+        partitions
+            .iter()
+            .flat_map(|p| records_for(req, ctx, &params, p))
+            .collect(),
+    );
     Ok(RunResult {
         partitions,
         records,
     })
+}
+
+/// Starts every partition; when one fails to start, the ones already running are stopped and
+/// waited for (they end as `stopped`) before the error is returned, so no guest outlives a
+/// failed run.
+pub fn start_all(built: Vec<Partition>) -> Result<Vec<RunningPartition>, HvError> {
+    let mut running: Vec<RunningPartition> = Vec::with_capacity(built.len());
+    let mut rest = built.into_iter();
+    for p in rest.by_ref() {
+        let index = p.config().index;
+        match p.start() {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                drop(rest);
+                let why = format!("partition {index} failed to start: {e}");
+                for r in &running {
+                    r.stop(&why);
+                }
+                let now = Instant::now();
+                for r in running {
+                    let _ = r.wait(now, Duration::ZERO);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// Keeps at most `limits::MAX_RECORDS_PER_RUN` records; the last one kept says how many were
+/// dropped.
+pub fn cap_records(mut records: Vec<RunRecord>) -> Vec<RunRecord> {
+    if records.len() > MAX_RECORDS_PER_RUN {
+        let dropped = records.len() - MAX_RECORDS_PER_RUN;
+        records.truncate(MAX_RECORDS_PER_RUN);
+        if let Some(last) = records.last_mut() {
+            last.notes.push(format!(
+                "{dropped} more records of this run dropped (hv keeps at most {MAX_RECORDS_PER_RUN} per run)"
+            ));
+        }
+    }
+    records
 }
 
 /// The fields every record of one run shares, whichever VMM ran it.
@@ -386,6 +446,12 @@ pub fn guest_records(
         base.notes.push(format!(
             "{} malformed result lines ignored",
             report.malformed
+        ));
+    }
+    if report.dropped > 0 {
+        base.notes.push(format!(
+            "{} result lines dropped past hv's caps (hv::limits)",
+            report.dropped
         ));
     }
     if console_dropped > 0 {
@@ -508,6 +574,34 @@ mod tests {
         req.args.clear();
         req.args.insert("iters".into(), "5 6".into());
         assert!(validate(&req).is_err());
+    }
+
+    #[test]
+    fn records_per_run_are_capped_with_a_note() {
+        let r = cap_records(vec![RunRecord::default(); MAX_RECORDS_PER_RUN + 3]);
+        assert_eq!(r.len(), MAX_RECORDS_PER_RUN);
+        assert!(r[MAX_RECORDS_PER_RUN - 1].notes[0].starts_with("3 more records"));
+        assert_eq!(cap_records(vec![RunRecord::default(); 2]).len(), 2);
+    }
+
+    #[test]
+    fn partitions_and_cpus_are_checked_against_limits() {
+        let mut req = RunRequest {
+            workload: "exit-floor".into(),
+            partitions: MAX_PARTITIONS + 1,
+            ..Default::default()
+        };
+        let e = validate(&req).unwrap_err().to_string();
+        assert!(e.contains("MAX_PARTITIONS") && e.contains("65"), "{e}");
+        req.partitions = 1;
+        let allowed = limits::allowed_cpus().unwrap();
+        req.cpus = Some(vec![allowed[0]]);
+        assert!(validate(&req).is_ok());
+        let outside = (0..4096).find(|c| !allowed.contains(c)).unwrap();
+        req.cpus = Some(vec![allowed[0], outside]);
+        let e = validate(&req).unwrap_err().to_string();
+        assert!(e.contains(&format!("CPU {outside} not available")), "{e}");
+        assert!(e.contains(&limits::format_cpu_list(&allowed)), "{e}");
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub enum RunStatus {
     VcpuThreadPanicked { vcpu: u32 },
     /// hv stopped the run (another partition failed, or the user interrupted).
     Stopped(String),
+    /// After the run ended (`after`), vCPU `vcpu` (the first of `threads` such vCPU threads)
+    /// did not leave within `limits::VCPU_EXIT_GRACE`: it is stuck inside a device (e.g.
+    /// waiting for a device lock). hv gave the thread up and went on.
+    DeviceStuck {
+        vcpu: u32,
+        threads: u32,
+        after: Box<RunStatus>,
+    },
+    /// After the run ended (`after`), the partition's device workers did not stop within
+    /// `limits::VCPU_EXIT_GRACE` (a worker stuck in its service loop); hv left them behind.
+    WorkerStuck { after: Box<RunStatus> },
 }
 
 impl RunStatus {
@@ -54,6 +65,7 @@ impl RunStatus {
             RunStatus::KvmRunError { .. } => "kvm-run-error".into(),
             RunStatus::VcpuThreadPanicked { .. } => "vcpu-thread-panicked".into(),
             RunStatus::Stopped(_) => "stopped".into(),
+            RunStatus::DeviceStuck { .. } | RunStatus::WorkerStuck { .. } => "device-stuck".into(),
         }
     }
 }
@@ -118,6 +130,20 @@ impl fmt::Display for RunStatus {
                 write!(f, "vCPU {vcpu} thread panicked (hv bug)")
             }
             RunStatus::Stopped(why) => write!(f, "stopped: {why}"),
+            RunStatus::DeviceStuck {
+                vcpu,
+                threads,
+                after,
+            } => write!(
+                f,
+                "vCPU {vcpu} stuck in a device: it did not leave within {:.1} s after the run ended ({after}); {threads} vCPU thread(s) given up",
+                crate::limits::VCPU_EXIT_GRACE.as_secs_f64()
+            ),
+            RunStatus::WorkerStuck { after } => write!(
+                f,
+                "a device worker did not stop within {:.1} s after the run ended ({after}); left behind",
+                crate::limits::VCPU_EXIT_GRACE.as_secs_f64()
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! returns with EINTR.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::bus::{Bus, DeviceAction};
 use crate::counters::exits::BusKind;
 use crate::counters::{ExitReason, Meter, VcpuExitCounters};
 use crate::enlightenments::EnlightenmentHost;
+use crate::limits::MMIO_LOG_LIMIT;
 use crate::status::RunStatus;
 
 /// What happens on an access to an address no device claims.
@@ -40,9 +42,28 @@ thread_local! {
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let run = KVM_RUN.with(|r| r.get());
     if !run.is_null() {
-        // SAFETY: the pointer is this thread's own kvm_run mapping, set by the vCPU loop while
-        // its VcpuFd is alive and cleared before it is dropped; a u8 store is async-signal-safe.
-        unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        // SAFETY: a non-null pointer is this thread's own kvm_run mapping: `KvmRunGuard` sets
+        // it while the thread's VcpuFd is alive and clears it (also on unwind) before the fd
+        // is dropped. The write goes through a raw pointer (no `&mut` that could alias the
+        // run loop's own borrow of `kvm_run`); a volatile u8 store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+    }
+}
+
+/// Publishes this thread's `kvm_run` to the kick handler while it lives; clears it on drop,
+/// including when the run loop unwinds, so the handler never sees a dangling mapping.
+struct KvmRunGuard;
+
+impl KvmRunGuard {
+    fn set(run: *mut kvm_run) -> KvmRunGuard {
+        KVM_RUN.with(|r| r.set(run));
+        KvmRunGuard
+    }
+}
+
+impl Drop for KvmRunGuard {
+    fn drop(&mut self) {
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
     }
 }
 
@@ -65,31 +86,92 @@ fn install_kick_handler() -> Result<(), String> {
     }
 }
 
+/// One vCPU thread's entry in [`RunControl`]'s list.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Set by the thread itself when it starts, cleared by it before it exits: signals go only
+    /// to threads listed here, under the list's lock, so never to an exited (or joined) thread.
+    pthread: Option<libc::pthread_t>,
+    /// The thread has left (or never started): `wait` may join it without blocking.
+    exited: bool,
+}
+
 /// Shared stop/status state of one partition's run.
 #[derive(Debug)]
 pub struct RunControl {
     stop: AtomicBool,
     status: Mutex<Option<RunStatus>>,
     done: Condvar,
-    threads: Mutex<Vec<libc::pthread_t>>,
+    threads: Mutex<Vec<Slot>>,
+    /// Notified each time a vCPU thread leaves.
+    left: Condvar,
+}
+
+/// Held by a vCPU thread from its first instruction: lists the thread for signals and, when
+/// dropped (normal exit or unwind), unlists it and reports that it left.
+pub(crate) struct ThreadSlot {
+    control: Arc<RunControl>,
+    index: usize,
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        let mut t = self.control.lock_threads();
+        if let Some(s) = t.get_mut(self.index) {
+            s.pthread = None;
+            s.exited = true;
+        }
+        self.control.left.notify_all();
+    }
 }
 
 impl RunControl {
-    pub(crate) fn new() -> Result<RunControl, String> {
+    /// Control for a partition with `vcpus` vCPU threads.
+    pub(crate) fn new(vcpus: usize) -> Result<RunControl, String> {
         install_kick_handler()?;
         Ok(RunControl {
             stop: AtomicBool::new(false),
             status: Mutex::new(None),
             done: Condvar::new(),
-            threads: Mutex::new(Vec::new()),
+            threads: Mutex::new(vec![Slot::default(); vcpus]),
+            left: Condvar::new(),
         })
     }
 
-    pub(crate) fn add_thread(&self, t: libc::pthread_t) {
-        self.threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(t);
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called first thing on vCPU thread `index`: lists it for kicks until the returned
+    /// guard drops.
+    pub(crate) fn enter_thread(self: &Arc<Self>, index: usize) -> ThreadSlot {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if let Some(s) = self.lock_threads().get_mut(index) {
+            s.pthread = Some(me);
+        }
+        ThreadSlot {
+            control: self.clone(),
+            index,
+        }
+    }
+
+    /// Marks vCPU thread `index` as gone without it having run (its spawn failed).
+    pub(crate) fn never_started(&self, index: usize) {
+        if let Some(s) = self.lock_threads().get_mut(index) {
+            s.exited = true;
+        }
+    }
+
+    /// Sends the kick signal to vCPU thread `index` if it is still listed. Call with the list
+    /// locked.
+    fn signal(threads: &[Slot], index: usize) {
+        if let Some(t) = threads.get(index).and_then(|s| s.pthread) {
+            // SAFETY: `t` is listed, and a thread unlists itself (under this lock, which the
+            // caller holds) before it exits, so `t` names a live thread: it has not exited,
+            // so it cannot have been joined or its id reused.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
     }
 
     /// True once the run has an outcome.
@@ -108,26 +190,20 @@ impl RunControl {
             self.stop.store(true, Ordering::SeqCst);
             self.done.notify_all();
         }
-        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        for &t in threads.iter() {
-            // SAFETY: `t` is a vCPU thread of this partition that has not been joined yet
-            // (joins happen only after `finish`); signalling an exited but unjoined thread is
-            // harmless.
-            unsafe { libc::pthread_kill(t, kick_signal()) };
+        let threads = self.lock_threads();
+        for i in 0..threads.len() {
+            Self::signal(&threads, i);
         }
     }
 
     /// Kicks vCPU `index` (start order) out of KVM_RUN without ending the run: its loop sees
     /// an EINTR and goes round again (enlightenments use this to act before it re-enters).
     pub(crate) fn kick(&self, index: usize) {
-        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&t) = threads.get(index) {
-            // SAFETY: as in `finish`: a vCPU thread of this partition that is not joined yet.
-            unsafe { libc::pthread_kill(t, kick_signal()) };
-        }
+        Self::signal(&self.lock_threads(), index);
     }
 
-    /// Waits for an outcome until `deadline`; past it, ends the run as timed out.
+    /// Waits for an outcome until `deadline`; past it, ends the run as timed out. Takes only
+    /// this control's own status lock, never a device's, so a stuck device cannot delay it.
     pub fn wait(&self, deadline: Instant, limit: Duration) -> RunStatus {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -144,6 +220,29 @@ impl RunControl {
             s = self
                 .done
                 .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// After the run has ended: waits until every vCPU thread has left or `until` passes, and
+    /// returns the indexes of those still inside (stuck, e.g. on a device lock).
+    pub(crate) fn wait_threads_left(&self, until: Instant) -> Vec<usize> {
+        let mut t = self.lock_threads();
+        loop {
+            let stuck: Vec<usize> = t
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.exited)
+                .map(|(i, _)| i)
+                .collect();
+            let now = Instant::now();
+            if stuck.is_empty() || now >= until {
+                return stuck;
+            }
+            t = self
+                .left
+                .wait_timeout(t, until - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -167,14 +266,12 @@ pub(crate) struct VcpuRunner {
 }
 
 /// Remembers which unmapped addresses were already reported, so a flooding guest produces
-/// one note per address, not one per access.
+/// one note per address, not one per access (and the meter caps the notes themselves).
 #[derive(Debug)]
 pub struct UnmappedLog {
     ports: Box<[AtomicU64]>,
-    mmio: Mutex<Vec<u64>>,
+    mmio: Mutex<HashSet<u64>>,
 }
-
-const MMIO_LOG_LIMIT: usize = 64;
 
 impl Default for UnmappedLog {
     fn default() -> Self {
@@ -195,11 +292,10 @@ impl UnmappedLog {
     /// True the first time `addr` is seen (up to a bound).
     fn first_mmio(&self, addr: u64) -> bool {
         let mut seen = self.mmio.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(&addr) || seen.len() >= MMIO_LOG_LIMIT {
+        if seen.len() >= MMIO_LOG_LIMIT {
             return false;
         }
-        seen.push(addr);
-        true
+        seen.insert(addr)
     }
 }
 
@@ -239,7 +335,10 @@ impl VcpuRunner {
     /// Runs the guest until the partition's run ends. Never panics on guest behaviour.
     pub fn run(mut self) {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
-        KVM_RUN.with(|r| r.set(run_ptr));
+        // Dropped before `self.fd` (locals drop before parameters), also on unwind.
+        let _kvm_run = KvmRunGuard::set(run_ptr);
+        // Userspace exits so far (KVM_RUN returning an exit), for `max_exits`: EINTR and
+        // EAGAIN returns are not exits (kicks and signals cause them).
         let mut exits: u64 = 0;
         let entry_hooks = self
             .enlightenments
@@ -254,7 +353,6 @@ impl VcpuRunner {
                     break Some(RunStatus::ExitLimit(limit));
                 }
             }
-            exits += 1;
             let index = self.index;
             // Enlightenments: a pending TLB flush happens here, before the guest runs again.
             if let Some(e) = &entry_hooks {
@@ -263,6 +361,9 @@ impl VcpuRunner {
             let result = self.fd.run();
             if let Some(e) = &entry_hooks {
                 e.after_exit(index);
+            }
+            if result.is_ok() {
+                exits += 1;
             }
             let stop = match result {
                 Ok(exit) => match exit {
@@ -443,9 +544,67 @@ impl VcpuRunner {
             }
             o => o,
         };
-        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
         if let Some(s) = outcome {
             self.control.finish(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kicks_and_finish_race_threads_that_exit_and_are_joined() {
+        // vCPU-like threads leave at different times while other threads kick and finish,
+        // and the owner joins them in order as soon as they leave: no signal may go to a
+        // thread that has exited (before the fix that was pthread_kill on a joined thread).
+        for round in 0..200u64 {
+            let control = Arc::new(RunControl::new(4).unwrap());
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let c = control.clone();
+                    std::thread::spawn(move || {
+                        let _slot = c.enter_thread(i);
+                        std::thread::sleep(Duration::from_micros((round * 7 + i as u64 * 13) % 50));
+                    })
+                })
+                .collect();
+            let kicker = {
+                let c = control.clone();
+                std::thread::spawn(move || {
+                    for k in 0..200 {
+                        c.kick(k % 4);
+                    }
+                    c.finish(RunStatus::Stopped("test".into()));
+                })
+            };
+            for h in handles {
+                h.join().unwrap();
+            }
+            control.finish(RunStatus::GuestExit(0));
+            kicker.join().unwrap();
+            assert!(control.wait_threads_left(Instant::now()).is_empty());
+        }
+    }
+
+    #[test]
+    fn threads_that_do_not_leave_are_reported_after_the_grace() {
+        let control = Arc::new(RunControl::new(2).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let c = control.clone();
+        let stuck = std::thread::spawn(move || {
+            let _slot = c.enter_thread(1);
+            let _ = rx.recv();
+        });
+        control.never_started(0);
+        control.finish(RunStatus::GuestExit(0));
+        let t0 = Instant::now();
+        let left = control.wait_threads_left(Instant::now() + Duration::from_millis(100));
+        assert_eq!(left, vec![1]);
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        drop(tx);
+        stuck.join().unwrap();
+        assert!(control.wait_threads_left(Instant::now()).is_empty());
     }
 }

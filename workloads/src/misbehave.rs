@@ -6,11 +6,18 @@ use crate::{Param, WorkloadInfo};
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "misbehave",
     summary: "hostile or broken guest behaviour for robustness tests",
-    params: &[Param {
-        key: "how",
-        default: "ud",
-        help: "ud | pf | gp | triple | spin-cli | hlt-cli | port-flood | mmio-flood | exit=N | panic",
-    }],
+    params: &[
+        Param {
+            key: "how",
+            default: "ud",
+            help: "ud | pf | gp | triple | spin-cli | hlt-cli | port-flood | mmio-flood | exit=N | panic | note-flood | out=PORT",
+        },
+        Param {
+            key: "count",
+            default: "2000",
+            help: "note-flood: unmatched phase ends, one-op phases and skip lines (each)",
+        },
+    ],
     min_vcpus: 1,
     devices: &[],
     host_features: &[],
@@ -62,10 +69,38 @@ pub fn run(ctx: &mut hvlab_guest_rt::Ctx) -> Result<(), hvlab_guest_rt::Fail> {
             cpu::mmio_write32(0xe000_0000, 0);
         },
         "panic" => panic!("misbehave asked for a panic"),
+        "note-flood" => {
+            // Everything a guest can make hv remember: one unmapped-port note per port (all
+            // 65,536 read once; reads, so the exit port cannot end the run), unmatched phase
+            // ends, many one-op phases and skip lines. hv must keep all of it bounded.
+            let count = ctx.args.u64_or("count", 2000)?;
+            for port in 0..=u16::MAX {
+                let _ = cpu::inb(port);
+            }
+            for i in 0..count {
+                hv::phase_end(0x10_0000 + i as u32);
+            }
+            for _ in 0..count {
+                let p = hvlab_guest_rt::phase::begin("one-op");
+                p.end(1).report(&[], None);
+            }
+            for i in 0..count {
+                hvlab_guest_rt::println!("HVLAB rec=skip name=s{i} reason=flood");
+            }
+            return Ok(());
+        }
         other => {
             if let Some(code) = other.strip_prefix("exit=") {
                 let code = hvlab_guest_rt::args::parse_u64(code).ok_or(Fail::BadArg("how"))?;
                 hv::exit(code as u32);
+            }
+            if let Some(port) = other.strip_prefix("out=") {
+                // One byte to PORT, then a clean exit (tests attach a device there).
+                let port = hvlab_guest_rt::args::parse_u64(port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or(Fail::BadArg("how"))?;
+                cpu::outb(port, 0);
+                return Ok(());
             }
             return Err(Fail::BadArg("how"));
         }

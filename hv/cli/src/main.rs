@@ -149,7 +149,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             .map(hv::units::parse_cpu_list)
             .transpose()
             .context("--cpus")?,
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout: parse_timeout(a.timeout)?,
         unmapped: if a.unmapped_fatal {
             hv::vcpu::UnmappedPolicy::Fatal
         } else {
@@ -180,6 +180,17 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             None => None,
         },
     })
+}
+
+/// `--timeout` seconds as a duration: positive and finite (from_secs_f64 would panic).
+fn parse_timeout(secs: f64) -> Result<Duration> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(HvError::Config(format!(
+            "--timeout {secs}: expected a positive number of seconds"
+        ))
+        .into()),
+    }
 }
 
 fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {

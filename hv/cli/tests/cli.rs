@@ -87,3 +87,19 @@ fn suite_dry_run_plans_the_default_matrix() {
     assert!(last.ends_with(" runs"), "{last}");
     assert!(out.lines().count() > 10);
 }
+
+#[test]
+fn cpus_outside_the_affinity_mask_and_bad_limits_are_refused() {
+    let (code, _, err) = hv(&["run", "misbehave", "--cpus", "1023", "--", "how=exit=0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("CPU 1023 not available") && err.contains("may run on CPUs"),
+        "{err}"
+    );
+    let (code, _, err) = hv(&["run", "misbehave", "--partitions", "65"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("MAX_PARTITIONS"), "{err}");
+    let (code, _, err) = hv(&["run", "misbehave", "--timeout=-1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+}

@@ -266,7 +266,11 @@ impl Selection {
         out.resize(self.words, 0);
         let bytes = self.words * 8;
         // Read straight into the u64 buffer: the kernel writes native-endian u64s.
-        let got = pread_retry(file, out.as_mut_ptr().cast::<u8>(), bytes, self.file_offset)?;
+        // SAFETY: `out` holds exactly `self.words` u64s, i.e. `bytes` initialised bytes, which
+        // this byte view covers exactly; u8 has no alignment requirement and every byte
+        // pattern is a valid u64, and `out` is not used while the view lives.
+        let view = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
+        let got = pread_retry(file, view, self.file_offset)?;
         if got != bytes {
             return Err(StatsError::ShortRead {
                 offset: self.file_offset,
@@ -284,20 +288,14 @@ impl Selection {
     }
 }
 
-/// `pread` into a raw buffer, retrying on EINTR.
-fn pread_retry(file: &File, buf: *mut u8, len: usize, offset: u64) -> Result<usize, StatsError> {
-    let off = libc::off_t::try_from(offset)
-        .map_err(|_| StatsError::Malformed(format!("file offset {offset} out of range")))?;
+/// One `pread` into `buf` (a single call, so the kernel's snapshot of the stats is
+/// consistent), retrying on EINTR.
+fn pread_retry(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, StatsError> {
     loop {
-        // SAFETY: `buf` points to `len` writable bytes (callers pass a Vec<u64> buffer of
-        // exactly len / 8 elements), and `file` is an open fd for the duration of the call.
-        let n = unsafe { libc::pread(file.as_raw_fd(), buf.cast(), len, off) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(StatsError::Read(err));
+        match file.read_at(buf, offset) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StatsError::Read(e)),
         }
     }
 }

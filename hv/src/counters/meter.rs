@@ -10,10 +10,8 @@ use super::kvm_stats::KvmStatsReader;
 use super::tracepoints::ThreadTracepoints;
 use crate::record::CpuTime;
 
-/// Phases a guest may open at once / report in total; beyond these, markers are ignored with a
-/// note (the guest controls the markers, so hv bounds what it keeps).
-const MAX_OPEN_PHASES: usize = 64;
-const MAX_PHASES: usize = 4096;
+// The guest controls the markers, so hv bounds what it keeps (caps in `crate::limits`).
+use crate::limits::{BoundedNotes, MAX_NOTES, MAX_OPEN_PHASES, MAX_PHASES};
 
 /// Counter deltas of one phase.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,7 +75,7 @@ pub struct Meter {
     kvm_vm: Option<KvmStatsReader>,
     threads: Mutex<Threads>,
     book: Mutex<Book>,
-    notes: Mutex<Vec<String>>,
+    notes: Mutex<BoundedNotes>,
     sources: Mutex<Vec<std::sync::Arc<dyn CounterSource>>>,
 }
 
@@ -111,7 +109,7 @@ impl Meter {
             kvm_vm,
             threads: Mutex::default(),
             book: Mutex::default(),
-            notes: Mutex::default(),
+            notes: Mutex::new(BoundedNotes::new(MAX_NOTES)),
             sources: Mutex::default(),
         }
     }
@@ -147,16 +145,19 @@ impl Meter {
         lock(&self.sources).push(source);
     }
 
-    /// Adds a remark to the run's records (deduplicated).
+    /// Adds a remark to the run's records (deduplicated; at most `limits::MAX_NOTES`, the rest
+    /// counted).
     pub fn note(&self, msg: String) {
-        let mut n = lock(&self.notes);
-        if !n.contains(&msg) {
-            n.push(msg);
-        }
+        lock(&self.notes).add(msg);
     }
 
-    /// The remarks so far.
+    /// The remarks so far, without the "more suppressed" line (see `bounded_notes`).
     pub fn notes(&self) -> Vec<String> {
+        lock(&self.notes).kept().to_vec()
+    }
+
+    /// The remarks so far with their suppressed count.
+    pub fn bounded_notes(&self) -> BoundedNotes {
         lock(&self.notes).clone()
     }
 
@@ -381,5 +382,42 @@ mod tests {
         m.phase_end(3);
         assert!(m.phases().is_empty());
         assert_eq!(m.notes().len(), 1);
+    }
+
+    fn bare_meter() -> Meter {
+        Meter::new(
+            vec![Arc::new(VcpuExitCounters::new(0, 0))],
+            &[],
+            &[],
+            vec![],
+            None,
+        )
+    }
+
+    #[test]
+    fn notes_from_unmatched_ends_are_capped() {
+        let m = bare_meter();
+        for id in 0..10_000 {
+            m.phase_end(id);
+        }
+        let n = m.bounded_notes();
+        assert_eq!(n.kept().len(), MAX_NOTES);
+        assert_eq!(n.suppressed(), 10_000 - MAX_NOTES as u64);
+    }
+
+    #[test]
+    fn open_and_total_phases_are_capped() {
+        let m = bare_meter();
+        for id in 0..(MAX_OPEN_PHASES as u32 + 10) {
+            m.phase_begin(id);
+        }
+        assert_eq!(lock(&m.book).open.len(), MAX_OPEN_PHASES);
+        let m = bare_meter();
+        for id in 0..(MAX_PHASES as u32 + 10) {
+            m.phase_begin(id);
+            m.phase_end(id);
+        }
+        assert_eq!(m.phases().len(), MAX_PHASES);
+        assert!(m.notes().iter().any(|n| n.contains("later ones dropped")));
     }
 }

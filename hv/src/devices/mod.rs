@@ -13,30 +13,37 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::HvError;
+use crate::limits::{BoundedNotes, MAX_DEVICE_NOTES};
 use crate::partition::Partition;
 use disk::Disk;
 use emulated::ata::{ATA_BASE, ATA_CONTROL, AtaCommandBlock, AtaControlBlock, AtaCore};
 use synthetic::{DeviceState, MMIO_SIZE, Tuning};
 
-/// Most remarks a partition's devices keep (a hostile guest must not grow hv's memory).
-const MAX_NOTES: usize = 64;
-
 /// Where devices report remarks (errors a guest caused, counters) for the run's notes. Each
-/// distinct message is kept once.
-#[derive(Debug, Clone, Default)]
-pub struct NoteSink(Arc<Mutex<Vec<String>>>);
+/// distinct message is kept once, at most `limits::MAX_DEVICE_NOTES` of them (a hostile guest
+/// must not grow hv's memory); the rest are counted.
+#[derive(Debug, Clone)]
+pub struct NoteSink(Arc<Mutex<BoundedNotes>>);
+
+impl Default for NoteSink {
+    fn default() -> Self {
+        NoteSink(Arc::new(Mutex::new(BoundedNotes::new(MAX_DEVICE_NOTES))))
+    }
+}
 
 impl NoteSink {
-    /// Adds `msg` unless it is already there or the sink is full.
+    /// Adds `msg` unless it is already there; past the cap it is only counted.
     pub fn note(&self, msg: String) {
-        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if n.len() < MAX_NOTES && !n.contains(&msg) {
-            n.push(msg);
-        }
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).add(msg);
     }
 
     /// The remarks so far.
     pub fn snapshot(&self) -> Vec<String> {
+        self.bounded().kept().to_vec()
+    }
+
+    /// The remarks so far with their suppressed count.
+    pub fn bounded(&self) -> BoundedNotes {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -220,4 +227,22 @@ fn attach_virtio(
     partition.keep_alive(Box::new(attached.worker));
     partition.keep_alive(Box::new(irq));
     Ok(())
+}
+
+#[cfg(test)]
+mod note_sink_tests {
+    use super::*;
+
+    #[test]
+    fn device_notes_are_deduplicated_and_capped() {
+        let s = NoteSink::default();
+        for i in 0..1000 {
+            s.note(format!("queue error {i}"));
+            s.note("same".into());
+        }
+        let b = s.bounded();
+        assert_eq!(b.kept().len(), MAX_DEVICE_NOTES);
+        assert_eq!(s.snapshot().iter().filter(|n| *n == "same").count(), 1);
+        assert!(b.suppressed() > 0);
+    }
 }

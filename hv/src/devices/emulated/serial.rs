@@ -8,8 +8,8 @@ use vm_superio::{Serial, Trigger};
 use crate::bus::{BusDevice, DeviceAction};
 
 /// Console bytes kept per partition; beyond this a flooding guest's output is dropped (and
-/// counted) rather than growing hv's memory without bound.
-pub const CONSOLE_CAPTURE_LIMIT: usize = 4 << 20;
+/// counted) rather than growing hv's memory without bound. The cap lives in `crate::limits`.
+pub use crate::limits::CONSOLE_CAPTURE_BYTES as CONSOLE_CAPTURE_LIMIT;
 
 /// Where console output goes: a bounded in-memory capture, optionally echoed to stderr with a
 /// per-partition prefix.
