@@ -150,7 +150,9 @@ mod guest {
     fn mark_failed(block: u64) {
         if block < MAX_TRACKED_BLOCKS {
             // SAFETY: one vCPU runs the workload; the index is in bounds (checked above).
-            unsafe { (*core::ptr::addr_of_mut!(FAILED))[(block / 64) as usize] |= 1 << (block % 64) };
+            unsafe {
+                (*core::ptr::addr_of_mut!(FAILED))[(block / 64) as usize] |= 1 << (block % 64)
+            };
         }
     }
 
@@ -346,7 +348,11 @@ mod guest {
                             blk::S_UNSUPP => "UNSUPP",
                             _ => "unknown",
                         };
-                        print_error(format_args!("virtio-blk status={st} ({what}) slot={slot}"));
+                        // SAFETY: slot < MAX_SLOTS; the header is ours again once used.
+                        let sector = unsafe { (*core::ptr::addr_of!(HDR))[slot % MAX_SLOTS][1] };
+                        print_error(format_args!(
+                            "virtio-blk status={st} ({what}) sector={sector}"
+                        ));
                         failed |= 1 << (slot % MAX_SLOTS);
                     }
                     got += 1;

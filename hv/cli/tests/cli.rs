@@ -92,7 +92,10 @@ fn suite_dry_run_plans_the_default_matrix() {
 fn a_bad_disk_fault_spec_is_refused_with_the_grammar() {
     let (code, _, err) = hv(&["run", "blk-io", "--disk-fault", "eio@write:0"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--disk-fault") && err.contains("counts from 1"), "{err}");
+    assert!(
+        err.contains("--disk-fault") && err.contains("counts from 1"),
+        "{err}"
+    );
     let (code, _, err) = hv(&["run", "blk-io", "--disk-fault", "bogus"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("KIND@OP:WHEN"), "{err}");
@@ -154,10 +157,8 @@ fn expected_sector(lba: u64, seed: u64) -> Vec<u8> {
 #[test]
 fn data_flushed_before_hv_is_sigkilled_is_in_the_image() {
     for (device, seed) in [("synthetic", 33u32), ("emulated", 34)] {
-        let img = std::env::temp_dir().join(format!(
-            "hvlab-crash-{}-{device}.img",
-            std::process::id()
-        ));
+        let img =
+            std::env::temp_dir().join(format!("hvlab-crash-{}-{device}.img", std::process::id()));
         let _ = std::fs::remove_file(&img);
         let mut seen = String::new();
         let Some(mut child) = start_holding(device, &img, seed, &mut seen) else {

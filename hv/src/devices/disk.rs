@@ -145,13 +145,17 @@ pub struct FaultSpec {
 /// Why a `--disk-fault` spec does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FaultSpecError {
-    #[error("`{0}`: expected KIND@OP:WHEN, e.g. eio@write:3 (KIND eio|enospc|short, OP read|write|flush, WHEN N|N+|every=N|sectors=A-B)")]
+    #[error(
+        "`{0}`: expected KIND@OP:WHEN, e.g. eio@write:3 (KIND eio|enospc|short, OP read|write|flush, WHEN N|N+|every=N|sectors=A-B)"
+    )]
     Shape(String),
     #[error("unknown fault kind `{0}` (known: eio, enospc, short)")]
     Kind(String),
     #[error("unknown operation `{0}` (known: read, write, flush)")]
     Op(String),
-    #[error("bad WHEN `{0}`: expected N (the Nth), N+ (from the Nth on), every=N, or sectors=A-B / sector=A; N counts from 1")]
+    #[error(
+        "bad WHEN `{0}`: expected N (the Nth), N+ (from the Nth on), every=N, or sectors=A-B / sector=A; N counts from 1"
+    )]
     When(String),
     #[error("`short` applies to writes only")]
     ShortNotWrite,
@@ -346,7 +350,13 @@ fn ofd_lock(file: &File, readonly: bool) -> std::io::Result<()> {
     fl.l_len = 0; // to the end, however the file grows
     fl.l_pid = 0; // must be 0 for OFD locks
     // SAFETY: the fd is open for the life of `file`; fcntl reads `fl`, which outlives the call.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl as *const libc::flock) };
+    let rc = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            &fl as *const libc::flock,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -614,8 +624,7 @@ impl Disk {
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.stats.reads += 1;
         let r = self.range(offset, buf.len())?;
-        if let Some(spec) = self.fault(FaultOp::Read, self.stats.reads, offset, buf.len() as u64)
-        {
+        if let Some(spec) = self.fault(FaultOp::Read, self.stats.reads, offset, buf.len() as u64) {
             return Err(DiskError::Injected {
                 spec,
                 source: spec.error(None),
@@ -786,7 +795,10 @@ mod tests {
         assert!(matches!(err("eio@write:0"), FaultSpecError::When(_)));
         assert!(matches!(err("eio@write:x"), FaultSpecError::When(_)));
         assert!(matches!(err("eio@write:every=0"), FaultSpecError::When(_)));
-        assert!(matches!(err("eio@write:sectors=9-3"), FaultSpecError::When(_)));
+        assert!(matches!(
+            err("eio@write:sectors=9-3"),
+            FaultSpecError::When(_)
+        ));
         assert_eq!(err("short@read:1"), FaultSpecError::ShortNotWrite);
         assert_eq!(err("eio@flush:sectors=1-2"), FaultSpecError::FlushSectors);
         assert!(err("eio").to_string().contains("KIND@OP:WHEN"));
@@ -831,7 +843,10 @@ mod tests {
         let reads: Vec<bool> = (0..6).map(|_| d.read_at(0, &mut b).is_ok()).collect();
         assert_eq!(reads, [true, false, true, false, true, false]);
         assert!(d.write_at(9 * 512, &[1; 512]).is_ok());
-        assert!(d.write_at(9 * 512, &[1; 1024]).is_err(), "overlaps sector 10");
+        assert!(
+            d.write_at(9 * 512, &[1; 1024]).is_err(),
+            "overlaps sector 10"
+        );
         assert!(d.write_at(11 * 512, &[1; 512]).is_err());
         assert!(d.write_at(12 * 512, &[1; 512]).is_ok());
         assert_eq!(d.stats().faults_injected, 5);
@@ -878,7 +893,11 @@ mod tests {
         let p = tmp("sync");
         let mut d = Disk::open(&p, 8192).unwrap();
         d.flush().unwrap();
-        assert_eq!(d.stats().syncs, 1, "the first flush syncs what an earlier run left");
+        assert_eq!(
+            d.stats().syncs,
+            1,
+            "the first flush syncs what an earlier run left"
+        );
         d.flush().unwrap();
         assert_eq!(d.stats().syncs, 1, "nothing written since");
         d.write_at(512, &[1; 512]).unwrap();
@@ -908,9 +927,15 @@ mod tests {
         let mut ro2 = Disk::open_with(&p, 0, true).unwrap();
         assert!(matches!(
             Disk::open(&p, 0),
-            Err(DiskError::Locked { readonly: false, .. })
+            Err(DiskError::Locked {
+                readonly: false,
+                ..
+            })
         ));
-        assert!(matches!(ro2.write_at(0, &[0; 512]), Err(DiskError::ReadOnly)));
+        assert!(matches!(
+            ro2.write_at(0, &[0; 512]),
+            Err(DiskError::ReadOnly)
+        ));
         let mut b = [0u8; 512];
         ro2.read_at(0, &mut b).unwrap();
         drop((ro1, ro2));
@@ -952,7 +977,10 @@ mod tests {
         let mut d = Disk::open(&p, 4096).unwrap();
         d.write_at(0, &[5; 512]).unwrap();
         drop(d);
-        assert!(matches!(Disk::open(&p, want), Err(DiskError::NoSpace { .. })));
+        assert!(matches!(
+            Disk::open(&p, want),
+            Err(DiskError::NoSpace { .. })
+        ));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
         let _ = std::fs::remove_file(&p);
     }

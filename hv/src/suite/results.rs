@@ -298,8 +298,7 @@ mod tests {
         assert_eq!(names, vec![MANIFEST.to_string()], "no temporary file left");
         // A write that fails midway (its temporary name is taken by a directory) leaves the
         // old manifest whole.
-        std::fs::create_dir(dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id())))
-            .unwrap();
+        std::fs::create_dir(dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id()))).unwrap();
         assert!(write_manifest(&dir, &m).is_err());
         assert_eq!(read_manifest(&dir).unwrap().run_id, "second");
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());

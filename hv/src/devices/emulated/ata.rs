@@ -505,7 +505,13 @@ impl AtaCore {
             self.fail(error::IDNF, "IDNF: transfer past the end of the disk");
             return;
         }
-        if dir == Dir::Out && self.disk.lock().unwrap_or_else(|p| p.into_inner()).readonly() {
+        if dir == Dir::Out
+            && self
+                .disk
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .readonly()
+        {
             self.fail(error::ABRT, "ABRT: write to a read-only disk");
             return;
         }
@@ -870,7 +876,11 @@ mod tests {
         let sector = |i: usize| b[i * 512..(i + 1) * 512].iter().all(|&x| x == b[i * 512]);
         assert!((0..6).all(sector));
         let first: Vec<u8> = (0..6).map(|i| b[i * 512]).collect();
-        assert_eq!(first, [0, 1, 2, 0, 0, 0], "sectors 8, 9 written; 10.. untouched");
+        assert_eq!(
+            first,
+            [0, 1, 2, 0, 0, 0],
+            "sectors 8, 9 written; 10.. untouched"
+        );
         assert_eq!(d.stats.write_errors, 1);
         assert!(notes.snapshot().iter().any(|n| n.contains("eio@write:3")));
         // The device goes on: the next write works.

@@ -371,7 +371,8 @@ mod tests {
         b.activated(F_FLUSH);
         let m = mem();
         for (i, want) in [(0u64, S_OK), (8, S_IOERR), (16, S_OK)] {
-            m.write_slice(&[i as u8 + 1; 4096], GuestAddress(DATA)).unwrap();
+            m.write_slice(&[i as u8 + 1; 4096], GuestAddress(DATA))
+                .unwrap();
             b.serve(0, &m, &request(&m, T_OUT, i, 4096));
             assert_eq!(status(&m), want, "write at sector {i}");
         }
@@ -382,7 +383,10 @@ mod tests {
         let mut raw = vec![0u8; 24 * 512];
         disk.lock().unwrap().read_at(0, &mut raw).unwrap();
         assert!(raw[..4096].iter().all(|&x| x == 1));
-        assert!(raw[4096..8192].iter().all(|&x| x == 0), "faulted request untouched");
+        assert!(
+            raw[4096..8192].iter().all(|&x| x == 0),
+            "faulted request untouched"
+        );
         assert!(raw[8192..].iter().all(|&x| x == 17));
         assert_eq!(b.stats.disk_errors, 3);
         assert!(b.stats().contains("faults_injected=3"), "{}", b.stats());
