@@ -64,12 +64,16 @@ pub struct Blk {
     scratch: Vec<u8>,
     /// The driver acked VIRTIO_BLK_F_FLUSH (else writes are write-through).
     flush_acked: bool,
+    /// The disk refuses writes (offer VIRTIO_BLK_F_RO); fixed at open.
+    readonly: bool,
 }
 
 impl Blk {
     /// A block device over `disk`.
     pub fn new(disk: SharedDisk, notes: NoteSink) -> Blk {
+        let readonly = disk.lock().unwrap_or_else(|p| p.into_inner()).readonly();
         Blk {
+            readonly,
             disk,
             notes,
             stats: BlkStats::default(),
@@ -187,12 +191,7 @@ impl VirtioBackend for Blk {
     }
 
     fn features(&self) -> u64 {
-        let ro = self
-            .disk
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .readonly();
-        F_FLUSH | if ro { F_RO } else { 0 }
+        F_FLUSH | if self.readonly { F_RO } else { 0 }
     }
 
     fn activated(&mut self, driver_features: u64) {
