@@ -137,6 +137,7 @@ fn start_holding(
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("hv ended without flushing:\n{seen}");
 }
 
