@@ -63,6 +63,16 @@ pub enum DiskError {
         /// This open asked for read-only (so the holder must be a writer).
         readonly: bool,
     },
+    /// The file system cannot lock the image.
+    #[error(
+        "disk image {path}: cannot take an OFD lock on it ({source}); hv opens images only \
+         locked, so that two users cannot write one image at once. Put it on a local file system"
+    )]
+    LockFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Creating or growing the image could need more space than the file system has.
     #[error(
         "disk image {path}: {size} bytes would need up to {need} more bytes but the file system \
@@ -487,7 +497,10 @@ impl Disk {
                     holder: openers(meta.dev(), meta.ino(), file.as_raw_fd()),
                     readonly,
                 },
-                _ => open_err(e),
+                _ => discard(DiskError::LockFailed {
+                    path: path.to_path_buf(),
+                    source: e,
+                }),
             });
         }
         let len = meta.len();
