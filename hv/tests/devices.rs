@@ -398,3 +398,236 @@ fn console_io_writes_and_reads_back_on_uart_and_virtio_console() {
         );
     }
 }
+
+// ---- Disk faults, read-only sharing and locking ----
+
+/// The sector blk-io writes at `lba` with `seed` (header magic ^ seed, lba, then a fill word).
+fn expected_sector(lba: u64, seed: u64) -> [u8; 512] {
+    let fill = (lba ^ (seed << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut s = [0u8; 512];
+    for (i, w) in s.chunks_exact_mut(8).enumerate() {
+        let v = match i {
+            0 => 0x4856_4c42_0000_0000 ^ seed,
+            1 => lba,
+            _ => fill,
+        };
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+    s
+}
+
+fn faulty_opts(variant: DeviceVariant, img: &std::path::Path, faults: &[&str]) -> DeviceOptions {
+    let mut o = opts(variant);
+    o.disk = Some(img.to_path_buf());
+    o.disk_size = 1 << 20;
+    o.disk_access.faults = faults.iter().map(|f| f.parse().unwrap()).collect();
+    o
+}
+
+/// The device stats note (`ata: ...` or `virtio-blk: chains=...`).
+fn stats_note(o: &PartitionOutcome) -> String {
+    o.notes
+        .iter()
+        .find(|n| n.contains("faults_injected="))
+        .cloned()
+        .unwrap_or_else(|| panic!("no device stats note in {:?}", o.notes))
+}
+
+fn note_count(note: &str, key: &str) -> u64 {
+    note.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {note}"))
+}
+
+#[test]
+fn an_injected_write_fault_is_seen_counted_and_touches_only_its_request() {
+    // 8 writes of 8 sectors at LBA 0, 8, ..., 56. The 3rd disk write fails: on virtio-blk that
+    // is the 3rd request (sectors 16-23, nothing written); on ATA the 3rd DRQ block, i.e.
+    // sector 2 of the first command (sectors 0-1 written, 2-7 not).
+    for (variant, bad_first, bad_written) in [
+        (DeviceVariant::Synthetic, 16u64, 0u64),
+        (DeviceVariant::Emulated, 0, 2),
+    ] {
+        let img = temp_image(&format!("wfault-{}", variant.name()));
+        let o = faulty_opts(variant, &img, &["eio@write:3"]);
+        let Some(r) = boot(&o, "blk-io rw=write count=8 seed=5 errors=count") else {
+            return;
+        };
+        assert_ok(&r);
+        let (_, w) = phase(&r, "blk-write");
+        assert_eq!(metric(&w, "io_errors"), 1, "{}", r.console);
+        let (_, v) = phase(&r, "blk-verify");
+        assert_eq!(
+            (
+                metric(&v, "io_errors"),
+                metric(&v, "skipped"),
+                metric(&v, "ops")
+            ),
+            (0, 1, 7),
+            "verify checks the 7 requests that were written"
+        );
+        assert_eq!(note_count(&stats_note(&r), "faults_injected"), 1);
+        let bytes = std::fs::read(&img).unwrap();
+        for lba in 0..(bytes.len() as u64 / 512) {
+            let got = &bytes[lba as usize * 512..][..512];
+            let in_bad = (bad_first..bad_first + 8).contains(&lba);
+            if lba >= 64 || (in_bad && lba >= bad_first + bad_written) {
+                assert!(
+                    got.iter().all(|&b| b == 0),
+                    "{variant:?}: sector {lba} untouched"
+                );
+            } else {
+                assert_eq!(got, expected_sector(lba, 5), "{variant:?}: sector {lba}");
+            }
+        }
+        let _ = std::fs::remove_file(&img);
+    }
+}
+
+#[test]
+fn without_errors_count_the_first_io_error_fails_the_run() {
+    let img = temp_image("wfault-fail");
+    let o = faulty_opts(DeviceVariant::Synthetic, &img, &["eio@read:1"]);
+    let Some(r) = boot(&o, "blk-io rw=read count=4") else {
+        return;
+    };
+    assert!(!r.status.is_ok(), "{}", r.console);
+    assert!(r.console.contains("IOERR"), "{}", r.console);
+    let _ = std::fs::remove_file(&img);
+}
+
+/// One row of the disk fault table: the fault, the device, what the guest printed for the
+/// first error, the io_errors of each phase, and what hv counted.
+fn fault_row(variant: DeviceVariant, fault: &str, args: &str) -> Option<(String, u64, u64)> {
+    let img = temp_image(&format!("table-{}", variant.name()));
+    let o = faulty_opts(variant, &img, &[fault]);
+    let r = boot(&o, &format!("blk-io {args} errors=count"))?;
+    assert_ok(&r);
+    let seen = r
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("blk-io: io error: "))
+        .unwrap_or("-")
+        .to_string();
+    let errors: u64 = ["blk-prep", "blk-read", "blk-write", "blk-verify"]
+        .iter()
+        .filter(|p| r.console.contains(&format!(" name={p} ")))
+        .map(|p| metric(&phase(&r, p).1, "io_errors") + metric(&phase(&r, p).1, "flush_errors"))
+        .sum();
+    let note = stats_note(&r);
+    let injected = note_count(&note, "faults_injected");
+    println!(
+        "| {fault} | {} | {args} | {seen} | io_errors+flush_errors={errors} | faults_injected={injected}, {} |",
+        variant.name(),
+        note.split_whitespace()
+            .filter(|w| [
+                "errors=",
+                "disk_errors=",
+                "unc=",
+                "write_errors=",
+                "aborted="
+            ]
+            .iter()
+            .any(|k| w.starts_with(k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = std::fs::remove_file(&img);
+    Some((seen, errors, injected))
+}
+
+#[test]
+fn disk_fault_table() {
+    // Every fault on both devices: what the guest saw, what it counted, what hv counted.
+    // `cargo test -p hv --test devices disk_fault_table -- --nocapture` prints the table.
+    let cases: &[(&str, &str, u64)] = &[
+        ("eio@write:3", "rw=write count=8", 1),
+        ("enospc@write:2+", "rw=write count=4 bs=512", 3),
+        ("short@write:1", "rw=write count=4 bs=4096 multiple=8", 1),
+        ("eio@read:2", "rw=read count=4 bs=512", 1),
+        ("eio@read:every=2", "rw=read count=4 bs=512", 2),
+        ("eio@flush:1", "rw=write count=2 bs=512", 1),
+        ("enospc@flush:1", "rw=write count=2 bs=512", 1),
+        (
+            "eio@write:sectors=8-15",
+            "rw=write count=4 bs=4096 multiple=8",
+            1,
+        ),
+    ];
+    println!("| fault | device | workload | guest saw (first) | guest counted | hv counted |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for variant in [DeviceVariant::Synthetic, DeviceVariant::Emulated] {
+        for &(fault, args, want) in cases {
+            let Some((seen, errors, injected)) = fault_row(variant, fault, args) else {
+                return;
+            };
+            assert_eq!(errors, want, "{fault} on {variant:?}: guest count");
+            assert_eq!(injected, want, "{fault} on {variant:?}: hv count");
+            let expect = match (variant, fault) {
+                (DeviceVariant::Synthetic, _) => "IOERR",
+                (_, f) if f.contains("@read") => "(UNC)",
+                _ => "(ABRT)",
+            };
+            assert!(seen.contains(expect), "{fault} on {variant:?}: saw {seen}");
+        }
+    }
+}
+
+#[test]
+fn two_partitions_cannot_share_a_read_write_image_but_may_share_it_read_only() {
+    let Some(kvm) = common::kvm_or_skip() else {
+        return;
+    };
+    let img = temp_image("shared");
+    let mut req = common::request("blk-io", &[("rw", "write"), ("count", "4"), ("seed", "9")]);
+    req.devices = opts(DeviceVariant::Synthetic);
+    req.devices.disk = Some(img.clone());
+    req.devices.disk_size = 1 << 20;
+    req.partitions = 2;
+    let ctx = hv::run::RecordContext::adhoc();
+    let Err(e) = hv::run::run(&kvm, &req, &ctx) else {
+        panic!("two partitions opened one image read-write");
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in use") && msg.contains(&img.display().to_string()),
+        "{msg}"
+    );
+    // One writer prepares the image; then two read-only partitions read it back together.
+    req.partitions = 1;
+    let r = hv::run::run(&kvm, &req, &ctx).expect("one writer");
+    assert!(r.ok());
+    req.partitions = 2;
+    req.args.insert("rw".into(), "read".into());
+    req.args.insert("prep".into(), "0".into());
+    req.devices.disk_access.readonly = true;
+    for variant in [DeviceVariant::Synthetic, DeviceVariant::Emulated] {
+        req.devices.variant = variant;
+        let r = hv::run::run(&kvm, &req, &ctx).expect("read-only sharing");
+        for p in &r.partitions {
+            assert!(
+                p.outcome.status.is_ok(),
+                "{variant:?}: {}",
+                p.outcome.console
+            );
+        }
+    }
+    // Read-only devices refuse writes: the guest sees the error.
+    req.partitions = 1;
+    req.args.insert("rw".into(), "write".into());
+    req.args.insert("errors".into(), "count".into());
+    for variant in [DeviceVariant::Synthetic, DeviceVariant::Emulated] {
+        req.devices.variant = variant;
+        let r = hv::run::run(&kvm, &req, &ctx).expect("read-only run");
+        let o = &r.partitions[0].outcome;
+        assert!(o.status.is_ok(), "{}", o.console);
+        assert_eq!(
+            metric(&phase(o, "blk-write").1, "io_errors"),
+            4,
+            "{}",
+            o.console
+        );
+    }
+    let _ = std::fs::remove_file(&img);
+}

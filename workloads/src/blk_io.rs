@@ -7,6 +7,14 @@
 //! Phases: `blk-prep` (writes what a read phase will read, unless `prep=0`), the measured
 //! `blk-read` / `blk-write` / `blk-mixed`, and `blk-verify` after writes. Metrics: bytes,
 //! interrupts, kicks (guest notifications), sectors. `how=` runs a hostile-guest case instead.
+//!
+//! I/O errors (virtio-blk IOERR/UNSUPP, ATA ERR) fail the run at once by default. With
+//! `errors=count` the run goes on: each phase reports `io_errors=N`, the blocks of failed
+//! requests are remembered and never checked (reads of them, and the verify phase, skip them:
+//! `skipped=N`), and a failed FLUSH is `flush_errors=1` on the verify phase. The first errors
+//! are printed as `blk-io: io error ...` lines with what the device returned. `hold=1` prints
+//! `blk-io: flushed` after the final FLUSH completed and then halts until hv ends the run (a
+//! crash test kills hv at that line).
 
 use crate::{Param, WorkloadInfo};
 
@@ -80,6 +88,16 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
             help: "ATA: always use the EXT (LBA48) commands",
         },
         Param {
+            key: "errors",
+            default: "fail",
+            help: "fail (at the first I/O error) | count (io_errors= per phase; verify skips failed blocks)",
+        },
+        Param {
+            key: "hold",
+            default: "0",
+            help: "after the final FLUSH print `blk-io: flushed` and halt (crash tests)",
+        },
+        Param {
             key: "how",
             default: "normal",
             help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m), reready-overlap, renegotiate | ata: past-end, out-of-order",
@@ -121,6 +139,47 @@ mod guest {
     static mut STATUS: [u8; MAX_SLOTS] = [0; MAX_SLOTS];
     static mut INDIRECT: [[u64; 2]; 32] = [[0; 2]; 32];
     static IRQS: AtomicU64 = AtomicU64::new(0);
+    /// I/O errors printed so far (the rest are only counted).
+    static PRINTED: AtomicU64 = AtomicU64::new(0);
+    const MAX_PRINTED: u64 = 16;
+    /// Blocks (of `bs` bytes) a request failed on, with `errors=count`: never checked.
+    const MAX_TRACKED_BLOCKS: u64 = 64 * 1024;
+    static mut FAILED: [u64; (MAX_TRACKED_BLOCKS / 64) as usize] =
+        [0; (MAX_TRACKED_BLOCKS / 64) as usize];
+
+    fn mark_failed(block: u64) {
+        if block < MAX_TRACKED_BLOCKS {
+            // SAFETY: one vCPU runs the workload; the index is in bounds (checked above).
+            unsafe {
+                (*core::ptr::addr_of_mut!(FAILED))[(block / 64) as usize] |= 1 << (block % 64)
+            };
+        }
+    }
+
+    fn failed(block: u64) -> bool {
+        block < MAX_TRACKED_BLOCKS
+            // SAFETY: as for `mark_failed`, read-only.
+            && unsafe { (*core::ptr::addr_of!(FAILED))[(block / 64) as usize] } & (1 << (block % 64)) != 0
+    }
+
+    fn ata_error_name(error: u8) -> &'static str {
+        if error & ata::ERR_UNC != 0 {
+            "UNC"
+        } else if error & ata::ERR_ABRT != 0 {
+            "ABRT"
+        } else if error & ata::ERR_IDNF != 0 {
+            "IDNF"
+        } else {
+            "other"
+        }
+    }
+
+    /// Prints one I/O error (the first MAX_PRINTED of the run).
+    fn print_error(args: core::fmt::Arguments) {
+        if PRINTED.fetch_add(1, Ordering::Relaxed) < MAX_PRINTED {
+            println!("blk-io: io error: {args}");
+        }
+    }
 
     fn on_irq(_: u8) {
         IRQS.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +241,8 @@ mod guest {
         sectors: u64,
         poll: bool,
         kicks: u64,
+        /// FLUSH negotiated (else the device writes through and T_FLUSH is not sent).
+        flush: bool,
     }
 
     impl VBlk {
@@ -197,7 +258,7 @@ mod guest {
             // SAFETY: one driver instance per run owns the ring memory.
             let ring = unsafe { &mut *core::ptr::addr_of_mut!(RING) };
             let mut q = VirtQueue::new(0, queue, ring, false);
-            let mut wanted = F_VERSION_1;
+            let mut wanted = F_VERSION_1 | blk::F_FLUSH;
             if evidx {
                 wanted |= F_EVENT_IDX;
             }
@@ -226,6 +287,7 @@ mod guest {
                 sectors,
                 poll,
                 kicks: 0,
+                flush: features & blk::F_FLUSH != 0,
             })
         }
 
@@ -266,8 +328,10 @@ mod guest {
             }
         }
 
-        /// Waits for `n` completions, recording each one's latency from `t0`.
-        fn wait(&mut self, n: usize, t0: u64, hist: &mut Histogram) -> Result<(), Fail> {
+        /// Waits for `n` completions, recording each one's latency from `t0`. Returns the
+        /// slots that completed with an error status (bit i: slot i).
+        fn wait(&mut self, n: usize, t0: u64, hist: &mut Histogram) -> Result<u64, Fail> {
+            let mut failed = 0u64;
             let mut got = 0;
             let mut idle = 0u64;
             while got < n {
@@ -279,8 +343,17 @@ mod guest {
                         core::ptr::read_volatile(core::ptr::addr_of!(STATUS[slot % MAX_SLOTS]))
                     };
                     if st != blk::S_OK {
-                        println!("blk-io: request {slot} status {st}");
-                        return Err(Fail::Check("virtio-blk request failed"));
+                        let what = match st {
+                            blk::S_IOERR => "IOERR",
+                            blk::S_UNSUPP => "UNSUPP",
+                            _ => "unknown",
+                        };
+                        // SAFETY: slot < MAX_SLOTS; the header is ours again once used.
+                        let sector = unsafe { (*core::ptr::addr_of!(HDR))[slot % MAX_SLOTS][1] };
+                        print_error(format_args!(
+                            "virtio-blk status={st} ({what}) sector={sector}"
+                        ));
+                        failed |= 1 << (slot % MAX_SLOTS);
                     }
                     got += 1;
                 }
@@ -305,7 +378,7 @@ mod guest {
                     }
                 }
             }
-            Ok(())
+            Ok(failed)
         }
     }
 
@@ -329,11 +402,13 @@ mod guest {
             }
         }
 
-        /// Runs `ops` (each `bs` bytes, buffer i at arena offset i*bs) as one batch.
-        fn batch(&mut self, ops: &[Op], bs: u64, hist: &mut Histogram) -> Result<(), Fail> {
+        /// Runs `ops` (each `bs` bytes, buffer i at arena offset i*bs) as one batch. Returns
+        /// the ops the device failed (bit i: ops[i]); errors of the transport are `Err`.
+        fn batch(&mut self, ops: &[Op], bs: u64, hist: &mut Histogram) -> Result<u64, Fail> {
             let n = bs / 512;
             match self {
                 Dev::Ata(a) => {
+                    let mut failed = 0u64;
                     for (i, op) in ops.iter().enumerate() {
                         let buf = arena(i * bs as usize);
                         let t0 = cpu::rdtsc();
@@ -343,12 +418,24 @@ mod guest {
                             a.read(op.lba, n as u32, buf)
                         };
                         hist.record(cpu::rdtsc().wrapping_sub(t0));
-                        if let Err(e) = r {
-                            println!("blk-io: ATA error {e:?} at lba {}", op.lba);
-                            return Err(Fail::Check("ATA command failed"));
+                        match r {
+                            Ok(()) => {}
+                            Err(AtaError::Device { status, error }) => {
+                                let what = ata_error_name(error);
+                                let op_name = if op.write { "write" } else { "read" };
+                                print_error(format_args!(
+                                    "ATA {op_name} lba={} status={status:#x} error={error:#x} ({what})",
+                                    op.lba
+                                ));
+                                failed |= 1 << (i % MAX_SLOTS);
+                            }
+                            Err(e) => {
+                                println!("blk-io: ATA error {e:?} at lba {}", op.lba);
+                                return Err(Fail::Check("ATA command failed"));
+                            }
                         }
                     }
-                    Ok(())
+                    Ok(failed)
                 }
                 Dev::Virtio(v) => {
                     let t0 = cpu::rdtsc();
@@ -363,15 +450,28 @@ mod guest {
             }
         }
 
-        fn flush(&mut self) -> Result<(), Fail> {
+        /// FLUSH; `Ok(false)` when the device reported an error.
+        fn flush(&mut self) -> Result<bool, Fail> {
             match self {
-                Dev::Ata(a) => a.flush().map_err(|_| Fail::Check("ATA flush failed")),
+                Dev::Ata(a) => match a.flush() {
+                    Ok(()) => Ok(true),
+                    Err(AtaError::Device { status, error }) => {
+                        print_error(format_args!(
+                            "ATA flush status={status:#x} error={error:#x} ({})",
+                            ata_error_name(error)
+                        ));
+                        Ok(false)
+                    }
+                    Err(_) => Err(Fail::Check("ATA flush failed")),
+                },
+                // Without FLUSH negotiated the device made every write stable already.
+                Dev::Virtio(v) if !v.flush => Ok(true),
                 Dev::Virtio(v) => {
                     v.submit(0, blk::T_FLUSH, 0, 0, 0);
                     v.expect(1);
                     v.kick();
                     let mut h = Histogram::default();
-                    v.wait(1, cpu::rdtsc(), &mut h)
+                    Ok(v.wait(1, cpu::rdtsc(), &mut h)? == 0)
                 }
             }
         }
@@ -446,13 +546,47 @@ mod guest {
         if !matches!(rw, "read" | "write" | "mixed") {
             return Err(Fail::BadArg("rw"));
         }
+        let count_errors = match ctx.args.str_or("errors", "fail") {
+            "fail" => false,
+            "count" => true,
+            _ => return Err(Fail::BadArg("errors")),
+        };
+        let hold = ctx.args.bool_or("hold", false)?;
         let mut dev = open(ctx)?;
         let qd = if matches!(dev, Dev::Ata(_)) { 1 } else { qd };
         let per = bs / 512;
         let blocks = (span / 512).min(dev.sectors()) / per;
-        if blocks == 0 {
+        if blocks == 0 || (count_errors && blocks > MAX_TRACKED_BLOCKS) {
             return Err(Fail::BadArg("span"));
         }
+        // Notes the ops of a batch the device failed: their blocks are never checked again.
+        // Without errors=count the first failure ends the run.
+        let settle = |ops: &[Op], mask: u64, errors: &mut u64| -> Result<(), Fail> {
+            if mask != 0 && !count_errors {
+                return Err(Fail::Check(
+                    "block I/O request failed (errors=count counts instead)",
+                ));
+            }
+            for (i, op) in ops.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *errors += 1;
+                    mark_failed(op.lba / per);
+                }
+            }
+            Ok(())
+        };
+        // The phase's metrics, plus the error counts with errors=count.
+        let report = |f: phase::Finished,
+                      base: &[(&'static str, u64)],
+                      errs: &[(&'static str, u64)],
+                      hist: Option<&Histogram>| {
+            let mut all = [("", 0u64); 12];
+            let errs = if count_errors { errs } else { &[] };
+            for (slot, m) in all.iter_mut().zip(base.iter().chain(errs)) {
+                *slot = *m;
+            }
+            f.report(&all[..(base.len() + errs.len()).min(12)], hist);
+        };
         let rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
         let mixed = Rng(seed ^ 0x5555_5555_5555_5555 | 1);
         let op_at = |i: usize, rng: &mut Rng, mixed: &mut Rng| Op {
@@ -486,16 +620,22 @@ mod guest {
         if prep && rw != "write" {
             let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
             let p = phase::begin("blk-prep");
+            let mut errors = 0;
             for b in 0..batches {
                 let (mut ops, n) = batch_ops(b, &mut r, &mut m);
                 for (i, op) in ops.iter_mut().enumerate().take(n) {
                     op.write = true;
                     stamp(arena(i * bs as usize), op.lba, per, seed);
                 }
-                dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+                let mask = dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+                settle(&ops[..n], mask, &mut errors)?;
             }
-            p.end(count as u64)
-                .report(&[("bytes", count as u64 * bs)], None);
+            report(
+                p.end(count as u64),
+                &[("bytes", count as u64 * bs)],
+                &[("io_errors", errors)],
+                None,
+            );
         }
 
         let name = match rw {
@@ -507,6 +647,7 @@ mod guest {
         let kick0 = dev.kicks();
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
         let p = phase::begin(name);
+        let (mut errors, mut skipped) = (0, 0);
         for b in 0..batches {
             let (ops, n) = batch_ops(b, &mut r, &mut m);
             for (i, op) in ops.iter().enumerate().take(n) {
@@ -514,9 +655,12 @@ mod guest {
                     stamp(arena(i * bs as usize), op.lba, per, seed);
                 }
             }
-            dev.batch(&ops[..n], bs, &mut hist)?;
+            let mask = dev.batch(&ops[..n], bs, &mut hist)?;
+            settle(&ops[..n], mask, &mut errors)?;
             for (i, op) in ops.iter().enumerate().take(n) {
-                if !op.write {
+                if !op.write && failed(op.lba / per) {
+                    skipped += 1;
+                } else if !op.write {
                     if let Err(bad) = check(arena(i * bs as usize), op.lba, per, seed) {
                         println!("blk-io: data mismatch at sector {bad}");
                         return Err(Fail::Check("read data does not match what was written"));
@@ -526,7 +670,8 @@ mod guest {
         }
         let f = p.end(count as u64);
         let irqs = IRQS.load(Ordering::Relaxed) - irq0;
-        f.report(
+        report(
+            f,
             &[
                 ("bytes", count as u64 * bs),
                 ("sectors", count as u64 * per),
@@ -534,23 +679,40 @@ mod guest {
                 ("kicks", dev.kicks() - kick0),
                 ("qd", qd as u64),
             ],
+            &[("io_errors", errors), ("skipped", skipped)],
             Some(&hist),
         );
 
         if rw != "read" {
-            if flush {
-                dev.flush()?;
+            let flushed = !flush || dev.flush()?;
+            if !flushed && !count_errors {
+                return Err(Fail::Check("FLUSH failed (errors=count counts instead)"));
+            }
+            if hold {
+                // Everything written so far is stable: a crash test may kill hv now.
+                println!("blk-io: flushed={}", u8::from(flushed));
+                loop {
+                    cpu::cli();
+                    cpu::hlt();
+                }
             }
             let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
             let p = phase::begin("blk-verify");
             let mut verified = 0u64;
+            let (mut errors, mut skipped) = (0, 0);
             for b in 0..batches {
                 let (mut ops, n) = batch_ops(b, &mut r, &mut m);
                 for op in ops.iter_mut().take(n) {
                     op.write = false;
                 }
-                dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+                let mask = dev.batch(&ops[..n], bs, &mut Histogram::default())?;
+                // A read that fails here counts, and its block is not checked.
+                settle(&ops[..n], mask, &mut errors)?;
                 for (i, op) in ops.iter().enumerate().take(n) {
+                    if failed(op.lba / per) {
+                        skipped += 1;
+                        continue;
+                    }
                     // Mixed: blocks never written hold the prep pattern (same seed) too.
                     if let Err(bad) = check(arena(i * bs as usize), op.lba, per, seed) {
                         println!("blk-io: verify mismatch at sector {bad}");
@@ -559,7 +721,16 @@ mod guest {
                     verified += 1;
                 }
             }
-            p.end(verified).report(&[("bytes", verified * bs)], None);
+            report(
+                p.end(verified),
+                &[("bytes", verified * bs)],
+                &[
+                    ("io_errors", errors),
+                    ("skipped", skipped),
+                    ("flush_errors", u64::from(!flushed)),
+                ],
+                None,
+            );
         }
         Ok(())
     }

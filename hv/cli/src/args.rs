@@ -38,6 +38,18 @@ pub struct RunArgs {
     /// Size of a created (or in-memory) disk, e.g. 64M.
     #[arg(long)]
     pub disk_size: Option<String>,
+    /// Open the disk image read-only (a shared lock: other read-only users may have it open
+    /// too). The devices refuse writes: virtio-blk offers VIRTIO_BLK_F_RO and fails writes with
+    /// IOERR, ATA aborts them. Without it an image is locked for one read-write user.
+    #[arg(long)]
+    pub disk_readonly: bool,
+    /// Inject a disk fault, `KIND@OP:WHEN` (repeatable). KIND: eio, enospc, short (a write
+    /// stores its first half, then fails). OP: read, write, flush. WHEN: N (the Nth), N+ (the
+    /// Nth and later), every=N, sectors=A-B (every access touching them). Counted per disk in
+    /// device order: one operation per virtio-blk request, one per ATA DRQ block. The guest
+    /// sees virtio-blk IOERR or ATA ERR (ABRT; UNC for reads). E.g. `--disk-fault eio@write:3`.
+    #[arg(long, value_name = "SPEC")]
+    pub disk_fault: Vec<hv::devices::disk::FaultSpec>,
     /// Block workloads: requests in flight (workload argument `qd`).
     #[arg(long)]
     pub qd: Option<u32>,

@@ -170,6 +170,10 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
                 .unwrap_or(0),
             event_idx: !a.no_event_idx,
             polling: a.polling,
+            disk_access: hv::devices::disk::DiskAccess {
+                readonly: a.disk_readonly,
+                faults: a.disk_fault.clone(),
+            },
         },
         enlightenments: EnlightenmentSet::parse(&a.enlighten)
             .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?,

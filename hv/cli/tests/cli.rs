@@ -103,3 +103,134 @@ fn cpus_outside_the_affinity_mask_and_bad_limits_are_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--timeout"), "{err}");
 }
+
+#[test]
+fn a_bad_disk_fault_spec_is_refused_with_the_grammar() {
+    let (code, _, err) = hv(&["run", "blk-io", "--disk-fault", "eio@write:0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--disk-fault") && err.contains("counts from 1"),
+        "{err}"
+    );
+    let (code, _, err) = hv(&["run", "blk-io", "--disk-fault", "bogus"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("KIND@OP:WHEN"), "{err}");
+}
+
+/// Starts `hv run blk-io` writing `count` 4 KiB blocks to `img` and holding after its FLUSH;
+/// returns the child once the guest printed that the flush completed (stderr lines so far in
+/// `seen`). `None` when the host has no /dev/kvm.
+fn start_holding(
+    device: &str,
+    img: &std::path::Path,
+    seed: u32,
+    seen: &mut String,
+) -> Option<std::process::Child> {
+    use std::io::{BufRead, BufReader};
+    if let Err(e) = hv::error::open_kvm() {
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+        .args(["run", "blk-io", "--device", device, "--disk"])
+        .arg(img)
+        .args(["--disk-size", "1M", "--console", "--timeout", "120", "--"])
+        .args(["rw=write", "count=16", "hold=1", &format!("seed={seed}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // hv ends the run by --timeout at the latest, which ends the stream.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("blk-io: flushed=1") {
+            // Keep draining stderr so hv never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return Some(child);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("hv ended without flushing:\n{seen}");
+}
+
+fn expected_sector(lba: u64, seed: u64) -> Vec<u8> {
+    let fill = (lba ^ (seed << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..64u64)
+        .flat_map(|i| {
+            match i {
+                0 => 0x4856_4c42_0000_0000 ^ seed,
+                1 => lba,
+                _ => fill,
+            }
+            .to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn data_flushed_before_hv_is_sigkilled_is_in_the_image() {
+    for (device, seed) in [("synthetic", 33u32), ("emulated", 34)] {
+        let img =
+            std::env::temp_dir().join(format!("hvlab-crash-{}-{device}.img", std::process::id()));
+        let _ = std::fs::remove_file(&img);
+        let mut seen = String::new();
+        let Some(mut child) = start_holding(device, &img, seed, &mut seen) else {
+            return;
+        };
+        // SIGKILL right after the guest saw its FLUSH complete: no clean exit, no drop.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "hv was killed, not exited"
+        );
+        let bytes = std::fs::read(&img).unwrap();
+        for lba in 0..16 * 8u64 {
+            assert_eq!(
+                &bytes[lba as usize * 512..][..512],
+                expected_sector(lba, u64::from(seed)).as_slice(),
+                "{device}: sector {lba} after SIGKILL\n{seen}"
+            );
+        }
+        // The killed hv left no lock behind.
+        drop(hv::devices::disk::Disk::open(&img, 0).expect("image reopens read-write"));
+        let _ = std::fs::remove_file(&img);
+    }
+}
+
+#[test]
+fn a_second_hv_cannot_open_an_image_in_use_and_names_the_holder() {
+    let img = std::env::temp_dir().join(format!("hvlab-lock-{}.img", std::process::id()));
+    let _ = std::fs::remove_file(&img);
+    let mut seen = String::new();
+    let Some(mut first) = start_holding("synthetic", &img, 1, &mut seen) else {
+        return;
+    };
+    let path = img.to_str().unwrap();
+    let (code, _, err) = hv(&["run", "blk-io", "--device", "emulated", "--disk", path]);
+    let (ro_code, _, ro_err) = hv(&[
+        "run",
+        "blk-io",
+        "--device",
+        "emulated",
+        "--disk-readonly",
+        "--disk",
+        path,
+    ]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("in use") && err.contains(path), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", first.id())),
+        "names the holder: {err}"
+    );
+    assert_ne!(ro_code, 0, "no reader beside a writer: {ro_err}");
+    assert!(ro_err.contains("in use"), "{ro_err}");
+    let _ = std::fs::remove_file(&img);
+}

@@ -98,6 +98,8 @@ pub struct DeviceOptions {
     pub event_idx: bool,
     /// Synthetic devices: worker polls the available ring before sleeping.
     pub polling: bool,
+    /// Block devices: read-only image, injected faults (`--disk-readonly`, `--disk-fault`).
+    pub disk_access: disk::DiskAccess,
 }
 
 /// Guest command-line words that tell the guest drivers which devices to expect and where:
@@ -151,6 +153,7 @@ pub fn attach(
             ("block", DeviceVariant::Emulated) => {
                 let disk = open_disk(opts)?;
                 let core = Arc::new(Mutex::new(AtaCore::new(disk, partition.device_notes())));
+                partition.keep_alive(Box::new(emulated::ata::StatsNote(core.clone())));
                 partition.add_pio_device(
                     "ata",
                     ATA_BASE,
@@ -191,7 +194,7 @@ pub fn attach(
 }
 
 fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {
-    let d = Disk::from_options(opts.disk.as_deref(), opts.disk_size)
+    let d = Disk::from_options(opts.disk.as_deref(), opts.disk_size, &opts.disk_access)
         .map_err(|e| HvError::Setup(e.to_string()))?;
     Ok(Arc::new(Mutex::new(d)))
 }

@@ -2,7 +2,11 @@
 //!
 //! Crash safety: all records of one run go out in a single `write` of whole lines followed by
 //! `fdatasync`. Each record carries its run's key and record count, so on resume a run that
-//! was cut short (or a torn last line) is recognised, dropped, and run again.
+//! was cut short (or a torn last line) is recognised, dropped, and run again. A new
+//! `runs.jsonl` (and a new results directory) has its directory entry synced, so the file
+//! itself survives a crash, not only its data. Whole-file rewrites (`manifest.json`, a resumed
+//! `runs.jsonl` without its torn tail) go through [`write_atomic`]: a crash leaves the old file
+//! or the new one, never a mix or nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -21,6 +25,52 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HvError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// fsyncs directory `dir`, making the entries created or renamed in it durable.
+pub fn sync_dir(dir: &Path) -> Result<(), HvError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: write a temporary file in the same
+/// directory, fsync it, rename it over the target, fsync the directory.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), HvError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
+    sync_dir(dir)
+}
+
+/// Creates `dir` (and its parents) when missing, syncing the parent of each directory
+/// created so that the new entries survive a crash.
+fn create_dir_durably(dir: &Path) -> Result<(), HvError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_durably(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    sync_dir(parent.unwrap_or(Path::new(".")))
 }
 
 /// Appends runs to `runs.jsonl`.
@@ -87,7 +137,7 @@ impl RunsWriter {
     /// (rewriting the file without a torn tail) and reports them; without, the file must not
     /// exist yet.
     pub fn open(dir: &Path, resume: bool) -> Result<(RunsWriter, Recovered), HvError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_dir_durably(dir)?;
         let path = dir.join(RUNS);
         let mut recovered = Recovered::default();
         if path.exists() {
@@ -101,21 +151,23 @@ impl RunsWriter {
             let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
             let (keep, rec) = recover(&text);
             if rec.dropped_lines > 0 {
-                let tmp = dir.join(format!("{RUNS}.tmp"));
                 let mut body = keep.join("\n");
                 if !body.is_empty() {
                     body.push('\n');
                 }
-                std::fs::write(&tmp, body).map_err(io_err(&tmp))?;
-                std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                write_atomic(dir, RUNS, body.as_bytes())?;
             }
             recovered = rec;
         }
+        let created = !path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        if created {
+            sync_dir(dir)?;
+        }
         Ok((RunsWriter { path, file }, recovered))
     }
 
@@ -137,16 +189,15 @@ impl RunsWriter {
     }
 }
 
-/// Writes `manifest.json` atomically.
+/// Writes `manifest.json` atomically and durably ([`write_atomic`]).
 pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), HvError> {
     let path = dir.join(MANIFEST);
-    let tmp = dir.join(format!("{MANIFEST}.tmp"));
     let text = serde_json::to_string_pretty(m).map_err(|e| HvError::Io {
         path: path.display().to_string(),
         source: e.into(),
     })?;
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    create_dir_durably(dir)?;
+    write_atomic(dir, MANIFEST, text.as_bytes())
 }
 
 /// Reads `manifest.json`.
@@ -220,6 +271,51 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(RUNS)).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.ends_with('\n'));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn manifest_is_replaced_atomically_and_a_failed_write_keeps_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("hvlab-manifest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Manifest {
+            run_id: "first".into(),
+            ..Default::default()
+        };
+        write_manifest(&dir.join("new"), &m).unwrap();
+        assert_eq!(read_manifest(&dir.join("new")).unwrap().run_id, "first");
+        let dir = dir.join("new");
+        let m2 = Manifest {
+            run_id: "second".into(),
+            ..Default::default()
+        };
+        write_manifest(&dir, &m2).unwrap();
+        assert_eq!(read_manifest(&dir).unwrap().run_id, "second");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![MANIFEST.to_string()], "no temporary file left");
+        // A write that fails midway (its temporary name is taken by a directory) leaves the
+        // old manifest whole.
+        std::fs::create_dir(dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id()))).unwrap();
+        assert!(write_manifest(&dir, &m).is_err());
+        assert_eq!(read_manifest(&dir).unwrap().run_id, "second");
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn each_appended_run_is_whole_on_disk_after_append_returns() {
+        let dir = std::env::temp_dir().join(format!("hvlab-runs-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut w, _) = RunsWriter::open(&dir.join("a/b"), false).unwrap();
+        let mut recs = vec![RunRecord::default(); 3];
+        w.append_run("k", &mut recs).unwrap();
+        // Read through another descriptor while the writer is still open (no buffering).
+        let text = std::fs::read_to_string(dir.join("a/b").join(RUNS)).unwrap();
+        let (keep, r) = recover(&text);
+        assert_eq!((keep.len(), r.dropped_lines), (3, 0));
+        assert!(r.done.contains("k"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,6 +22,8 @@ pub const ST_DRQ: u8 = 0x08;
 pub const ST_ERR: u8 = 0x01;
 pub const ERR_ABRT: u8 = 0x04;
 pub const ERR_IDNF: u8 = 0x10;
+/// Uncorrectable data error (a read the device could not complete).
+pub const ERR_UNC: u8 = 0x40;
 
 pub const CMD_READ: u8 = 0x20;
 pub const CMD_READ_EXT: u8 = 0x24;

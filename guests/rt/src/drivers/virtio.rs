@@ -297,6 +297,14 @@ pub mod blk {
     pub const T_FLUSH: u32 = 4;
     pub const T_GET_ID: u32 = 8;
     pub const S_OK: u8 = 0;
+    /// The request failed on the device (a host I/O error, a write to a read-only disk).
+    pub const S_IOERR: u8 = 1;
+    pub const S_UNSUPP: u8 = 2;
+    /// VIRTIO_BLK_F_RO: the disk is read-only.
+    pub const F_RO: u64 = 1 << 5;
+    /// VIRTIO_BLK_F_FLUSH: writes are write-back until a T_FLUSH (without it the device makes
+    /// each write stable before completing it).
+    pub const F_FLUSH: u64 = 1 << 9;
 }
 
 /// virtio-console device ID.

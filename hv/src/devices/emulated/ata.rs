@@ -11,9 +11,15 @@
 //!
 //! Errors follow the ATA status/error semantics: ERR in status with ABRT (unknown command, a
 //! command issued while a transfer is in progress, bad SET MULTIPLE count, MULTIPLE without a
-//! multiple count, CHS addressing), IDNF (a transfer reaching past the end of the disk), or UNC
-//! (the host I/O failed). Each kind of error is reported once in the run's notes. The device
-//! raises no interrupt (nIEN is assumed; hvlab's driver polls status).
+//! multiple count, CHS addressing, a write to a read-only disk, a failed host write or flush),
+//! IDNF (a transfer reaching past the end of the disk), or UNC (a failed host read: an
+//! uncorrectable data error, as a drive reports a bad sector). A failed transfer stops at the
+//! failing DRQ block: the blocks before it were moved, the rest of the command is not. Each
+//! kind of error is reported once in the run's notes; counts go to the stats note at the end
+//! of the run ([`StatsNote`]). The device raises no interrupt (nIEN is assumed; hvlab's driver
+//! polls status).
+//!
+//! FLUSH CACHE and FLUSH CACHE EXT complete only after the disk's flush (fdatasync) returned.
 
 use std::sync::{Arc, Mutex};
 
@@ -101,6 +107,11 @@ pub struct AtaStats {
     pub sectors_written: u64,
     pub aborted: u64,
     pub idnf: u64,
+    /// Reads that failed on the host (reported as UNC).
+    pub unc: u64,
+    /// Writes and flushes that failed on the host (reported as ABRT).
+    pub write_errors: u64,
+    pub flushes: u64,
     pub stray_data: u64,
 }
 
@@ -162,6 +173,18 @@ impl BusDevice for AtaControlBlock {
     }
 }
 
+/// Held with the partition's devices: when the run ends it puts the device's counters (and its
+/// disk's: operations, syncs, injected faults) into the run's notes.
+#[derive(Debug)]
+pub struct StatsNote(pub Arc<Mutex<AtaCore>>);
+
+impl Drop for StatsNote {
+    fn drop(&mut self) {
+        let c = lock(&self.0);
+        c.notes.note(c.summary());
+    }
+}
+
 /// Puts an ATA string (two characters per word, first character in the high byte).
 fn put_string(words: &mut [u16], s: &str) {
     let mut bytes = s.bytes().chain(std::iter::repeat(b' '));
@@ -202,6 +225,26 @@ impl AtaCore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sectors()
+    }
+
+    /// The device's and its disk's counters, for the run's notes.
+    pub fn summary(&self) -> String {
+        let s = self.stats;
+        let disk = self.disk.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        format!(
+            "ata: commands={} sectors_read={} sectors_written={} flushes={} aborted={} idnf={} \
+             unc={} write_errors={} stray_data={} {}",
+            s.commands,
+            s.sectors_read,
+            s.sectors_written,
+            s.flushes,
+            s.aborted,
+            s.idnf,
+            s.unc,
+            s.write_errors,
+            s.stray_data,
+            disk.words()
+        )
     }
 
     /// Power-on / software reset: the signature of a PATA disk in the task file.
@@ -295,6 +338,9 @@ impl AtaCore {
         if err & error::IDNF != 0 {
             self.stats.idnf += 1;
         }
+        if err & error::UNC != 0 {
+            self.stats.unc += 1;
+        }
         self.notes.note(format!("ata: ERR {why}"));
     }
 
@@ -336,10 +382,14 @@ impl AtaCore {
                 }
             }
             FLUSH_CACHE | FLUSH_CACHE_EXT => {
+                self.stats.flushes += 1;
                 let r = self.disk.lock().unwrap_or_else(|p| p.into_inner()).flush();
                 match r {
                     Ok(()) => self.ok(),
-                    Err(e) => self.fail(error::UNC, &format!("UNC: flush failed: {e}")),
+                    Err(e) => {
+                        self.stats.write_errors += 1;
+                        self.fail(error::ABRT, &format!("ABRT: flush failed: {e}"));
+                    }
                 }
             }
             SET_FEATURES => self.ok(),
@@ -455,6 +505,16 @@ impl AtaCore {
             self.fail(error::IDNF, "IDNF: transfer past the end of the disk");
             return;
         }
+        if dir == Dir::Out
+            && self
+                .disk
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .readonly()
+        {
+            self.fail(error::ABRT, "ABRT: write to a read-only disk");
+            return;
+        }
         self.xfer = Some(Transfer {
             dir,
             lba,
@@ -508,7 +568,8 @@ impl AtaCore {
                 .unwrap_or_else(|p| p.into_inner())
                 .write_at(x.lba * SECTOR_SIZE, &self.buf);
             if let Err(e) = r {
-                self.fail(error::UNC, &format!("UNC: write failed: {e}"));
+                self.stats.write_errors += 1;
+                self.fail(error::ABRT, &format!("ABRT: write failed: {e}"));
                 return;
             }
             self.stats.sectors_written += x.current;
@@ -708,7 +769,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("hvlab-ata48-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let disk = Arc::new(Mutex::new(
-            Disk::open(&path, 0x1_0000_0100 * SECTOR_SIZE).unwrap(),
+            Disk::open_sparse(&path, 0x1_0000_0100 * SECTOR_SIZE).unwrap(),
         ));
         let mut d = AtaCore::new(disk, NoteSink::default());
         lba48(&mut d, 0x1_0000_0010, 1, cmd::WRITE_SECTORS_EXT);
@@ -783,6 +844,101 @@ mod tests {
         d.device_control(0);
         assert_eq!(inb(&mut d, 7), status::DRDY | status::DSC);
         assert_eq!((inb(&mut d, 2), inb(&mut d, 3)), (1, 1), "signature");
+    }
+
+    fn faulty_dev(faults: &[&str]) -> (AtaCore, SharedDisk, NoteSink) {
+        let access = crate::devices::disk::DiskAccess {
+            readonly: false,
+            faults: faults.iter().map(|f| f.parse().unwrap()).collect(),
+        };
+        let disk = Arc::new(Mutex::new(
+            Disk::from_options(None, 64 * SECTOR_SIZE, &access).unwrap(),
+        ));
+        let notes = NoteSink::default();
+        (AtaCore::new(disk.clone(), notes.clone()), disk, notes)
+    }
+
+    #[test]
+    fn an_injected_write_fault_aborts_the_command_at_its_block() {
+        // The 3rd disk write is the 3rd sector of a 4-sector WRITE SECTORS.
+        let (mut d, disk, notes) = faulty_dev(&["eio@write:3"]);
+        lba28(&mut d, 8, 4, cmd::WRITE_SECTORS);
+        d.write(0, &[1u8; 512]);
+        d.write(0, &[2u8; 512]);
+        assert_eq!(inb(&mut d, 7) & status::DRQ, status::DRQ);
+        d.write(0, &[3u8; 512]);
+        assert_eq!(inb(&mut d, 7) & (status::ERR | status::DRQ), status::ERR);
+        assert_eq!(inb(&mut d, 1), error::ABRT);
+        // The 4th sector arrives without DRQ: ignored, not written.
+        d.write(0, &[4u8; 512]);
+        let mut b = [0u8; 6 * 512];
+        disk.lock().unwrap().read_at(7 * 512, &mut b).unwrap();
+        let sector = |i: usize| b[i * 512..(i + 1) * 512].iter().all(|&x| x == b[i * 512]);
+        assert!((0..6).all(sector));
+        let first: Vec<u8> = (0..6).map(|i| b[i * 512]).collect();
+        assert_eq!(
+            first,
+            [0, 1, 2, 0, 0, 0],
+            "sectors 8, 9 written; 10.. untouched"
+        );
+        assert_eq!(d.stats.write_errors, 1);
+        assert!(notes.snapshot().iter().any(|n| n.contains("eio@write:3")));
+        // The device goes on: the next write works.
+        lba28(&mut d, 10, 1, cmd::WRITE_SECTORS);
+        d.write(0, &[5u8; 512]);
+        assert_eq!(inb(&mut d, 7) & status::ERR, 0);
+        assert!(d.summary().contains("faults_injected=1"), "{}", d.summary());
+    }
+
+    #[test]
+    fn an_injected_read_fault_is_unc_and_a_flush_fault_abrt() {
+        let (mut d, ..) = faulty_dev(&["eio@read:2", "eio@flush:1"]);
+        lba28(&mut d, 0, 2, cmd::READ_SECTORS);
+        let mut b = [0u8; 512];
+        d.read(0, &mut b);
+        assert_eq!(inb(&mut d, 7) & (status::ERR | status::DRQ), status::ERR);
+        assert_eq!(inb(&mut d, 1), error::UNC);
+        outb(&mut d, 7, cmd::FLUSH_CACHE_EXT);
+        assert_eq!(inb(&mut d, 7) & status::ERR, status::ERR);
+        assert_eq!(inb(&mut d, 1), error::ABRT);
+        outb(&mut d, 7, cmd::FLUSH_CACHE);
+        assert_eq!(inb(&mut d, 7), status::DRDY | status::DSC);
+        assert_eq!((d.stats.unc, d.stats.write_errors), (1, 1));
+    }
+
+    #[test]
+    fn a_read_only_disk_aborts_writes_and_serves_reads() {
+        let access = crate::devices::disk::DiskAccess {
+            readonly: true,
+            faults: Vec::new(),
+        };
+        let disk = Arc::new(Mutex::new(
+            Disk::from_options(None, 64 * SECTOR_SIZE, &access).unwrap(),
+        ));
+        let mut d = AtaCore::new(disk, NoteSink::default());
+        lba28(&mut d, 0, 1, cmd::WRITE_SECTORS);
+        assert_eq!(inb(&mut d, 7) & (status::ERR | status::DRQ), status::ERR);
+        assert_eq!(inb(&mut d, 1), error::ABRT);
+        lba28(&mut d, 0, 1, cmd::READ_SECTORS);
+        assert_eq!(inb(&mut d, 7) & (status::ERR | status::DRQ), status::DRQ);
+    }
+
+    #[test]
+    fn both_flush_commands_sync_the_image() {
+        let path = std::env::temp_dir().join(format!("hvlab-ataflush-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let disk = Arc::new(Mutex::new(Disk::open(&path, 64 * SECTOR_SIZE).unwrap()));
+        let mut d = AtaCore::new(disk.clone(), NoteSink::default());
+        for c in [cmd::FLUSH_CACHE, cmd::FLUSH_CACHE_EXT] {
+            lba28(&mut d, 1, 1, cmd::WRITE_SECTORS);
+            d.write(0, &[7u8; 512]);
+            let before = disk.lock().unwrap().stats().syncs;
+            outb(&mut d, 7, c);
+            assert_eq!(inb(&mut d, 7), status::DRDY | status::DSC);
+            assert_eq!(disk.lock().unwrap().stats().syncs, before + 1, "{c:#x}");
+        }
+        drop((d, disk));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub trait VirtioBackend: Send + std::fmt::Debug {
     fn starved(&mut self, queue: usize) {
         let _ = queue;
     }
+    /// The driver set DRIVER_OK having acked `driver_features` (virtio-blk needs to know
+    /// whether FLUSH was negotiated: without it every write must be stable on completion).
+    fn activated(&mut self, driver_features: u64) {
+        let _ = driver_features;
+    }
     /// The driver reset the device.
     fn reset(&mut self) {}
     /// Counters for the run's notes, as `key=value` words.

@@ -317,6 +317,7 @@ impl DeviceState {
 
     /// DRIVER_OK: the negotiated features reach the queues and every ready queue is checked.
     fn activate(&mut self) {
+        self.backend.activated(self.driver_features);
         let event_idx = self.negotiated(feature::EVENT_IDX);
         for q in &mut self.queues {
             q.set_event_idx(event_idx);
