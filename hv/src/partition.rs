@@ -29,6 +29,7 @@ use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
 use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
 use crate::error::HvError;
+use crate::isolation::seccomp::{self, Monitor, ThreadKind};
 use crate::status::RunStatus;
 use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
 
@@ -85,6 +86,9 @@ pub struct PartitionConfig {
     /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
     /// the probe's reason, a set chosen as `all` drops it with a note.
     pub enlightenments: Option<EnlightenmentSet>,
+    /// Install seccomp filters on the vCPU and device worker threads (`hv/src/isolation`); a
+    /// call outside a thread's allowlist ends the run with `RunStatus::SeccompViolation`.
+    pub seccomp: bool,
 }
 
 impl Default for PartitionConfig {
@@ -107,6 +111,7 @@ impl Default for PartitionConfig {
             pm_timer: false,
             rtc: false,
             enlightenments: None,
+            seccomp: true,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct Partition {
     /// Enlightenment runtime (`None` when `cfg.enlightenments` is `None`) and setup notes.
     enlightenments: Option<Arc<EnlightenmentHost>>,
     enl_notes: Vec<String>,
+    /// This partition's seccomp filters (device workers find it through the VM).
+    seccomp: Arc<Monitor>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -210,6 +217,8 @@ impl Partition {
     pub fn new(kvm: &Kvm, cfg: PartitionConfig, image: &[u8]) -> Result<Partition, HvError> {
         cfg.validate()?;
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
+        let seccomp = Monitor::new(cfg.seccomp);
+        seccomp::register_vm(&vm, &seccomp);
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);
         // Enlightenments, step 1 of 3: probe the set and do the VM-level setup (before vCPUs).
@@ -401,6 +410,7 @@ impl Partition {
             keep_alive: Vec::new(),
             worker_clocks: Vec::new(),
             device_notes: NoteSink::default(),
+            seccomp,
         })
     }
 
@@ -464,7 +474,7 @@ impl Partition {
 
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
-        let control = Arc::new(RunControl::new().map_err(HvError::Thread)?);
+        let control = Arc::new(RunControl::new(self.seccomp.clone()).map_err(HvError::Thread)?);
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let counters: Vec<_> = (0..self.cfg.vcpus)
@@ -532,6 +542,7 @@ impl Partition {
             let tracepoints = self.cfg.tracepoints;
             let meter = meter.clone();
             let ready = ready_tx.clone();
+            let filter = seccomp::Target::new(&self.seccomp, format!("vCPU {i}"));
             let h = std::thread::Builder::new()
                 .name(format!("p{}-vcpu{i}", self.cfg.index))
                 .spawn(move || {
@@ -541,6 +552,7 @@ impl Partition {
                         }
                     }
                     meter.register_vcpu_thread(tracepoints);
+                    seccomp::install(ThreadKind::Vcpu, &filter);
                     let _ = ready.send(());
                     runner.run();
                 })
@@ -654,6 +666,7 @@ impl RunningPartition {
         drop(self.keep_alive);
         let mut notes = self.meter.notes();
         notes.extend(self.device_notes.snapshot());
+        notes.extend(self.control.seccomp().notes());
         if let Some(e) = &self.enlightenments {
             notes.extend(e.take_notes());
         }

@@ -38,6 +38,8 @@ pub struct RunRequest {
     pub enlightenments: EnlightenmentSet,
     /// Guest image; `None` = the embedded one.
     pub image: Option<Vec<u8>>,
+    /// seccomp filters on vCPU and device worker threads (`PartitionConfig::seccomp`).
+    pub seccomp: bool,
 }
 
 impl Default for RunRequest {
@@ -57,6 +59,7 @@ impl Default for RunRequest {
             devices: DeviceOptions::default(),
             enlightenments: EnlightenmentSet::NONE,
             image: None,
+            seccomp: true,
         }
     }
 }
@@ -288,6 +291,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             echo_console: req.echo_console,
             kvm_pv_features: 0,
             enlightenments: Some(req.enlightenments),
+            seccomp: req.seccomp,
             ..PartitionConfig::default()
         };
         apply_host_features(info, &mut cfg);

@@ -30,6 +30,9 @@ pub enum RunStatus {
     VcpuThreadPanicked { vcpu: u32 },
     /// hv stopped the run (another partition failed, or the user interrupted).
     Stopped(String),
+    /// A vCPU or device worker thread made a system call its seccomp filter does not allow
+    /// (`hv/src/isolation/seccomp.rs`); the call failed with EPERM and the run ended.
+    SeccompViolation { thread: String, syscall: i64 },
 }
 
 impl RunStatus {
@@ -54,6 +57,7 @@ impl RunStatus {
             RunStatus::KvmRunError { .. } => "kvm-run-error".into(),
             RunStatus::VcpuThreadPanicked { .. } => "vcpu-thread-panicked".into(),
             RunStatus::Stopped(_) => "stopped".into(),
+            RunStatus::SeccompViolation { .. } => "seccomp-violation".into(),
         }
     }
 }
@@ -118,6 +122,12 @@ impl fmt::Display for RunStatus {
                 write!(f, "vCPU {vcpu} thread panicked (hv bug)")
             }
             RunStatus::Stopped(why) => write!(f, "stopped: {why}"),
+            RunStatus::SeccompViolation { thread, syscall } => write!(
+                f,
+                "seccomp: {thread} thread made system call {} ({syscall}), which its filter \
+                 does not allow (refused with EPERM; `--no-seccomp` turns filters off)",
+                crate::isolation::seccomp::syscall_name(*syscall).unwrap_or("unknown")
+            ),
         }
     }
 }

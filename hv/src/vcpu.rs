@@ -19,6 +19,7 @@ use crate::bus::{Bus, DeviceAction};
 use crate::counters::exits::BusKind;
 use crate::counters::{ExitReason, Meter, VcpuExitCounters};
 use crate::enlightenments::EnlightenmentHost;
+use crate::isolation::seccomp::Monitor;
 use crate::status::RunStatus;
 
 /// What happens on an access to an address no device claims.
@@ -72,17 +73,30 @@ pub struct RunControl {
     status: Mutex<Option<RunStatus>>,
     done: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
+    /// The partition's seccomp filters: a refused call ends the run (checked after every exit
+    /// and while waiting).
+    seccomp: Arc<Monitor>,
 }
 
+/// How often `wait` looks for a seccomp violation of a device worker (vCPUs see their own
+/// after the exit that caused it).
+const SECCOMP_POLL: Duration = Duration::from_millis(10);
+
 impl RunControl {
-    pub(crate) fn new() -> Result<RunControl, String> {
+    pub(crate) fn new(seccomp: Arc<Monitor>) -> Result<RunControl, String> {
         install_kick_handler()?;
         Ok(RunControl {
             stop: AtomicBool::new(false),
             status: Mutex::new(None),
             done: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            seccomp,
         })
+    }
+
+    /// The partition's seccomp monitor.
+    pub(crate) fn seccomp(&self) -> &Arc<Monitor> {
+        &self.seccomp
     }
 
     pub(crate) fn add_thread(&self, t: libc::pthread_t) {
@@ -134,6 +148,12 @@ impl RunControl {
             if let Some(st) = s.as_ref() {
                 return st.clone();
             }
+            if let Some(v) = self.seccomp.violation() {
+                drop(s);
+                self.finish(v);
+                s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 drop(s);
@@ -143,7 +163,7 @@ impl RunControl {
             }
             s = self
                 .done
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(s, (deadline - now).min(SECCOMP_POLL))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -248,6 +268,10 @@ impl VcpuRunner {
         let outcome = loop {
             if self.control.stopping() {
                 break None;
+            }
+            // A call refused by this partition's seccomp filters (on any of its threads).
+            if let Some(v) = self.control.seccomp.violation() {
+                break Some(v);
             }
             if let Some(limit) = self.max_exits {
                 if exits >= limit {

@@ -642,6 +642,7 @@ pub fn create(
     let polling = state.tuning.polling;
     let state = Arc::new(Mutex::new(state));
     let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    let filter = crate::isolation::seccomp::Target::for_vm(vm, format!("{name} worker"));
     let worker = Worker {
         state: state.clone(),
         doorbells,
@@ -652,6 +653,7 @@ pub fn create(
     let thread = std::thread::Builder::new()
         .name(format!("{name}-worker"))
         .spawn(move || {
+            crate::isolation::seccomp::install(crate::isolation::seccomp::ThreadKind::Worker, &filter);
             let _ = clock_tx.send(ThreadClock::current());
             worker.run();
         })
