@@ -664,6 +664,12 @@ impl RunningPartition {
         // Device workers stop (and file-backed disks sync) before the outcome is read, so a
         // clean exit leaves every completed write in the image and their remarks in the notes.
         drop(self.keep_alive);
+        // A call refused after the outcome (thread exit, device teardown) still fails a clean run.
+        if status.is_ok() {
+            if let Some(v) = self.control.seccomp().violation() {
+                status = v;
+            }
+        }
         let mut notes = self.meter.notes();
         notes.extend(self.device_notes.snapshot());
         notes.extend(self.control.seccomp().notes());
