@@ -184,11 +184,7 @@ fn seccomp_probe() -> Probe {
                  turns it off)"
             ),
         ),
-        Err(why) => Probe::new(
-            "seccomp",
-            false,
-            format!("{why}; runs go unfiltered"),
-        ),
+        Err(why) => Probe::new("seccomp", false, format!("{why}; runs go unfiltered")),
     }
 }
 

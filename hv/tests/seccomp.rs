@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{kvm, request};
+use hv::RunStatus;
 use hv::bus::{BusDevice, DeviceAction};
 use hv::isolation::seccomp::{self, ThreadKind};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 use hv::run::RecordContext;
-use hv::RunStatus;
 
 /// Port the `misbehave how=port-flood` guest writes forever.
 const FLOOD_PORT: u16 = 0x80;
@@ -73,7 +73,10 @@ fn a_device_call_outside_the_vcpu_allowlist_ends_the_run_with_its_status() {
     );
     assert_eq!(o.status.label(), "seccomp-violation");
     let text = o.status.to_string();
-    assert!(text.contains("getppid") && text.contains("vCPU 0"), "{text}");
+    assert!(
+        text.contains("getppid") && text.contains("vCPU 0"),
+        "{text}"
+    );
     // The call was refused, not made: the device saw EPERM's -1.
     assert_eq!(seen.load(Ordering::SeqCst), -1);
     assert!(

@@ -498,7 +498,10 @@ impl Monitor {
         if !self.failed[i].swap(true, Ordering::Relaxed) {
             let mut n = lock(&self.notes);
             if n.len() < MAX_NOTES {
-                n.push(format!("seccomp: {e}; {} threads run unfiltered", kind.name()));
+                n.push(format!(
+                    "seccomp: {e}; {} threads run unfiltered",
+                    kind.name()
+                ));
             }
         }
     }
@@ -804,7 +807,11 @@ mod tests {
     fn both_filters_compile_and_differ_where_they_should() {
         for kind in ThreadKind::ALL {
             let prog = compile(kind).unwrap();
-            assert!(!prog.is_empty() && prog.len() < 4096, "{kind:?}: {}", prog.len());
+            assert!(
+                !prog.is_empty() && prog.len() < 4096,
+                "{kind:?}: {}",
+                prog.len()
+            );
         }
         let vcpu = allowed(ThreadKind::Vcpu).unwrap();
         let worker = allowed(ThreadKind::Worker).unwrap();
@@ -977,7 +984,11 @@ mod tests {
                 // SAFETY: `plain` is the 4 KiB mapping made above.
                 unsafe { libc::munmap(plain, 4096) };
             }
-            (plain != libc::MAP_FAILED, exec == libc::MAP_FAILED, getfd >= 0)
+            (
+                plain != libc::MAP_FAILED,
+                exec == libc::MAP_FAILED,
+                getfd >= 0,
+            )
         });
         assert_eq!(r.unwrap(), (true, true, true));
         assert_eq!(

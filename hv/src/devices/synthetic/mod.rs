@@ -39,6 +39,7 @@ use crate::bus::{BusDevice, DeviceAction};
 use crate::counters::cputime::ThreadClock;
 use crate::devices::NoteSink;
 use crate::error::HvError;
+use crate::isolation::seccomp::{self, ThreadKind};
 use chain::{Chain, ChainError};
 
 /// "virt".
@@ -642,7 +643,7 @@ pub fn create(
     let polling = state.tuning.polling;
     let state = Arc::new(Mutex::new(state));
     let (clock_tx, clock_rx) = std::sync::mpsc::channel();
-    let filter = crate::isolation::seccomp::Target::for_vm(vm, format!("{name} worker"));
+    let filter = seccomp::Target::for_vm(vm, format!("{name} worker"));
     let worker = Worker {
         state: state.clone(),
         doorbells,
@@ -653,7 +654,7 @@ pub fn create(
     let thread = std::thread::Builder::new()
         .name(format!("{name}-worker"))
         .spawn(move || {
-            crate::isolation::seccomp::install(crate::isolation::seccomp::ThreadKind::Worker, &filter);
+            seccomp::install(ThreadKind::Worker, &filter);
             let _ = clock_tx.send(ThreadClock::current());
             worker.run();
         })
