@@ -629,13 +629,9 @@ pub fn supported() -> Result<String, String> {
         .map(str::trim);
     match field {
         None => Err("/proc/self/status has no Seccomp field (no CONFIG_SECCOMP)".into()),
-        Some(_) if !status.lines().any(|l| l.starts_with("Seccomp_filters:")) => {
-            // Older kernels do not list the filter count; filter mode is still there since 3.5.
-            Ok(format!("seccomp mode {mode} for hv's main thread"))
-        }
-        Some(_) => Ok(format!(
-            "SECCOMP_FILTER available; hv's main thread in mode {mode}"
-        )),
+        // hv itself already under a filter (a container runtime's): hv's are stacked on it.
+        Some(_) if mode == 2 => Ok("seccomp filters available (hv already runs under one)".into()),
+        Some(_) => Ok("seccomp filters available".into()),
     }
 }
 
