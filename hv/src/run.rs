@@ -76,11 +76,16 @@ impl RunRequest {
             }
         }
         let enl = self.enlightenments.names().join("+");
-        match (self.devices.variant, self.enlightenments.is_empty()) {
+        let label = match (self.devices.variant, self.enlightenments.is_empty()) {
             (DeviceVariant::None, true) => "none".into(),
             (DeviceVariant::None, false) => enl,
             (_, true) => dev,
             (_, false) => format!("{dev}+{enl}"),
+        };
+        if self.seccomp {
+            label
+        } else {
+            format!("{label}+no-seccomp")
         }
     }
 }
