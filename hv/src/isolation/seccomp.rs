@@ -320,9 +320,6 @@ impl Drop for SlotOwner {
     }
 }
 
-/// Refused calls on threads without a slot (a filtered thread past its TLS teardown).
-static UNATTRIBUTED: AtomicI64 = AtomicI64::new(NONE);
-
 /// The `_sigsys` member of the kernel's `siginfo_t` on x86_64 (include/uapi/asm-generic/
 /// siginfo.h): three ints, padding to the union's 8-byte alignment, then `_call_addr`,
 /// `_syscall`, `_arch`. The `libc` crate does not expose these fields.
@@ -349,10 +346,9 @@ extern "C" fn on_sigsys(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         return; // a SIGSYS sent by kill(2): nothing to answer
     }
     let nr = i64::from(si.syscall);
+    // A filtered thread past its TLS teardown has no slot any more: the call still fails.
     let slot = SLOT.with(|s| s.get());
-    if slot.is_null() {
-        let _ = UNATTRIBUTED.compare_exchange(NONE, nr, Ordering::AcqRel, Ordering::Acquire);
-    } else {
+    if !slot.is_null() {
         // SAFETY: a non-null SLOT points into the Arc<ThreadSlot> that this thread's OWNER
         // keeps alive; OWNER's drop nulls SLOT before releasing it.
         unsafe { (*slot).record(nr) };
