@@ -99,6 +99,8 @@ pub struct HostCaps {
     pub stats_fd: Probe,
     /// Every enlightenment in the registry, with this host's probe result.
     pub enlightenments: Vec<EnlightenmentProbe>,
+    /// seccomp filters for vCPU and worker threads (`hv/src/isolation`).
+    pub seccomp: Probe,
 }
 
 /// Probes the host. Fails only if KVM itself is unusable; each probe's failure is in its detail.
@@ -167,7 +169,23 @@ pub fn probe() -> Result<HostCaps, CapsError> {
                 reason: r.result.err().unwrap_or_default(),
             })
             .collect(),
+        seccomp: seccomp_probe(),
     })
+}
+
+/// Whether this kernel has seccomp filters, and hv's default.
+fn seccomp_probe() -> Probe {
+    match crate::isolation::seccomp::supported() {
+        Ok(how) => Probe::new(
+            "seccomp",
+            true,
+            format!(
+                "{how}; vCPU and device worker threads filtered by default (`--no-seccomp` \
+                 turns it off)"
+            ),
+        ),
+        Err(why) => Probe::new("seccomp", false, format!("{why}; runs go unfiltered")),
+    }
 }
 
 /// One enlightenment as `hv caps` shows it.
@@ -221,6 +239,7 @@ impl HostCaps {
         let caps: Vec<&Probe> = self.capabilities.iter().collect();
         section(&mut s, "KVM capabilities (KVM_CHECK_EXTENSION)", &caps);
         section(&mut s, "Hyper-V", &[&self.hyperv]);
+        section(&mut s, "Isolation", &[&self.seccomp]);
         let pv: Vec<&Probe> = self.kvm_pv_features.iter().collect();
         section(
             &mut s,

@@ -5,7 +5,8 @@
 //! exit dispatch; [`bus`] the address spaces; [`devices`] the device models; [`counters`] what
 //! is measured; [`boot`] loads the guest; [`guest_output`] parses what the guest reports;
 //! [`run`] turns a workload request into partitions and run records; [`record`] is the results
-//! schema; [`peer`] runs the same image under QEMU for the peer column.
+//! schema; [`peer`] runs the same image under QEMU for the peer column; [`isolation`] filters the system
+//! calls of the threads a guest drives (seccomp).
 
 pub mod boot;
 pub mod bus;
@@ -16,6 +17,7 @@ pub mod enlightenments;
 pub mod error;
 pub mod guest_output;
 pub mod host;
+pub mod isolation;
 pub mod latency;
 pub mod limits;
 pub mod partition;

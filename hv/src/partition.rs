@@ -28,6 +28,7 @@ use crate::devices::emulated::serial::{ConsoleCapture, ConsoleSink, SerialDevice
 use crate::devices::hv_ports::{ExitPort, PhasePort, TestRegister};
 use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
 use crate::error::HvError;
+use crate::isolation::seccomp::{self, Monitor, ThreadKind};
 use crate::status::RunStatus;
 use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
 
@@ -84,6 +85,9 @@ pub struct PartitionConfig {
     /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
     /// the probe's reason, a set chosen as `all` drops it with a note.
     pub enlightenments: Option<EnlightenmentSet>,
+    /// Install seccomp filters on the vCPU and device worker threads (`hv/src/isolation`); a
+    /// call outside a thread's allowlist ends the run with `RunStatus::SeccompViolation`.
+    pub seccomp: bool,
 }
 
 impl Default for PartitionConfig {
@@ -106,6 +110,7 @@ impl Default for PartitionConfig {
             pm_timer: false,
             rtc: false,
             enlightenments: None,
+            seccomp: true,
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct Partition {
     /// Enlightenment runtime (`None` when `cfg.enlightenments` is `None`) and setup notes.
     enlightenments: Option<Arc<EnlightenmentHost>>,
     enl_notes: Vec<String>,
+    /// This partition's seccomp filters (device workers find it through the VM).
+    seccomp: Arc<Monitor>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -216,6 +223,8 @@ impl Partition {
             }));
         }
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
+        let seccomp = Monitor::new(cfg.seccomp);
+        seccomp::register_vm(&vm, &seccomp);
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);
         // Enlightenments, step 1 of 3: probe the set and do the VM-level setup (before vCPUs).
@@ -407,6 +416,7 @@ impl Partition {
             keep_alive: Vec::new(),
             worker_clocks: Vec::new(),
             device_notes: NoteSink::default(),
+            seccomp,
         })
     }
 
@@ -470,7 +480,7 @@ impl Partition {
 
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
-        let control = Arc::new(RunControl::new(self.vcpus.len()).map_err(HvError::Thread)?);
+        let control = Arc::new(RunControl::new(self.vcpus.len(), self.seccomp.clone()).map_err(HvError::Thread)?);
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let counters: Vec<_> = (0..self.cfg.vcpus)
@@ -543,6 +553,7 @@ impl Partition {
             let meter = meter.clone();
             let ready = ready_tx.clone();
             let thread_control = control.clone();
+            let filter = seccomp::Target::new(&self.seccomp, format!("vCPU {i}"));
             let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
             let spawned = std::thread::Builder::new()
                 .name(format!("p{}-vcpu{i}", self.cfg.index))
@@ -557,6 +568,7 @@ impl Partition {
                     };
                     if setup.is_ok() {
                         meter.register_vcpu_thread(tracepoints);
+                        seccomp::install(ThreadKind::Vcpu, &filter);
                     }
                     let _ = ready.send(setup);
                     if go_rx.recv() == Ok(true) {
@@ -755,6 +767,13 @@ impl RunningPartition {
                 after: Box::new(status),
             };
         }
+        // A call refused after the outcome (thread exit, device teardown) still fails a clean run.
+        if status.is_ok() {
+            if let Some(v) = self.control.seccomp().violation() {
+                status = v;
+            }
+        }
+        extra_notes.extend(self.control.seccomp().notes());
         if let Some(e) = &self.enlightenments {
             extra_notes.extend(e.take_notes());
         }

@@ -39,6 +39,8 @@ pub struct RunRequest {
     pub enlightenments: EnlightenmentSet,
     /// Guest image; `None` = the embedded one.
     pub image: Option<Vec<u8>>,
+    /// seccomp filters on vCPU and device worker threads (`PartitionConfig::seccomp`).
+    pub seccomp: bool,
 }
 
 impl Default for RunRequest {
@@ -58,6 +60,7 @@ impl Default for RunRequest {
             devices: DeviceOptions::default(),
             enlightenments: EnlightenmentSet::NONE,
             image: None,
+            seccomp: true,
         }
     }
 }
@@ -74,11 +77,16 @@ impl RunRequest {
             }
         }
         let enl = self.enlightenments.names().join("+");
-        match (self.devices.variant, self.enlightenments.is_empty()) {
+        let label = match (self.devices.variant, self.enlightenments.is_empty()) {
             (DeviceVariant::None, true) => "none".into(),
             (DeviceVariant::None, false) => enl,
             (_, true) => dev,
             (_, false) => format!("{dev}+{enl}"),
+        };
+        if self.seccomp {
+            label
+        } else {
+            format!("{label}+no-seccomp")
         }
     }
 }
@@ -307,6 +315,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             echo_console: req.echo_console,
             kvm_pv_features: 0,
             enlightenments: Some(req.enlightenments),
+            seccomp: req.seccomp,
             ..PartitionConfig::default()
         };
         apply_host_features(info, &mut cfg);

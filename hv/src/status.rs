@@ -41,6 +41,9 @@ pub enum RunStatus {
     /// After the run ended (`after`), the partition's device workers did not stop within
     /// `limits::VCPU_EXIT_GRACE` (a worker stuck in its service loop); hv left them behind.
     WorkerStuck { after: Box<RunStatus> },
+    /// A vCPU or device worker thread made a system call its seccomp filter does not allow
+    /// (`hv/src/isolation/seccomp.rs`); the call failed with EPERM and the run ended.
+    SeccompViolation { thread: String, syscall: i64 },
 }
 
 impl RunStatus {
@@ -66,6 +69,7 @@ impl RunStatus {
             RunStatus::VcpuThreadPanicked { .. } => "vcpu-thread-panicked".into(),
             RunStatus::Stopped(_) => "stopped".into(),
             RunStatus::DeviceStuck { .. } | RunStatus::WorkerStuck { .. } => "device-stuck".into(),
+            RunStatus::SeccompViolation { .. } => "seccomp-violation".into(),
         }
     }
 }
@@ -143,6 +147,12 @@ impl fmt::Display for RunStatus {
                 f,
                 "a device worker did not stop within {:.1} s after the run ended ({after}); left behind",
                 crate::limits::VCPU_EXIT_GRACE.as_secs_f64()
+            ),
+            RunStatus::SeccompViolation { thread, syscall } => write!(
+                f,
+                "seccomp: {thread} thread made system call {} ({syscall}), which its filter \
+                 does not allow (refused with EPERM; `--no-seccomp` turns filters off)",
+                crate::isolation::seccomp::syscall_name(*syscall).unwrap_or("unknown")
             ),
         }
     }

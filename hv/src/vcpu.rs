@@ -20,6 +20,7 @@ use crate::bus::{Bus, DeviceAction};
 use crate::counters::exits::BusKind;
 use crate::counters::{ExitReason, Meter, VcpuExitCounters};
 use crate::enlightenments::EnlightenmentHost;
+use crate::isolation::seccomp::Monitor;
 use crate::limits::MMIO_LOG_LIMIT;
 use crate::status::RunStatus;
 
@@ -105,7 +106,14 @@ pub struct RunControl {
     threads: Mutex<Vec<Slot>>,
     /// Notified each time a vCPU thread leaves.
     left: Condvar,
+    /// The partition's seccomp filters: a refused call ends the run (checked after every exit
+    /// and while waiting).
+    seccomp: Arc<Monitor>,
 }
+
+/// How often `wait` looks for a seccomp violation of a device worker (vCPUs see their own
+/// after the exit that caused it).
+const SECCOMP_POLL: Duration = Duration::from_millis(10);
 
 /// Held by a vCPU thread from its first instruction: lists the thread for signals and, when
 /// dropped (normal exit or unwind), unlists it and reports that it left.
@@ -127,7 +135,7 @@ impl Drop for ThreadSlot {
 
 impl RunControl {
     /// Control for a partition with `vcpus` vCPU threads.
-    pub(crate) fn new(vcpus: usize) -> Result<RunControl, String> {
+    pub(crate) fn new(vcpus: usize, seccomp: Arc<Monitor>) -> Result<RunControl, String> {
         install_kick_handler()?;
         Ok(RunControl {
             stop: AtomicBool::new(false),
@@ -135,7 +143,13 @@ impl RunControl {
             done: Condvar::new(),
             threads: Mutex::new(vec![Slot::default(); vcpus]),
             left: Condvar::new(),
+            seccomp,
         })
+    }
+
+    /// The partition's seccomp monitor.
+    pub(crate) fn seccomp(&self) -> &Arc<Monitor> {
+        &self.seccomp
     }
 
     fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
@@ -210,6 +224,12 @@ impl RunControl {
             if let Some(st) = s.as_ref() {
                 return st.clone();
             }
+            if let Some(v) = self.seccomp.violation() {
+                drop(s);
+                self.finish(v);
+                s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 drop(s);
@@ -219,7 +239,7 @@ impl RunControl {
             }
             s = self
                 .done
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(s, (deadline - now).min(SECCOMP_POLL))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -347,6 +367,10 @@ impl VcpuRunner {
         let outcome = loop {
             if self.control.stopping() {
                 break None;
+            }
+            // A call refused by this partition's seccomp filters (on any of its threads).
+            if let Some(v) = self.control.seccomp.violation() {
+                break Some(v);
             }
             if let Some(limit) = self.max_exits {
                 if exits >= limit {
@@ -560,7 +584,7 @@ mod tests {
         // and the owner joins them in order as soon as they leave: no signal may go to a
         // thread that has exited (before the fix that was pthread_kill on a joined thread).
         for round in 0..200u64 {
-            let control = Arc::new(RunControl::new(4).unwrap());
+            let control = Arc::new(RunControl::new(4, Monitor::new(false)).unwrap());
             let handles: Vec<_> = (0..4)
                 .map(|i| {
                     let c = control.clone();
@@ -590,7 +614,7 @@ mod tests {
 
     #[test]
     fn threads_that_do_not_leave_are_reported_after_the_grace() {
-        let control = Arc::new(RunControl::new(2).unwrap());
+        let control = Arc::new(RunControl::new(2, Monitor::new(false)).unwrap());
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let c = control.clone();
         let stuck = std::thread::spawn(move || {

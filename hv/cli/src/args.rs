@@ -85,6 +85,12 @@ pub struct RunArgs {
     /// Do not open kvm:* tracepoint counters.
     #[arg(long)]
     pub no_tracepoints: bool,
+    /// Run the vCPU and device worker threads without their seccomp filters. By default each
+    /// of those threads allows only the system calls it needs (`hv caps` shows whether this
+    /// kernel has seccomp); a call outside its list ends the run with status
+    /// `seccomp-violation`, naming the thread and the call.
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Boot this guest ELF instead of the built-in image.
     #[arg(long)]
     pub image: Option<PathBuf>,

@@ -183,6 +183,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             ),
             None => None,
         },
+        seccomp: !a.no_seccomp,
     })
 }
 

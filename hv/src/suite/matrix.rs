@@ -21,6 +21,8 @@ pub struct PlannedRun {
     pub vmm: String,
     pub repetition: u32,
     pub timeout_s: f64,
+    /// seccomp filters on (the spec's `seccomp` axis).
+    pub seccomp: bool,
 }
 
 /// Every run of `specs`, in a deterministic order. Within an experiment, repetitions are the
@@ -37,11 +39,17 @@ pub fn plan(specs: &[Spec]) -> Vec<PlannedRun> {
                         for enlighten in &e.enlighten {
                             for &vcpus in &e.vcpus {
                                 for &partitions in &e.partitions {
-                                    for vmm in &e.vmm {
+                                    for (vmm, &seccomp) in e
+                                        .vmm
+                                        .iter()
+                                        .flat_map(|v| e.seccomp.iter().map(move |s| (v, s)))
+                                    {
                                         let argstr: Vec<String> =
                                             args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                                        // `/noseccomp` only when off: keys of specs
+                                        // without the axis stay as they were (resume).
                                         let key = format!(
-                                            "{}/{}/{}/{}/{}/v{}/p{}/{}/r{}",
+                                            "{}/{}/{}/{}/{}/v{}/p{}/{}/r{}{}",
                                             spec.name,
                                             e.name,
                                             argstr.join(","),
@@ -50,7 +58,8 @@ pub fn plan(specs: &[Spec]) -> Vec<PlannedRun> {
                                             vcpus,
                                             partitions,
                                             vmm,
-                                            repetition
+                                            repetition,
+                                            if seccomp { "" } else { "/noseccomp" }
                                         );
                                         out.push(PlannedRun {
                                             index: out.len(),
@@ -65,6 +74,7 @@ pub fn plan(specs: &[Spec]) -> Vec<PlannedRun> {
                                             vmm: vmm.clone(),
                                             repetition,
                                             timeout_s: e.timeout_s.unwrap_or(spec.timeout_s),
+                                            seccomp,
                                         });
                                     }
                                 }
@@ -158,6 +168,37 @@ partitions = [1, 2]
         );
         assert_eq!(runs[4].repetition, 1);
         assert_eq!(plan(&[spec()]), runs, "deterministic");
+    }
+
+    #[test]
+    fn seccomp_axis_doubles_the_matrix_and_keeps_default_keys() {
+        let base = plan(&[spec()]);
+        let both = Spec::parse(
+            r#"
+name = "t"
+repetitions = 1
+[[experiment]]
+name = "s"
+workload = "exit-floor"
+seccomp = [true, false]
+"#,
+            "t",
+        )
+        .unwrap();
+        let runs = plan(&[both]);
+        assert_eq!(runs.len(), 2);
+        assert!(runs[0].seccomp && !runs[1].seccomp);
+        assert_eq!(runs[1].key, format!("{}/noseccomp", runs[0].key));
+        assert!(base.iter().all(|r| r.seccomp && !r.key.contains("seccomp")));
+        // The shipped spec measures both sides of every point.
+        let shipped = Spec::parse(
+            include_str!("../../../bench/specs/seccomp.toml"),
+            "seccomp.toml",
+        )
+        .unwrap();
+        let runs = plan(&[shipped]);
+        let off = runs.iter().filter(|r| !r.seccomp).count();
+        assert!(off > 0 && off * 2 == runs.len(), "{off} of {}", runs.len());
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         devices: device_options(&run.device),
         enlightenments,
         tracepoints: e.tracepoints,
+        seccomp: run.seccomp,
         ..RunRequest::default()
     })
 }

@@ -138,10 +138,18 @@ pub struct Experiment {
     /// compare times against a peer VMM turn it off.
     #[serde(default = "default_true")]
     pub tracepoints: bool,
+    /// seccomp filters on vCPU and worker threads: `[true]` (default), or `[true, false]` to
+    /// measure what they cost (`false` runs join the variant label as `+no-seccomp`).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: Vec<bool>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_seccomp() -> Vec<bool> {
+    vec![true]
 }
 
 /// A spec file.
@@ -262,10 +270,12 @@ impl Spec {
                 || e.vcpus.is_empty()
                 || e.partitions.is_empty()
                 || e.vmm.is_empty()
+                || e.seccomp.is_empty()
             {
                 return Err(bad(
                     e,
-                    "devices, enlighten, vcpus, partitions and vmm lists must not be empty".into(),
+                    "devices, enlighten, vcpus, partitions, vmm and seccomp lists must not be empty"
+                        .into(),
                 ));
             }
         }

@@ -25,6 +25,7 @@ use super::{DeviceState, VirtioMmio, reg};
 use crate::counters::cputime::ThreadClock;
 use crate::devices::NoteSink;
 use crate::error::HvError;
+use crate::isolation::seccomp::{self, ThreadKind};
 
 /// How long a polling worker keeps polling after its last request.
 pub const POLL_WINDOW: Duration = Duration::from_millis(20);
@@ -156,9 +157,11 @@ pub fn create(
         stopping: stopping.clone(),
         polling,
     };
+    let filter = seccomp::Target::for_vm(vm, format!("{name} worker"));
     let thread = std::thread::Builder::new()
         .name(format!("{name}-worker"))
         .spawn(move || {
+            seccomp::install(ThreadKind::Worker, &filter);
             // Dropped when the thread ends, however it ends: WorkerHandle's drop waits for that.
             let _exit = exit_tx;
             let _ = clock_tx.send(ThreadClock::current());
