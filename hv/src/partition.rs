@@ -480,7 +480,9 @@ impl Partition {
 
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
-        let control = Arc::new(RunControl::new(self.vcpus.len(), self.seccomp.clone()).map_err(HvError::Thread)?);
+        let control = Arc::new(
+            RunControl::new(self.vcpus.len(), self.seccomp.clone()).map_err(HvError::Thread)?,
+        );
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let counters: Vec<_> = (0..self.cfg.vcpus)
