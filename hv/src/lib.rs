@@ -17,6 +17,7 @@ pub mod error;
 pub mod guest_output;
 pub mod host;
 pub mod latency;
+pub mod neighbour;
 pub mod partition;
 pub mod peer;
 pub mod record;

@@ -38,6 +38,9 @@ pub struct RunRequest {
     pub enlightenments: EnlightenmentSet,
     /// Guest image; `None` = the embedded one.
     pub image: Option<Vec<u8>>,
+    /// One more partition running this workload on partition 0's host CPUs (isolation
+    /// checks: `--neighbour mem-pattern`); its records carry `role = "neighbour"`.
+    pub neighbour: Option<crate::neighbour::Neighbour>,
 }
 
 impl Default for RunRequest {
@@ -57,6 +60,7 @@ impl Default for RunRequest {
             devices: DeviceOptions::default(),
             enlightenments: EnlightenmentSet::NONE,
             image: None,
+            neighbour: None,
         }
     }
 }
@@ -198,6 +202,9 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
     if req.partitions == 0 || req.partitions > 64 {
         return Err(HvError::Config("--partitions must be 1..=64".into()));
     }
+    if let Some(n) = &req.neighbour {
+        validate(&n.request(req))?;
+    }
     Ok(info)
 }
 
@@ -299,6 +306,10 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         devices::attach(&mut p, &req.devices, info.devices)?;
         built.push(p);
     }
+    let neighbour = req.neighbour.as_ref().map(|n| n.request(req));
+    if let Some(nreq) = &neighbour {
+        built.push(crate::neighbour::build(kvm, req, nreq, image)?);
+    }
     let mut running = Vec::with_capacity(built.len());
     for p in built {
         running.push(p.start()?);
@@ -313,7 +324,12 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     let params = effective_args(info, req);
     let records = partitions
         .iter()
-        .flat_map(|p| records_for(req, ctx, &params, p))
+        .flat_map(|p| match &neighbour {
+            Some(nreq) if p.outcome.index == req.partitions => {
+                crate::neighbour::records(req, nreq, ctx, p)
+            }
+            _ => records_for(req, ctx, &params, p),
+        })
         .collect();
     Ok(RunResult {
         partitions,
@@ -382,6 +398,7 @@ pub fn guest_records(
         }
         RecordStatus::Failed(why)
     };
+    base.status_label = status.label();
     if report.malformed > 0 {
         base.notes.push(format!(
             "{} malformed result lines ignored",
