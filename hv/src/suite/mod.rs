@@ -96,6 +96,11 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         devices: device_options(&run.device),
         enlightenments,
         tracepoints: e.tracepoints,
+        neighbour: e
+            .neighbour
+            .as_deref()
+            .map(crate::neighbour::Neighbour::parse)
+            .transpose()?,
         ..RunRequest::default()
     })
 }
