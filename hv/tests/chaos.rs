@@ -1,0 +1,349 @@
+//! The chaos workload against hv's isolation: many seeds, each with a mem-pattern neighbour
+//! partition on the same host CPU, on both device variants. Every run must end with a defined
+//! status within its timeout, the neighbour's memory must be intact (its own check and the
+//! host's), and hv's peak RSS must not grow with the number of seeds.
+//!
+//! A run that never returns (hv stuck, its timeout unable to fire) is caught by a watchdog
+//! here: the seed is recorded as `hv-hang`, and after a few of those the test stops launching
+//! runs and fails, so it ends in bounded time instead of hanging.
+//!
+//! `CHAOS_SEEDS`, `CHAOS_OPS`, `CHAOS_THREADS` and `CHAOS_FIRST_SEED` override the defaults.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::neighbour::Neighbour;
+use hv::run::{RecordContext, RunRequest};
+use hvlab_workloads::chaos::{self, Planned};
+
+/// Per-run limit hv enforces (a `timeout` status is a failure: chaos never spins).
+const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long past its own timeout a run may take to return before it counts as an hv hang.
+const HANG_SLACK: Duration = Duration::from_secs(15);
+/// Stop launching runs after this many hv hangs (each leaves a stuck thread behind).
+const MAX_HANGS: usize = 2;
+/// Peak RSS bounds: growth between the checkpoint and the end, and absolute.
+const RSS_GROWTH_LIMIT_KIB: u64 = 64 * 1024;
+const RSS_LIMIT_KIB: u64 = 1024 * 1024;
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// VmHWM (peak resident set) of this process, KiB.
+fn vm_hwm_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dev {
+    Emulated,
+    Synthetic,
+}
+
+impl Dev {
+    fn for_seed(seed: u64) -> Dev {
+        if seed % 2 == 0 {
+            Dev::Emulated
+        } else {
+            Dev::Synthetic
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Dev::Emulated => "emulated",
+            Dev::Synthetic => "synthetic",
+        }
+    }
+}
+
+fn request(seed: u64, ops: u64, cpu: usize) -> RunRequest {
+    let mut args = BTreeMap::new();
+    args.insert("seed".to_string(), seed.to_string());
+    args.insert("ops".to_string(), ops.to_string());
+    RunRequest {
+        workload: "chaos".into(),
+        args,
+        cpus: Some(vec![cpu]),
+        timeout: RUN_TIMEOUT,
+        tracepoints: false,
+        devices: DeviceOptions {
+            variant: match Dev::for_seed(seed) {
+                Dev::Emulated => DeviceVariant::Emulated,
+                Dev::Synthetic => DeviceVariant::Synthetic,
+            },
+            event_idx: true,
+            ..DeviceOptions::default()
+        },
+        neighbour: Some(
+            Neighbour::parse(&format!("mem-pattern:seed={seed},size=16k"))
+                .expect("a valid neighbour"),
+        ),
+        ..RunRequest::default()
+    }
+}
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+struct Outcome {
+    seed: u64,
+    dev: Dev,
+    /// The chaos partition's end label, or `hv-hang` / `hv-error`.
+    label: String,
+    /// Why this seed fails the test, if it does.
+    problem: Option<String>,
+}
+
+/// Statuses chaos may end with: its defined guest statuses and the deliberate triple fault.
+fn allowed(label: &str) -> bool {
+    label == "triple-fault"
+        || chaos::END_STATUSES.iter().any(|&s| {
+            label
+                == if s == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("guest-exit-{s}")
+                }
+        })
+}
+
+fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcome {
+    let dev = Dev::for_seed(seed);
+    let out = |label: &str, problem: Option<String>| Outcome {
+        seed,
+        dev,
+        label: label.to_string(),
+        problem,
+    };
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => return out("hv-error", Some(format!("hv refused the run: {e}"))),
+    };
+    let Some(main) = res.partitions.iter().find(|p| p.outcome.index == 0) else {
+        return out("hv-error", Some("no partition 0 outcome".into()));
+    };
+    let label = main.outcome.status.label();
+    let mut problems = Vec::new();
+    if !allowed(&label) {
+        problems.push(format!("chaos ended with {}", main.outcome.status));
+    }
+    // A deliberate fault seed ends in a fault (or earlier, at the exit port); a finishing seed
+    // never ends in one.
+    let planned = chaos::planned_end(seed, ops, 5);
+    match (planned, label.as_str()) {
+        (Planned::Finish, "guest-exit-3" | "triple-fault") => problems.push(format!(
+            "chaos planned to finish but ended with {}",
+            main.outcome.status
+        )),
+        (Planned::Ud { .. } | Planned::Pf { .. } | Planned::Triple { .. }, "ok") => {
+            problems.push("chaos planned a fault but exited ok".into())
+        }
+        _ => {}
+    }
+    match res.partitions.iter().find(|p| p.outcome.index == 1) {
+        None => problems.push("no neighbour outcome".into()),
+        Some(n) if !n.outcome.status.is_ok() => {
+            problems.push(format!("neighbour ended with {}", n.outcome.status))
+        }
+        Some(_) => {}
+    }
+    let neighbour_records: Vec<_> = res
+        .records
+        .iter()
+        .filter(|r| r.role == hv::neighbour::ROLE)
+        .collect();
+    if neighbour_records.is_empty() {
+        problems.push("no neighbour records".into());
+    }
+    for r in &neighbour_records {
+        if !r.status.is_ok() {
+            problems.push(format!("neighbour record {}: {:?}", r.phase, r.status));
+        }
+        if r.metrics.get("host_mismatches").copied().unwrap_or(-1.0) != 0.0 {
+            problems.push(format!(
+                "neighbour memory check from the host: {:?} mismatches",
+                r.metrics.get("host_mismatches")
+            ));
+        }
+    }
+    out(
+        &label,
+        (!problems.is_empty()).then(|| {
+            problems.sort();
+            problems.dedup();
+            problems.join("; ")
+        }),
+    )
+}
+
+#[test]
+fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
+    let Some(_) = common::kvm_or_skip() else {
+        return;
+    };
+    let seeds = env_u64("CHAOS_SEEDS", 200);
+    let first = env_u64("CHAOS_FIRST_SEED", 1);
+    let ops = env_u64("CHAOS_OPS", 400);
+    let threads = env_u64("CHAOS_THREADS", 2).max(1) as usize;
+    let checkpoint = seeds.min(50);
+    let next = Arc::new(AtomicU64::new(first));
+    let done_count = Arc::new(AtomicU64::new(0));
+    let hangs = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let hwm_at_checkpoint = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let (next, done_count, hangs, stop, outcomes, hwm_cp) = (
+            next.clone(),
+            done_count.clone(),
+            hangs.clone(),
+            stop.clone(),
+            outcomes.clone(),
+            hwm_at_checkpoint.clone(),
+        );
+        let cpu = t % host_cpus();
+        workers.push(std::thread::spawn(move || {
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= first + seeds {
+                    break;
+                }
+                // Each run on its own thread, so one hv never returns cannot stop the test.
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    let kvm = common::kvm();
+                    let req = request(seed, ops, cpu);
+                    let r = hv::run::run(&kvm, &req, &RecordContext::adhoc())
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(r);
+                });
+                let outcome = match rx.recv_timeout(RUN_TIMEOUT + HANG_SLACK) {
+                    Ok(r) => judge(seed, ops, r),
+                    Err(_) => {
+                        if hangs.fetch_add(1, Ordering::SeqCst) + 1 >= MAX_HANGS as u64 {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        Outcome {
+                            seed,
+                            dev: Dev::for_seed(seed),
+                            label: "hv-hang".into(),
+                            problem: Some(format!(
+                                "hv::run did not return within {:?} of its {:?} timeout",
+                                HANG_SLACK, RUN_TIMEOUT
+                            )),
+                        }
+                    }
+                };
+                outcomes.lock().unwrap().push(outcome);
+                if done_count.fetch_add(1, Ordering::SeqCst) + 1 == checkpoint {
+                    hwm_cp.store(vm_hwm_kib(), Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.join().expect("a worker thread panicked");
+    }
+    let elapsed = started.elapsed();
+    let hwm_end = vm_hwm_kib();
+    let hwm_cp = hwm_at_checkpoint.load(Ordering::SeqCst);
+    let mut outcomes = outcomes.lock().unwrap().clone();
+    outcomes.sort_by_key(|o| o.seed);
+
+    let mut tally: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for o in &outcomes {
+        *tally.entry((o.label.clone(), o.dev.name())).or_default() += 1;
+    }
+    eprintln!(
+        "chaos: {} of {seeds} seeds (first {first}, ops={ops}) in {:.1} s on {threads} threads",
+        outcomes.len(),
+        elapsed.as_secs_f64()
+    );
+    eprintln!("chaos: end statuses");
+    for ((label, dev), n) in &tally {
+        eprintln!("  {label:<16} {dev:<10} {n}");
+    }
+    eprintln!(
+        "chaos: peak RSS {hwm_cp} KiB after {checkpoint} seeds, {hwm_end} KiB after {}",
+        outcomes.len()
+    );
+    let failing: Vec<&Outcome> = outcomes.iter().filter(|o| o.problem.is_some()).collect();
+    for o in &failing {
+        eprintln!(
+            "chaos: seed {} ({}): {}\n    reproduce: hv run chaos --device {} --cpus 0 --neighbour mem-pattern:seed={},size=16k --timeout 5 -- seed={} ops={ops}",
+            o.seed,
+            o.label,
+            o.problem.as_deref().unwrap_or(""),
+            o.dev.name(),
+            o.seed,
+            o.seed
+        );
+    }
+    assert!(
+        failing.is_empty() && outcomes.len() as u64 == seeds,
+        "{} of {} seeds failed ({} ran; see above)",
+        failing.len(),
+        seeds,
+        outcomes.len()
+    );
+    assert!(
+        hwm_end.saturating_sub(hwm_cp) < RSS_GROWTH_LIMIT_KIB,
+        "peak RSS grew {} KiB between seed {checkpoint} and seed {seeds} (limit {RSS_GROWTH_LIMIT_KIB} KiB)",
+        hwm_end.saturating_sub(hwm_cp)
+    );
+    assert!(
+        hwm_end < RSS_LIMIT_KIB,
+        "peak RSS {hwm_end} KiB over the {RSS_LIMIT_KIB} KiB bound"
+    );
+}
+
+#[test]
+fn chaos_is_reproducible_per_seed() {
+    let Some(kvm) = common::kvm_or_skip() else {
+        return;
+    };
+    // The same seed twice: the same end and the same counts of what it did.
+    let seed = (1..100)
+        .find(|&s| chaos::planned_end(s, 300, 5) == Planned::Finish)
+        .expect("a finishing seed");
+    let mut metrics = Vec::new();
+    for _ in 0..2 {
+        let mut req = request(seed, 300, 0);
+        req.neighbour = None;
+        // Turn off what depends on timing (interrupt counts, device completion races).
+        req.args.insert("mix".into(), "port,mmio,ata,mem".into());
+        req.devices.variant = DeviceVariant::Emulated;
+        let r = hv::run::run(&kvm, &req, &RecordContext::adhoc()).unwrap();
+        let rec = r
+            .records
+            .iter()
+            .find(|r| r.phase == "chaos")
+            .expect("a chaos phase record")
+            .clone();
+        assert_eq!(rec.metrics["seed"], seed as f64);
+        assert!(rec.ops > 0);
+        metrics.push((r.partitions[0].outcome.status.label(), rec.metrics));
+    }
+    assert_eq!(metrics[0], metrics[1]);
+}
