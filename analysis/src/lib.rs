@@ -5,7 +5,8 @@
 //! this crate never redefines them.
 //!
 //! Module map: [`stats`] (medians, seeded bootstrap), [`hdr`] (latency histograms), `frame`
-//! (the flat polars table), `model` (groups, baselines, ratios), `plots`, `doc` (Markdown/HTML
+//! (the flat polars table), `model` (groups, baselines, ratios), `ends` (end statuses and
+//! device errors of experiments whose runs end other than ok), `plots`, `doc` (Markdown/HTML
 //! rendering), `report` (assembly of report and comparison).
 
 // Tests may unwrap: a panic there is the failure report.
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use hv::record::{Manifest, RunRecord};
 
 mod doc;
+mod ends;
 mod frame;
 pub mod hdr;
 mod model;
