@@ -108,6 +108,9 @@ struct Outcome {
     label: String,
     /// Why this seed fails the test, if it does.
     problem: Option<String>,
+    /// Wall time of the chaos partition, and its phase metrics (what it did, device errors).
+    wall: Duration,
+    metrics: BTreeMap<String, f64>,
 }
 
 /// Statuses chaos may end with: its defined guest statuses and the deliberate triple fault.
@@ -130,6 +133,8 @@ fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcom
         dev,
         label: label.to_string(),
         problem,
+        wall: Duration::ZERO,
+        metrics: BTreeMap::new(),
     };
     let res = match res {
         Ok(r) => r,
@@ -139,6 +144,12 @@ fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcom
         return out("hv-error", Some("no partition 0 outcome".into()));
     };
     let label = main.outcome.status.label();
+    let fault = main
+        .report
+        .fault
+        .as_ref()
+        .map(|f| format!(" [{f}]"))
+        .unwrap_or_default();
     let mut problems = Vec::new();
     if !allowed(&label) {
         problems.push(format!("chaos ended with {}", main.outcome.status));
@@ -148,7 +159,7 @@ fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcom
     let planned = chaos::planned_end(seed, ops, 5);
     match (planned, label.as_str()) {
         (Planned::Finish, "guest-exit-3" | "triple-fault") => problems.push(format!(
-            "chaos planned to finish but ended with {}",
+            "chaos planned to finish but ended with {}{fault}",
             main.outcome.status
         )),
         (Planned::Ud { .. } | Planned::Pf { .. } | Planned::Triple { .. }, "ok") => {
@@ -182,14 +193,23 @@ fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcom
             ));
         }
     }
-    out(
+    let mut o = out(
         &label,
         (!problems.is_empty()).then(|| {
             problems.sort();
             problems.dedup();
             problems.join("; ")
         }),
-    )
+    );
+    o.wall = main.outcome.wall;
+    if let Some(r) = res
+        .records
+        .iter()
+        .find(|r| r.phase == "chaos" && r.partition == 0)
+    {
+        o.metrics = r.metrics.clone();
+    }
+    o
 }
 
 #[test]
@@ -199,7 +219,7 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
     };
     let seeds = env_u64("CHAOS_SEEDS", 200);
     let first = env_u64("CHAOS_FIRST_SEED", 1);
-    let ops = env_u64("CHAOS_OPS", 400);
+    let ops = env_u64("CHAOS_OPS", 300);
     let threads = env_u64("CHAOS_THREADS", 2).max(1) as usize;
     let checkpoint = seeds.min(50);
     let next = Arc::new(AtomicU64::new(first));
@@ -248,6 +268,8 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
                             seed,
                             dev: Dev::for_seed(seed),
                             label: "hv-hang".into(),
+                            wall: RUN_TIMEOUT + HANG_SLACK,
+                            metrics: BTreeMap::new(),
                             problem: Some(format!(
                                 "hv::run did not return within {:?} of its {:?} timeout",
                                 HANG_SLACK, RUN_TIMEOUT
@@ -256,8 +278,12 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
                     }
                 };
                 outcomes.lock().unwrap().push(outcome);
-                if done_count.fetch_add(1, Ordering::SeqCst) + 1 == checkpoint {
+                let n = done_count.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == checkpoint {
                     hwm_cp.store(vm_hwm_kib(), Ordering::SeqCst);
+                }
+                if n % 25 == 0 {
+                    eprintln!("chaos: {n} seeds done, peak RSS {} KiB", vm_hwm_kib());
                 }
             }
         }));
@@ -287,6 +313,39 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
     eprintln!(
         "chaos: peak RSS {hwm_cp} KiB after {checkpoint} seeds, {hwm_end} KiB after {}",
         outcomes.len()
+    );
+    let mut by_wall: Vec<&Outcome> = outcomes.iter().collect();
+    by_wall.sort_by_key(|o| std::cmp::Reverse(o.wall));
+    for o in by_wall.iter().take(3) {
+        let did: Vec<String> = o
+            .metrics
+            .iter()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!(
+            "chaos: slow seed {} ({}, {}): {:.2} s; {}",
+            o.seed,
+            o.dev.name(),
+            o.label,
+            o.wall.as_secs_f64(),
+            did.join(" ")
+        );
+    }
+    let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
+    for o in &outcomes {
+        for (k, v) in &o.metrics {
+            *totals.entry(k.as_str()).or_default() += v;
+        }
+    }
+    totals.remove("seed");
+    eprintln!(
+        "chaos: totals over all seeds: {}",
+        totals
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let failing: Vec<&Outcome> = outcomes.iter().filter(|o| o.problem.is_some()).collect();
     for o in &failing {

@@ -150,8 +150,8 @@ mod guest {
     /// Bounded polls: status reads per ATA wait, used-index reads per virtio wait.
     const ATA_POLLS: u32 = 32;
     const USED_POLLS: u32 = 64;
-    /// APIC bus clocks a CPL3 session may run before the timer kicks it back (2 ms at 1 GHz).
-    const USER_SLICE: u32 = 2_000_000;
+    /// APIC bus clocks a CPL3 session may run before the timer kicks it back (1 ms at 1 GHz).
+    const USER_SLICE: u32 = 1_000_000;
 
     // Counters, as statics so interrupt handlers and CPL3 code can add to them.
     macro_rules! counters {
@@ -246,8 +246,10 @@ mod guest {
         fn target(&self, r: &mut Rng) -> u64 {
             match r.below(10) {
                 0..=3 => self.dma + r.below(DMA_BYTES),
-                4 => self.ram_end - 1 - r.below(64), // the last bytes of RAM (0x1fffffc ...)
-                5 => r.below(0x1000),                // page 0
+                // The last bytes of RAM: a ring there has its header in RAM and its entries
+                // past the end (0x1fffffc in a 32 MiB guest, issue 8's hang).
+                4 => self.ram_end - [4, 2, 8, 1 + r.below(64)][r.below(4) as usize],
+                5 => r.below(0x1000), // page 0
                 6 => self.ram_end + r.below((MMIO_WINDOW_BASE - self.ram_end).max(1)), // no RAM
                 7 => [
                     TEST_MMIO_BASE,
@@ -792,7 +794,9 @@ mod guest {
                 for _ in 0..USED_POLLS {
                     let idx = raw_read(used, 2) as u16;
                     if idx != q.used_seen {
-                        add(C::virtio_used, u64::from(idx.wrapping_sub(q.used_seen)));
+                        // Counts moves of the index, not entries: a hostile ring's index
+                        // jumps anywhere.
+                        add(C::virtio_used, 1);
                         q.used_seen = idx;
                         break;
                     }
@@ -873,7 +877,8 @@ mod guest {
             0 | 1 => {
                 // Phase markers out of order, unmatched ends, nested begins (never phase 1,
                 // chaos's own).
-                for _ in 0..1 + r.below(8) {
+                // Markers are costly for hv (a counter snapshot each): a few per operation.
+                for _ in 0..1 + r.below(4) {
                     let id = match r.below(3) {
                         0 => 2 + r.below(30) as u32,
                         1 => r.next() as u32 & !PHASE_END,
@@ -886,10 +891,10 @@ mod guest {
             }
             2 => {
                 // A few result lines (occasionally a flood): fake phases, skips, malformed.
-                let n = if r.chance(30) {
-                    50 + r.below(100)
+                let n = if r.chance(10) {
+                    20 + r.below(40)
                 } else {
-                    1 + r.below(4)
+                    1 + r.below(3)
                 };
                 restore_uart();
                 for _ in 0..n {
@@ -1034,7 +1039,7 @@ mod guest {
         ];
         // Weights per kind (port, mmio, virtio, ata, proto, irq, mem, user); absent devices
         // and kinds outside `mix` get none.
-        let mut weights = [20u64, 15, 25, 15, 5, 5, 10, 5];
+        let mut weights = [20u64, 15, 25, 15, 3, 5, 12, 5];
         if devs.iter().all(Option::is_none) {
             weights[2] = 0;
         }
@@ -1050,6 +1055,9 @@ mod guest {
         for v in FIRST_VECTOR..=LAST_VECTOR {
             idt::register(v, on_irq);
         }
+        // The PIC's ports get random writes (vector bases, masks); its output must not reach
+        // the CPU, where a vector below 32 would look like an exception.
+        apic::mask_lint();
         // After the registrations: init_this_cpu installs the kick gate.
         user::init_this_cpu(0);
         for page in [TEST_MMIO_BASE, env.blk.unwrap_or(0), env.con.unwrap_or(0)] {
