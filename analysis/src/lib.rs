@@ -351,6 +351,33 @@ mod tests {
     }
 
     #[test]
+    fn report_tabulates_end_statuses_of_a_chaos_experiment() {
+        let mut recs = Vec::new();
+        for (i, label) in ["ok", "ok", "guest-exit-3", "triple-fault"]
+            .iter()
+            .enumerate()
+        {
+            let mut r = rec("chaos", "chaos", "chaos", "emulated", 0, 100.0);
+            r.run_key = format!("chaos/chaos/seed={i}");
+            r.status_label = label.to_string();
+            if *label != "ok" {
+                r.status = RecordStatus::Failed(format!("{label} at rip {i:#x}"));
+            }
+            r.metrics.insert("ata_err".into(), i as f64);
+            recs.push(r);
+        }
+        let d = results_dir("ends", &recs, None);
+        let out = temp_dir("ends-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(md.contains("## End statuses"), "{md}");
+        assert!(md.contains("| run | emulated | ok | 2 |"), "{md}");
+        assert!(md.contains("| run | emulated | guest-exit-3 | 1 |"), "{md}");
+        assert!(md.contains("| emulated | ata_err | 6 | 3 |"), "{md}");
+    }
+
+    #[test]
     fn write_report_writes_tables_plots_and_readable_report() {
         let (recs, m) = fixture();
         let d = results_dir("report", &recs, Some(&m));

@@ -360,7 +360,9 @@ mod guest {
             3 => mmio_poke(env, r, 0xd000_3000, 0x1f_d000, false),
             4 => {
                 let base = MMIO_WINDOW_BASE + (r.below(0x3ec0_0000 / 4096)) * 4096;
-                mmio_poke(env, r, base, 0x1000, false);
+                // A device window found this way still only gets DMA-safe ring addresses.
+                let virtio = (0xd000_1000..0xd000_3000).contains(&base);
+                mmio_poke(env, r, base, 0x1000, virtio);
             }
             _ => {
                 let pages = ((MMIO_WINDOW_BASE - env.ram_end) / 4096).max(1);
