@@ -176,7 +176,7 @@ neighbour = "mem-pattern"
             "c",
         )
         .unwrap();
-        let runs = plan(&[s.clone()]);
+        let runs = plan(std::slice::from_ref(&s));
         assert_eq!(runs.len(), 100);
         let keys: std::collections::BTreeSet<_> = runs.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys.len(), 100);
