@@ -228,64 +228,53 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
     let threads = env_u64("CHAOS_THREADS", 2).max(1) as usize;
     let checkpoint = seeds.min(50);
     let next = Arc::new(AtomicU64::new(first));
-    let done_count = Arc::new(AtomicU64::new(0));
-    let hangs = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
-    let hwm_at_checkpoint = Arc::new(AtomicU64::new(0));
+    // Per worker: the seed it is running and since when (the watchdog's view).
+    let in_flight = Arc::new(Mutex::new(vec![None::<(u64, Instant)>; threads]));
+    let exited = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<Outcome>();
     let started = Instant::now();
-    let mut workers = Vec::new();
     for t in 0..threads {
-        let (next, done_count, hangs, stop, outcomes, hwm_cp) = (
+        let (next, stop, in_flight, tx, exited) = (
             next.clone(),
-            done_count.clone(),
-            hangs.clone(),
             stop.clone(),
-            outcomes.clone(),
-            hwm_at_checkpoint.clone(),
+            in_flight.clone(),
+            tx.clone(),
+            exited.clone(),
         );
         let cpu = t % host_cpus();
-        workers.push(std::thread::spawn(move || {
-            loop {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
+        // Long-lived workers (no thread per run, so the process's own allocations do not
+        // churn); a worker stuck in hv is abandoned by the watchdog below.
+        std::thread::spawn(move || {
+            let kvm = common::kvm();
+            while !stop.load(Ordering::SeqCst) {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= first + seeds {
                     break;
                 }
-                // Each run on its own thread, so one hv never returns cannot stop the test.
-                let (tx, rx) = mpsc::channel();
-                std::thread::spawn(move || {
-                    let kvm = common::kvm();
-                    let req = request(seed, ops, cpu);
-                    let r = hv::run::run(&kvm, &req, &RecordContext::adhoc())
-                        .map_err(|e| e.to_string());
-                    let _ = tx.send(r);
-                });
-                let outcome = match rx.recv_timeout(RUN_TIMEOUT + HANG_SLACK) {
-                    Ok(r) => judge(seed, ops, r),
-                    Err(_) => {
-                        if hangs.fetch_add(1, Ordering::SeqCst) + 1 >= MAX_HANGS as u64 {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                        Outcome {
-                            seed,
-                            dev: Dev::for_seed(seed),
-                            label: "hv-hang".into(),
-                            wall: RUN_TIMEOUT + HANG_SLACK,
-                            metrics: BTreeMap::new(),
-                            problem: Some(format!(
-                                "hv::run did not return within {:?} of its {:?} timeout",
-                                HANG_SLACK, RUN_TIMEOUT
-                            )),
-                        }
-                    }
-                };
-                outcomes.lock().unwrap().push(outcome);
-                let n = done_count.fetch_add(1, Ordering::SeqCst) + 1;
+                in_flight.lock().unwrap()[t] = Some((seed, Instant::now()));
+                let req = request(seed, ops, cpu);
+                let r =
+                    hv::run::run(&kvm, &req, &RecordContext::adhoc()).map_err(|e| e.to_string());
+                in_flight.lock().unwrap()[t] = None;
+                if tx.send(judge(seed, ops, r)).is_err() {
+                    break;
+                }
+            }
+            exited.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    drop(tx);
+    let mut outcomes = Vec::<Outcome>::new();
+    let mut abandoned = vec![false; threads];
+    let mut hwm_cp = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(o) => {
+                outcomes.push(o);
+                let n = outcomes.len() as u64;
                 if n == checkpoint {
-                    hwm_cp.store(vm_hwm_kib(), Ordering::SeqCst);
+                    hwm_cp = vm_hwm_kib();
                 }
                 if n % 25 == 0 {
                     eprintln!(
@@ -295,15 +284,44 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
                     );
                 }
             }
-        }));
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Watchdog: a run past its timeout plus slack is an hv hang; its worker is abandoned.
+        let now = Instant::now();
+        for (t, slot) in in_flight.lock().unwrap().iter().enumerate() {
+            if let Some((seed, since)) = *slot {
+                if !abandoned[t] && now.duration_since(since) > RUN_TIMEOUT + HANG_SLACK {
+                    abandoned[t] = true;
+                    outcomes.push(Outcome {
+                        seed,
+                        dev: Dev::for_seed(seed),
+                        label: "hv-hang".into(),
+                        problem: Some(format!(
+                            "hv::run did not return within {HANG_SLACK:?} of its {RUN_TIMEOUT:?} timeout"
+                        )),
+                        wall: now.duration_since(since),
+                        metrics: BTreeMap::new(),
+                    });
+                    if abandoned.iter().filter(|a| **a).count() >= MAX_HANGS.min(threads) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        // Done when every worker has either finished or been abandoned (an abandoned one
+        // never closes its end of the channel).
+        let stuck = abandoned.iter().filter(|a| **a).count();
+        if exited.load(Ordering::SeqCst) as usize + stuck >= threads {
+            outcomes.extend(rx.try_iter());
+            break;
+        }
     }
-    for w in workers {
-        w.join().expect("a worker thread panicked");
+    if hwm_cp == 0 {
+        hwm_cp = vm_hwm_kib();
     }
     let elapsed = started.elapsed();
     let hwm_end = vm_hwm_kib();
-    let hwm_cp = hwm_at_checkpoint.load(Ordering::SeqCst);
-    let mut outcomes = outcomes.lock().unwrap().clone();
     outcomes.sort_by_key(|o| o.seed);
 
     let mut tally: BTreeMap<(String, &str), u64> = BTreeMap::new();
