@@ -410,6 +410,25 @@ neighbour = "mem-pattern:size=16k"
     }
 
     #[test]
+    fn the_chaos_spec_runs_a_thousand_seeds_per_variant_beside_a_neighbour() {
+        let s = Spec::parse(
+            include_str!("../../../bench/specs/chaos.toml"),
+            "chaos.toml",
+        )
+        .unwrap();
+        let e = &s.experiment[0];
+        assert_eq!(e.workload, "chaos");
+        assert!(Spec::arg_combinations(e).len() >= 1000);
+        assert_eq!(e.devices, ["emulated", "synthetic"]);
+        assert!(e.neighbour.as_deref().unwrap().starts_with("mem-pattern"));
+        assert!(e.timeout_s.unwrap_or(s.timeout_s) <= 10.0);
+        assert!(
+            e.cpus.is_some(),
+            "the neighbour shares partition 0's pinned CPUs"
+        );
+    }
+
+    #[test]
     fn bad_specs_name_the_problem() {
         let e = Spec::parse(&SPEC.replace("exit-floor", "nope"), "x.toml")
             .unwrap_err()
