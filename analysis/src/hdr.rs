@@ -49,10 +49,12 @@ pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     if total == 0 {
         return Vec::new();
     }
+    // Counts come from guests (a hostile one reports buckets of u64::MAX), so the running sum
+    // saturates instead of overflowing.
     let mut cum = 0u64;
     h.iter_recorded()
         .map(|v| {
-            cum += v.count_at_value();
+            cum = cum.saturating_add(v.count_at_value());
             (
                 h.highest_equivalent(v.value_iterated_to()) as f64,
                 cum as f64 / total as f64,
@@ -64,6 +66,17 @@ pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cdf_of_guest_sized_counts_does_not_overflow() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        h.record_n(10, u64::MAX / 2).unwrap();
+        h.record_n(1000, u64::MAX / 2).unwrap();
+        let _ = h.record_n(100_000, u64::MAX / 2);
+        let c = cdf(&h);
+        assert!(!c.is_empty());
+        assert!(c.iter().all(|(_, f)| f.is_finite()));
+    }
 
     #[test]
     fn decoded_histograms_merge_larger_values() {

@@ -5,7 +5,8 @@
 //! this crate never redefines them.
 //!
 //! Module map: [`stats`] (medians, seeded bootstrap), [`hdr`] (latency histograms), `frame`
-//! (the flat polars table), `model` (groups, baselines, ratios), `plots`, `doc` (Markdown/HTML
+//! (the flat polars table), `model` (groups, baselines, ratios), `ends` (end statuses and
+//! device errors of experiments whose runs end other than ok), `plots`, `doc` (Markdown/HTML
 //! rendering), `report` (assembly of report and comparison).
 
 // Tests may unwrap: a panic there is the failure report.
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use hv::record::{Manifest, RunRecord};
 
 mod doc;
+mod ends;
 mod frame;
 pub mod hdr;
 mod model;
@@ -346,6 +348,33 @@ mod tests {
         let d = temp_dir("empty");
         let err = load(std::slice::from_ref(&d)).unwrap_err();
         assert!(err.to_string().contains("no runs.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn report_tabulates_end_statuses_of_a_chaos_experiment() {
+        let mut recs = Vec::new();
+        for (i, label) in ["ok", "ok", "guest-exit-3", "triple-fault"]
+            .iter()
+            .enumerate()
+        {
+            let mut r = rec("chaos", "chaos", "chaos", "emulated", 0, 100.0);
+            r.run_key = format!("chaos/chaos/seed={i}");
+            r.status_label = label.to_string();
+            if *label != "ok" {
+                r.status = RecordStatus::Failed(format!("{label} at rip {i:#x}"));
+            }
+            r.metrics.insert("ata_err".into(), i as f64);
+            recs.push(r);
+        }
+        let d = results_dir("ends", &recs, None);
+        let out = temp_dir("ends-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(md.contains("## End statuses"), "{md}");
+        assert!(md.contains("| run | emulated | ok | 2 |"), "{md}");
+        assert!(md.contains("| run | emulated | guest-exit-3 | 1 |"), "{md}");
+        assert!(md.contains("| emulated | ata_err | 6 | 3 |"), "{md}");
     }
 
     #[test]

@@ -578,6 +578,10 @@ fn run_ids(l: &Loaded) -> String {
     }
 }
 
+/// Rows of the skipped-and-failed table before it is cut short (a chaos suite has a distinct
+/// reason, with its fault address, per faulting seed).
+const MAX_NOT_OK_ROWS: usize = 100;
+
 pub fn write_report(
     l: &Loaded,
     out_dir: &Path,
@@ -631,6 +635,11 @@ pub fn write_report(
         }
         b.push(workload_table(rows, m.has_qemu));
     }
+    // Experiments with runs that ended other than ok (chaos): end statuses and device errors.
+    let ends = crate::ends::end_tables(&l.records);
+    if !ends.is_empty() {
+        b.extend(crate::ends::blocks(&ends));
+    }
     b.push(Block::Heading(2, "Plots".into()));
     let (plots, notes) = make_plots(&m, &plot_dir)?;
     for p in &plots {
@@ -661,6 +670,7 @@ pub fn write_report(
             rows: m
                 .not_ok
                 .iter()
+                .take(MAX_NOT_OK_ROWS)
                 .map(|n| {
                     vec![
                         n.experiment.clone(),
@@ -676,6 +686,12 @@ pub fn write_report(
                 })
                 .collect(),
         });
+    }
+    if m.not_ok.len() > MAX_NOT_OK_ROWS {
+        b.push(Block::Para(format!(
+            "... and {} more rows (runs.csv has every record; End statuses groups them).",
+            m.not_ok.len() - MAX_NOT_OK_ROWS
+        )));
     }
     b.push(Block::Para("Tables: `runs.parquet`/`runs.csv` (one row per record, per-op columns), `summary.csv`/`summary.parquet` (medians per experiment, workload, phase, variant, vmm, vCPUs, partitions), `partitions.csv` (the same per partition).".into()));
     let markdown_path = out_dir.join("report.md");

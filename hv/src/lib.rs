@@ -20,6 +20,7 @@ pub mod host;
 pub mod isolation;
 pub mod latency;
 pub mod limits;
+pub mod neighbour;
 pub mod partition;
 pub mod peer;
 pub mod record;

@@ -136,6 +136,15 @@ pub struct RunRecord {
     /// cut short.
     #[serde(default)]
     pub run_records: u32,
+    /// How the run ended, as a short stable label for grouping (`RunStatus::label`: `ok`,
+    /// `guest-exit-3`, `triple-fault`, `timeout`, ...; `skipped`, `hv-error`, or
+    /// `neighbour-corrupted`); empty in records written before the field existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_label: String,
+    /// `neighbour` for the records of a neighbour partition (`RunRequest::neighbour`), empty
+    /// for the run's own partitions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 /// `results/<run-id>/manifest.json`: what produced a results directory.
@@ -165,6 +174,19 @@ pub struct Manifest {
 }
 
 impl RunRecord {
+    /// The end-status label: [`RunRecord::status_label`] when set, else derived from
+    /// [`RunRecord::status`] (`ok`, `skipped`, `failed`).
+    pub fn end_label(&self) -> &str {
+        if !self.status_label.is_empty() {
+            return &self.status_label;
+        }
+        match self.status {
+            RecordStatus::Ok => "ok",
+            RecordStatus::Skipped(_) => "skipped",
+            RecordStatus::Failed(_) => "failed",
+        }
+    }
+
     /// Exits of `reason` per operation, or `None` when the phase did no operations.
     pub fn exits_per_op(&self, reason: &str) -> Option<f64> {
         (self.ops > 0)

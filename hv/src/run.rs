@@ -41,6 +41,9 @@ pub struct RunRequest {
     pub image: Option<Vec<u8>>,
     /// seccomp filters on vCPU and device worker threads (`PartitionConfig::seccomp`).
     pub seccomp: bool,
+    /// One more partition running this workload on partition 0's host CPUs (isolation
+    /// checks: `--neighbour mem-pattern`); its records carry `role = "neighbour"`.
+    pub neighbour: Option<crate::neighbour::Neighbour>,
 }
 
 impl Default for RunRequest {
@@ -61,6 +64,7 @@ impl Default for RunRequest {
             enlightenments: EnlightenmentSet::NONE,
             image: None,
             seccomp: true,
+            neighbour: None,
         }
     }
 }
@@ -216,6 +220,9 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
         })?;
         limits::check_cpus(cpus, &allowed).map_err(|e| HvError::Config(format!("--cpus: {e}")))?;
     }
+    if let Some(n) = &req.neighbour {
+        validate(&n.request(req))?;
+    }
     Ok(info)
 }
 
@@ -286,7 +293,8 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     limits::ensure_host_resources(
         kvm,
         &ResourceAsk {
-            partitions: req.partitions,
+            // The neighbour is one more partition of the same size (one vCPU).
+            partitions: req.partitions + u32::from(req.neighbour.is_some()),
             vcpus: req.vcpus,
             mem_bytes: req.mem_bytes,
             tracepoints: req.tracepoints,
@@ -327,6 +335,10 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         devices::attach(&mut p, &req.devices, info.devices)?;
         built.push(p);
     }
+    let neighbour = req.neighbour.as_ref().map(|n| n.request(req));
+    if let Some(nreq) = &neighbour {
+        built.push(crate::neighbour::build(kvm, req, nreq, image)?);
+    }
     let running = start_all(built)?;
     let deadline = Instant::now() + req.timeout;
     let mut partitions = Vec::with_capacity(running.len());
@@ -339,7 +351,12 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     let records = cap_records(
         partitions
             .iter()
-            .flat_map(|p| records_for(req, ctx, &params, p))
+            .flat_map(|p| match &neighbour {
+                Some(nreq) if p.outcome.index == req.partitions => {
+                    crate::neighbour::records(req, nreq, ctx, p)
+                }
+                _ => records_for(req, ctx, &params, p),
+            })
             .collect(),
     );
     Ok(RunResult {
@@ -451,6 +468,7 @@ pub fn guest_records(
         }
         RecordStatus::Failed(why)
     };
+    base.status_label = status.label();
     if report.malformed > 0 {
         base.notes.push(format!(
             "{} malformed result lines ignored",

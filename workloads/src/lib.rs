@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod blk_io;
+pub mod chaos;
 pub mod clock;
 #[cfg(target_os = "none")]
 mod common;
@@ -74,6 +75,7 @@ registry!(
     clock,
     interrupts,
     user_mode,
+    chaos,
 );
 
 /// Looks a workload up by name.

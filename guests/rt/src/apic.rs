@@ -17,6 +17,8 @@ const REG_ICR_LO: u32 = 0x300;
 const REG_ICR_HI: u32 = 0x310;
 const REG_SELF_IPI: u32 = 0x3f0;
 const REG_LVT_TIMER: u32 = 0x320;
+const REG_LVT_LINT0: u32 = 0x350;
+const REG_LVT_LINT1: u32 = 0x360;
 const REG_TIMER_INIT: u32 = 0x380;
 const REG_TIMER_DIV: u32 = 0x3e0;
 
@@ -156,6 +158,14 @@ pub fn timer_periodic(vector: u8, count: u32) {
     write(REG_TIMER_DIV, TIMER_DIV_1);
     write(REG_LVT_TIMER, u32::from(vector) | LVT_TIMER_PERIODIC);
     write(REG_TIMER_INIT, count);
+}
+
+/// Masks this CPU's local interrupt pins: LINT0 (the 8259 PIC's ExtINT path, which KVM leaves
+/// open on the BSP at reset) and LINT1 (NMI), so whatever a guest programs into the PIC
+/// cannot interrupt it (chaos writes the PIC's ports at random).
+pub fn mask_lint() {
+    write(REG_LVT_LINT0, LVT_MASKED);
+    write(REG_LVT_LINT1, LVT_MASKED);
 }
 
 /// Stops and masks this CPU's APIC timer.

@@ -136,6 +136,7 @@ gdt_ptr:
 pml4:
     .quad pdpt + 0x7
     .fill 511, 8, 0
+    .global pdpt
 pdpt:
     .quad pd + 0x7
     .quad pd + 0x1000 + 0x7
@@ -143,6 +144,7 @@ pdpt:
     .quad pd + 0x3000 + 0x3
     .quad pd_window + 0x7   /* 4 GiB: the test window (4 KiB pages, see `window_map`) */
     .fill 507, 8, 0
+    .global pd
 pd:
     .set addr, 0
     .rept 1536
@@ -262,6 +264,8 @@ interrupt_common:
 
 unsafe extern "C" {
     static pt_window: core::sync::atomic::AtomicU64;
+    static pdpt: core::sync::atomic::AtomicU64;
+    static pd: core::sync::atomic::AtomicU64;
     static boot_stack_top: u8;
     static ap_stacks: u8;
     static ap_trampoline_start: u8;
@@ -319,6 +323,25 @@ pub fn window_entry(page: usize) -> u64 {
 /// Virtual address of window page `page`.
 pub fn window_va(page: usize) -> u64 {
     WINDOW_VA + ((page % WINDOW_PAGES) as u64) * 4096
+}
+
+/// Makes the 2 MiB page of the MMIO window (3-4 GiB) that holds `addr` reachable from CPL3
+/// (sets the user bit in its directory entry and in the window's PDPT entry), so CPL3 code can
+/// touch device registers there (the chaos workload). Without SMEP/SMAP this changes nothing at
+/// CPL0. Addresses outside the window are ignored. Callers flush the TLB afterwards.
+pub fn allow_user_mmio(addr: u64) {
+    const WINDOW: core::ops::Range<u64> = hvlab_protocol::MMIO_WINDOW_BASE..1 << 32;
+    if !WINDOW.contains(&addr) {
+        return;
+    }
+    let index = (addr >> 21) as usize; // 2048 directory entries cover 0-4 GiB contiguously
+    // SAFETY: `pdpt` has 512 and `pd` 2048 u64 entries in .data (see the asm above); entry 3
+    // of `pdpt` and entry `index` < 2048 of `pd` are in range, and page-table entries are only
+    // accessed atomically from Rust.
+    unsafe {
+        (*core::ptr::addr_of!(pdpt).add(3)).fetch_or(0x4, core::sync::atomic::Ordering::SeqCst);
+        (*core::ptr::addr_of!(pd).add(index)).fetch_or(0x4, core::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Index of the calling CPU (0 = BSP, APs 1.. in arrival order), from its stack pointer: no

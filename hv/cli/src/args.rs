@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// `seccomp-violation`, naming the thread and the call.
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Run one more partition beside the workload, on partition 0's host CPUs:
+    /// `WORKLOAD[:key=value,...]`, e.g. `mem-pattern:size=16k` (its records are marked
+    /// `neighbour`; a mem-pattern neighbour's memory is also checked from the host).
+    #[arg(long)]
+    pub neighbour: Option<String>,
     /// Boot this guest ELF instead of the built-in image.
     #[arg(long)]
     pub image: Option<PathBuf>,

@@ -36,6 +36,7 @@ enum Command {
     ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
     ///   hv run mem-pattern --partitions 2 --cpus 0,1
     ///   hv run blk-io --device both --qd 32 --bs 4K --pattern rand
+    ///   hv run chaos --device synthetic --cpus 0 --neighbour mem-pattern --timeout 5 -- seed=7
     #[command(verbatim_doc_comment)]
     Run(Box<args::RunArgs>),
     /// Probe what this host's KVM can do: capabilities, PV features, whether hypercalls work,
@@ -184,6 +185,12 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             None => None,
         },
         seccomp: !a.no_seccomp,
+        neighbour: a
+            .neighbour
+            .as_deref()
+            .map(hv::neighbour::Neighbour::parse)
+            .transpose()
+            .context("--neighbour")?,
     })
 }
 

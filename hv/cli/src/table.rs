@@ -55,10 +55,18 @@ pub fn run_result(req: &RunRequest, res: &RunResult) -> String {
     let mut s = String::new();
     for p in &res.partitions {
         let o = &p.outcome;
+        // A neighbour partition (`--neighbour`) runs its own workload.
+        let workload = res
+            .records
+            .iter()
+            .find(|r| r.partition == o.index && !r.role.is_empty())
+            .map_or(req.workload.clone(), |r| {
+                format!("{} ({})", r.workload, r.role)
+            });
         let _ = writeln!(
             s,
             "{} · variant {} · {} vCPU · partition {}/{} · {} · {:.1} ms",
-            req.workload,
+            workload,
             req.variant_label(),
             req.vcpus,
             o.index,

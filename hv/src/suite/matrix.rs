@@ -202,6 +202,34 @@ seccomp = [true, false]
     }
 
     #[test]
+    fn seed_ranges_plan_one_run_per_seed_and_shard_cleanly() {
+        let s = Spec::parse(
+            r#"
+name = "c"
+repetitions = 1
+[[experiment]]
+name = "chaos"
+workload = "chaos"
+devices = ["emulated", "synthetic"]
+seeds = 50
+neighbour = "mem-pattern"
+"#,
+            "c",
+        )
+        .unwrap();
+        let runs = plan(std::slice::from_ref(&s));
+        assert_eq!(runs.len(), 100);
+        let keys: std::collections::BTreeSet<_> = runs.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys.len(), 100);
+        assert!(runs[0].key.contains("seed=1/emulated"), "{}", runs[0].key);
+        assert_eq!(plan(&[s]), runs, "deterministic");
+        let a = Shard { k: 1, n: 3 }.select(runs.clone()).len();
+        let b = Shard { k: 2, n: 3 }.select(runs.clone()).len();
+        let c = Shard { k: 3, n: 3 }.select(runs).len();
+        assert_eq!(a + b + c, 100);
+    }
+
+    #[test]
     fn shards_cover_the_matrix_exactly_once() {
         let all = plan(&[spec()]);
         for n in 1..=5 {

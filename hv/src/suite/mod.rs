@@ -97,6 +97,11 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         enlightenments,
         tracepoints: e.tracepoints,
         seccomp: run.seccomp,
+        neighbour: e
+            .neighbour
+            .as_deref()
+            .map(crate::neighbour::Neighbour::parse)
+            .transpose()?,
         ..RunRequest::default()
     })
 }

@@ -142,6 +142,45 @@ pub struct Experiment {
     /// measure what they cost (`false` runs join the variant label as `+no-seccomp`).
     #[serde(default = "default_seccomp")]
     pub seccomp: Vec<bool>,
+    /// A neighbour partition beside each run, on partition 0's CPUs (`RunRequest::neighbour`):
+    /// `WORKLOAD[:key=value,...]`, e.g. `"mem-pattern:size=16k"`.
+    #[serde(default)]
+    pub neighbour: Option<String>,
+    /// Many seeds without listing them: `seeds = 1000` (seeds 1..=1000) or `seeds = "5-99"`;
+    /// each becomes the workload's `seed` argument, one run each (not part of the variant
+    /// label: seeds are samples, like repetitions).
+    #[serde(default)]
+    pub seeds: Option<ArgValue>,
+}
+
+/// Most seeds one experiment may expand to.
+pub const MAX_SEEDS: u64 = 1_000_000;
+
+impl Experiment {
+    /// The seeds `seeds` names, in order (empty when it names none).
+    pub fn seed_values(&self) -> Result<Vec<u64>, String> {
+        let (lo, hi) = match &self.seeds {
+            None => return Ok(Vec::new()),
+            Some(ArgValue::Int(n)) if *n >= 1 => (1, *n as u64),
+            Some(ArgValue::Str(r)) => {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+                    (Ok(a), Ok(b)) if a <= b => (a, b),
+                    _ => return Err(format!("seeds `{r}` is not a range like \"1-1000\"")),
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "seeds = {} : give a count (seeds = 1000) or a range (seeds = \"1-1000\")",
+                    other.render()
+                ));
+            }
+        };
+        if hi - lo >= MAX_SEEDS {
+            return Err(format!("seeds: at most {MAX_SEEDS} per experiment"));
+        }
+        Ok((lo..=hi).collect())
+    }
 }
 
 fn default_true() -> bool {
@@ -265,6 +304,18 @@ impl Spec {
             if e.vcpus.iter().chain(&e.partitions).any(|&n| n == 0) {
                 return Err(bad(e, "vcpus and partitions must be at least 1".into()));
             }
+            if e.seeds.is_some() {
+                if !info.params.iter().any(|p| p.key == "seed") {
+                    return Err(bad(e, format!("`{}` takes no `seed`", e.workload)));
+                }
+                if e.args.contains_key("seed") {
+                    return Err(bad(e, "give seeds either in args or as `seeds`".into()));
+                }
+                e.seed_values().map_err(|m| bad(e, m))?;
+            }
+            if let Some(n) = &e.neighbour {
+                crate::neighbour::Neighbour::parse(n).map_err(|err| bad(e, err.to_string()))?;
+            }
             if e.devices.is_empty()
                 || e.enlighten.is_empty()
                 || e.vcpus.is_empty()
@@ -296,7 +347,19 @@ impl Spec {
             }
             combos = next;
         }
-        combos
+        let seeds = e.seed_values().unwrap_or_default();
+        if seeds.is_empty() {
+            return combos;
+        }
+        let mut out = Vec::with_capacity(combos.len() * seeds.len());
+        for c in &combos {
+            for s in &seeds {
+                let mut c2 = c.clone();
+                c2.insert("seed".into(), s.to_string());
+                out.push(c2);
+            }
+        }
+        out
     }
 }
 
@@ -324,6 +387,55 @@ vmm = ["hv", "qemu"]
         assert_eq!(combos.len(), 2);
         assert_eq!(combos[0]["iters"], "10");
         assert_eq!(combos[1]["tests"], "nop");
+    }
+
+    #[test]
+    fn seeds_expand_into_runs_and_neighbours_are_checked() {
+        let spec = r#"
+name = "c"
+[[experiment]]
+name = "chaos"
+workload = "chaos"
+args = { ops = 10 }
+seeds = "3-7"
+neighbour = "mem-pattern:size=16k"
+"#;
+        let s = Spec::parse(spec, "c.toml").unwrap();
+        let combos = Spec::arg_combinations(&s.experiment[0]);
+        let seeds: Vec<&str> = combos.iter().map(|c| c["seed"].as_str()).collect();
+        assert_eq!(seeds, ["3", "4", "5", "6", "7"]);
+        assert!(combos.iter().all(|c| c["ops"] == "10"));
+        let n = Spec::parse(&spec.replace("\"3-7\"", "1000"), "c").unwrap();
+        assert_eq!(Spec::arg_combinations(&n.experiment[0]).len(), 1000);
+        for (bad, want) in [
+            ("seeds = \"3-7\"", "seeds = \"7-3\""),
+            ("seeds = \"3-7\"", "seeds = 0"),
+            ("args = { ops = 10 }", "args = { seed = 1 }"),
+            ("workload = \"chaos\"", "workload = \"exit-floor\""),
+            ("mem-pattern:size", "mem-pattern:sise"),
+        ] {
+            let e = Spec::parse(&spec.replace(bad, want), "c");
+            assert!(e.is_err(), "{want} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_chaos_spec_runs_a_thousand_seeds_per_variant_beside_a_neighbour() {
+        let s = Spec::parse(
+            include_str!("../../../bench/specs/chaos.toml"),
+            "chaos.toml",
+        )
+        .unwrap();
+        let e = &s.experiment[0];
+        assert_eq!(e.workload, "chaos");
+        assert!(Spec::arg_combinations(e).len() >= 1000);
+        assert_eq!(e.devices, ["emulated", "synthetic"]);
+        assert!(e.neighbour.as_deref().unwrap().starts_with("mem-pattern"));
+        assert!(e.timeout_s.unwrap_or(s.timeout_s) <= 10.0);
+        assert!(
+            e.cpus.is_some(),
+            "the neighbour shares partition 0's pinned CPUs"
+        );
     }
 
     #[test]

@@ -1,0 +1,436 @@
+//! The chaos workload against hv's isolation: many seeds, each with a mem-pattern neighbour
+//! partition on the same host CPU, on both device variants. Every run must end with a defined
+//! status within its timeout, the neighbour's memory must be intact (its own check and the
+//! host's), and hv's peak RSS must not grow with the number of seeds.
+//!
+//! A run that never returns (hv stuck, its timeout unable to fire) is caught by a watchdog
+//! here: the seed is recorded as `hv-hang`, and after a few of those the test stops launching
+//! runs and fails, so it ends in bounded time instead of hanging.
+//!
+//! `CHAOS_SEEDS`, `CHAOS_OPS`, `CHAOS_THREADS` and `CHAOS_FIRST_SEED` override the defaults.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::neighbour::Neighbour;
+use hv::run::{RecordContext, RunRequest};
+use hvlab_workloads::chaos::{self, Planned};
+
+/// Per-run limit hv enforces (a `timeout` status is a failure: chaos never spins).
+const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long past its own timeout a run may take to return before it counts as an hv hang.
+const HANG_SLACK: Duration = Duration::from_secs(15);
+/// Stop launching runs after this many hv hangs (each leaves a stuck thread behind).
+const MAX_HANGS: usize = 2;
+/// Peak RSS bounds: growth between the checkpoint (50 seeds) and the end, and absolute. Measured
+/// here: ~25 MiB after 50 seeds and after 200 (two runs at a time, each 2 x 32 MiB guest RAM at
+/// most, which the absolute bound allows for).
+const RSS_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
+const RSS_LIMIT_KIB: u64 = 256 * 1024;
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// VmHWM (peak resident set) of this process, KiB.
+fn vm_hwm_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// A `kB` line of /proc/self/status.
+fn status_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dev {
+    Emulated,
+    Synthetic,
+}
+
+impl Dev {
+    fn for_seed(seed: u64) -> Dev {
+        if seed % 2 == 0 {
+            Dev::Emulated
+        } else {
+            Dev::Synthetic
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Dev::Emulated => "emulated",
+            Dev::Synthetic => "synthetic",
+        }
+    }
+}
+
+fn request(seed: u64, ops: u64, cpu: usize) -> RunRequest {
+    let mut args = BTreeMap::new();
+    args.insert("seed".to_string(), seed.to_string());
+    args.insert("ops".to_string(), ops.to_string());
+    RunRequest {
+        workload: "chaos".into(),
+        args,
+        cpus: Some(vec![cpu]),
+        timeout: RUN_TIMEOUT,
+        tracepoints: false,
+        devices: DeviceOptions {
+            variant: match Dev::for_seed(seed) {
+                Dev::Emulated => DeviceVariant::Emulated,
+                Dev::Synthetic => DeviceVariant::Synthetic,
+            },
+            event_idx: true,
+            ..DeviceOptions::default()
+        },
+        neighbour: Some(
+            Neighbour::parse(&format!("mem-pattern:seed={seed},size=16k"))
+                .expect("a valid neighbour"),
+        ),
+        ..RunRequest::default()
+    }
+}
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+struct Outcome {
+    seed: u64,
+    dev: Dev,
+    /// The chaos partition's end label, or `hv-hang` / `hv-error`.
+    label: String,
+    /// Why this seed fails the test, if it does.
+    problem: Option<String>,
+    /// Wall time of the chaos partition, and its phase metrics (what it did, device errors).
+    wall: Duration,
+    metrics: BTreeMap<String, f64>,
+}
+
+/// Statuses chaos may end with: its defined guest statuses and the deliberate triple fault.
+fn allowed(label: &str) -> bool {
+    label == "triple-fault"
+        || chaos::END_STATUSES.iter().any(|&s| {
+            label
+                == if s == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("guest-exit-{s}")
+                }
+        })
+}
+
+fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcome {
+    let dev = Dev::for_seed(seed);
+    let out = |label: &str, problem: Option<String>| Outcome {
+        seed,
+        dev,
+        label: label.to_string(),
+        problem,
+        wall: Duration::ZERO,
+        metrics: BTreeMap::new(),
+    };
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => return out("hv-error", Some(format!("hv refused the run: {e}"))),
+    };
+    let Some(main) = res.partitions.iter().find(|p| p.outcome.index == 0) else {
+        return out("hv-error", Some("no partition 0 outcome".into()));
+    };
+    let label = main.outcome.status.label();
+    let fault = main
+        .report
+        .fault
+        .as_ref()
+        .map(|f| format!(" [{f}]"))
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    if !allowed(&label) {
+        problems.push(format!("chaos ended with {}", main.outcome.status));
+    }
+    // A deliberate fault seed ends in a fault (or earlier, at the exit port); a finishing seed
+    // never ends in one.
+    let planned = chaos::planned_end(seed, ops, 5);
+    match (planned, label.as_str()) {
+        (Planned::Finish, "guest-exit-3" | "triple-fault") => problems.push(format!(
+            "chaos planned to finish but ended with {}{fault}",
+            main.outcome.status
+        )),
+        (Planned::Ud { .. } | Planned::Pf { .. } | Planned::Triple { .. }, "ok") => {
+            problems.push("chaos planned a fault but exited ok".into())
+        }
+        _ => {}
+    }
+    match res.partitions.iter().find(|p| p.outcome.index == 1) {
+        None => problems.push("no neighbour outcome".into()),
+        Some(n) if !n.outcome.status.is_ok() => {
+            problems.push(format!("neighbour ended with {}", n.outcome.status))
+        }
+        Some(_) => {}
+    }
+    let neighbour_records: Vec<_> = res
+        .records
+        .iter()
+        .filter(|r| r.role == hv::neighbour::ROLE)
+        .collect();
+    if neighbour_records.is_empty() {
+        problems.push("no neighbour records".into());
+    }
+    for r in &neighbour_records {
+        if !r.status.is_ok() {
+            problems.push(format!("neighbour record {}: {:?}", r.phase, r.status));
+        }
+        if r.metrics.get("host_mismatches").copied().unwrap_or(-1.0) != 0.0 {
+            problems.push(format!(
+                "neighbour memory check from the host: {:?} mismatches",
+                r.metrics.get("host_mismatches")
+            ));
+        }
+    }
+    let mut o = out(
+        &label,
+        (!problems.is_empty()).then(|| {
+            problems.sort();
+            problems.dedup();
+            problems.join("; ")
+        }),
+    );
+    o.wall = main.outcome.wall;
+    if let Some(r) = res
+        .records
+        .iter()
+        .find(|r| r.phase == "chaos" && r.partition == 0)
+    {
+        o.metrics = r.metrics.clone();
+    }
+    o
+}
+
+#[test]
+fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
+    let Some(_) = common::kvm_or_skip() else {
+        return;
+    };
+    let seeds = env_u64("CHAOS_SEEDS", 200);
+    let first = env_u64("CHAOS_FIRST_SEED", 1);
+    let ops = env_u64("CHAOS_OPS", 300);
+    let threads = env_u64("CHAOS_THREADS", 2).max(1) as usize;
+    let checkpoint = seeds.min(50);
+    let next = Arc::new(AtomicU64::new(first));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per worker: the seed it is running and since when (the watchdog's view).
+    let in_flight = Arc::new(Mutex::new(vec![None::<(u64, Instant)>; threads]));
+    let exited = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    let started = Instant::now();
+    for t in 0..threads {
+        let (next, stop, in_flight, tx, exited) = (
+            next.clone(),
+            stop.clone(),
+            in_flight.clone(),
+            tx.clone(),
+            exited.clone(),
+        );
+        let cpu = t % host_cpus();
+        // Long-lived workers (no thread per run, so the process's own allocations do not
+        // churn); a worker stuck in hv is abandoned by the watchdog below.
+        std::thread::spawn(move || {
+            let kvm = common::kvm();
+            while !stop.load(Ordering::SeqCst) {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= first + seeds {
+                    break;
+                }
+                in_flight.lock().unwrap()[t] = Some((seed, Instant::now()));
+                let req = request(seed, ops, cpu);
+                let r =
+                    hv::run::run(&kvm, &req, &RecordContext::adhoc()).map_err(|e| e.to_string());
+                in_flight.lock().unwrap()[t] = None;
+                if tx.send(judge(seed, ops, r)).is_err() {
+                    break;
+                }
+            }
+            exited.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    drop(tx);
+    let mut outcomes = Vec::<Outcome>::new();
+    let mut abandoned = vec![false; threads];
+    let mut hwm_cp = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(o) => {
+                outcomes.push(o);
+                let n = outcomes.len() as u64;
+                if n == checkpoint {
+                    hwm_cp = vm_hwm_kib();
+                }
+                if n % 25 == 0 {
+                    eprintln!(
+                        "chaos: {n} seeds done, peak RSS {} KiB, RSS now {} KiB",
+                        vm_hwm_kib(),
+                        status_kib("VmRSS:")
+                    );
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Watchdog: a run past its timeout plus slack is an hv hang; its worker is abandoned.
+        let now = Instant::now();
+        for (t, slot) in in_flight.lock().unwrap().iter().enumerate() {
+            if let Some((seed, since)) = *slot {
+                if !abandoned[t] && now.duration_since(since) > RUN_TIMEOUT + HANG_SLACK {
+                    abandoned[t] = true;
+                    outcomes.push(Outcome {
+                        seed,
+                        dev: Dev::for_seed(seed),
+                        label: "hv-hang".into(),
+                        problem: Some(format!(
+                            "hv::run did not return within {HANG_SLACK:?} of its {RUN_TIMEOUT:?} timeout"
+                        )),
+                        wall: now.duration_since(since),
+                        metrics: BTreeMap::new(),
+                    });
+                    if abandoned.iter().filter(|a| **a).count() >= MAX_HANGS.min(threads) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        // Done when every worker has either finished or been abandoned (an abandoned one
+        // never closes its end of the channel).
+        let stuck = abandoned.iter().filter(|a| **a).count();
+        if exited.load(Ordering::SeqCst) as usize + stuck >= threads {
+            outcomes.extend(rx.try_iter());
+            break;
+        }
+    }
+    if hwm_cp == 0 {
+        hwm_cp = vm_hwm_kib();
+    }
+    let elapsed = started.elapsed();
+    let hwm_end = vm_hwm_kib();
+    outcomes.sort_by_key(|o| o.seed);
+
+    let mut tally: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for o in &outcomes {
+        *tally.entry((o.label.clone(), o.dev.name())).or_default() += 1;
+    }
+    eprintln!(
+        "chaos: {} of {seeds} seeds (first {first}, ops={ops}) in {:.1} s on {threads} threads",
+        outcomes.len(),
+        elapsed.as_secs_f64()
+    );
+    eprintln!("chaos: end statuses");
+    for ((label, dev), n) in &tally {
+        eprintln!("  {label:<16} {dev:<10} {n}");
+    }
+    eprintln!(
+        "chaos: peak RSS {hwm_cp} KiB after {checkpoint} seeds, {hwm_end} KiB after {}",
+        outcomes.len()
+    );
+    let mut by_wall: Vec<&Outcome> = outcomes.iter().collect();
+    by_wall.sort_by_key(|o| std::cmp::Reverse(o.wall));
+    for o in by_wall.iter().take(3) {
+        let did: Vec<String> = o
+            .metrics
+            .iter()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!(
+            "chaos: slow seed {} ({}, {}): {:.2} s; {}",
+            o.seed,
+            o.dev.name(),
+            o.label,
+            o.wall.as_secs_f64(),
+            did.join(" ")
+        );
+    }
+    let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
+    for o in &outcomes {
+        for (k, v) in &o.metrics {
+            *totals.entry(k.as_str()).or_default() += v;
+        }
+    }
+    totals.remove("seed");
+    eprintln!(
+        "chaos: totals over all seeds: {}",
+        totals
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let failing: Vec<&Outcome> = outcomes.iter().filter(|o| o.problem.is_some()).collect();
+    for o in &failing {
+        eprintln!(
+            "chaos: seed {} ({}): {}\n    reproduce: hv run chaos --device {} --cpus 0 --neighbour mem-pattern:seed={},size=16k --timeout 5 -- seed={} ops={ops}",
+            o.seed,
+            o.label,
+            o.problem.as_deref().unwrap_or(""),
+            o.dev.name(),
+            o.seed,
+            o.seed
+        );
+    }
+    assert!(
+        failing.is_empty() && outcomes.len() as u64 == seeds,
+        "{} of {} seeds failed ({} ran; see above)",
+        failing.len(),
+        seeds,
+        outcomes.len()
+    );
+    assert!(
+        hwm_end.saturating_sub(hwm_cp) < RSS_GROWTH_LIMIT_KIB,
+        "peak RSS grew {} KiB between seed {checkpoint} and seed {seeds} (limit {RSS_GROWTH_LIMIT_KIB} KiB)",
+        hwm_end.saturating_sub(hwm_cp)
+    );
+    assert!(
+        hwm_end < RSS_LIMIT_KIB,
+        "peak RSS {hwm_end} KiB over the {RSS_LIMIT_KIB} KiB bound"
+    );
+}
+
+#[test]
+fn chaos_is_reproducible_per_seed() {
+    let Some(kvm) = common::kvm_or_skip() else {
+        return;
+    };
+    // The same seed twice: the same end and the same counts of what it did.
+    let seed = (1..100)
+        .find(|&s| chaos::planned_end(s, 300, 5) == Planned::Finish)
+        .expect("a finishing seed");
+    let mut metrics = Vec::new();
+    for _ in 0..2 {
+        let mut req = request(seed, 300, 0);
+        req.neighbour = None;
+        // Turn off what depends on timing (interrupt counts, device completion races).
+        // No port operations: a write to the exit port would end the run before its report.
+        req.args.insert("mix".into(), "mmio,ata,mem".into());
+        req.devices.variant = DeviceVariant::Emulated;
+        let r = hv::run::run(&kvm, &req, &RecordContext::adhoc()).unwrap();
+        let status = &r.partitions[0].outcome.status;
+        let Some(rec) = r.records.iter().find(|r| r.phase == "chaos").cloned() else {
+            panic!("seed {seed}: no chaos phase record; the run ended with {status}");
+        };
+        assert_eq!(rec.metrics["seed"], seed as f64);
+        assert!(rec.ops > 0);
+        metrics.push((r.partitions[0].outcome.status.label(), rec.metrics));
+    }
+    assert_eq!(metrics[0], metrics[1]);
+}
