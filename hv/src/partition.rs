@@ -224,7 +224,6 @@ impl Partition {
         }
         let vm = kvm.create_vm().map_err(HvError::kvm("KVM_CREATE_VM"))?;
         let seccomp = Monitor::new(cfg.seccomp);
-        seccomp::register_vm(&vm, &seccomp);
         // Needed on Intel hosts without unrestricted guest; harmless (or refused) elsewhere.
         let _ = vm.set_tss_address(0xfffb_d000);
         // Enlightenments, step 1 of 3: probe the set and do the VM-level setup (before vCPUs).
@@ -455,6 +454,12 @@ impl Partition {
         d: SharedDevice,
     ) -> Result<usize, HvError> {
         self.mmio.insert(name, base, len, d)
+    }
+
+    /// What a device worker thread of this partition installs as its seccomp filter
+    /// (`isolation::seccomp::install(ThreadKind::Worker, ...)` first thing on the thread).
+    pub fn seccomp_target(&self, label: impl Into<String>) -> seccomp::Target {
+        seccomp::Target::new(&self.seccomp, label)
     }
 
     /// Where devices report remarks for the run's notes.

@@ -117,8 +117,8 @@ fn a_worker_call_outside_its_allowlist_ends_the_run_while_the_guest_spins() {
         ..PartitionConfig::default()
     };
     let p = Partition::new(&kvm(), cfg, hv::GUEST_IMAGE).expect("partition");
-    // A device worker finds its partition's filters through the VM, as synthetic devices do.
-    let target = seccomp::Target::for_vm(p.vm(), "test-device worker");
+    // A device worker gets its partition's filter target, as synthetic devices do.
+    let target = p.seccomp_target("test-device worker");
     let running = p.start().expect("starts");
     let worker = std::thread::spawn(move || {
         seccomp::install(ThreadKind::Worker, &target);

@@ -222,7 +222,8 @@ fn attach_virtio(
     )?;
     let base = virtio_mmio_base(slot.into());
     let vm = partition.vm().clone();
-    let attached = synthetic::create(&vm, name, base, virtio_gsi(slot), state, &irq)?;
+    let filter = partition.seccomp_target(format!("{name} worker"));
+    let attached = synthetic::create(&vm, name, base, virtio_gsi(slot), state, &irq, filter)?;
     partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device)?;
     if let Some(c) = attached.clock {
         partition.add_worker_clock(c);

@@ -558,11 +558,11 @@ impl Target {
         }
     }
 
-    /// A thread serving `vm`: the monitor of the partition that owns it (registered by
-    /// [`register_vm`]); none for a VM no partition registered (benches, unit tests).
-    pub fn for_vm(vm: &VmFd, label: impl Into<String>) -> Target {
+    /// A thread that runs unfiltered (benches and unit tests that build devices without a
+    /// partition).
+    pub fn none(label: impl Into<String>) -> Target {
         Target {
-            monitor: monitor_of(vm),
+            monitor: None,
             label: label.into(),
         }
     }
@@ -576,31 +576,6 @@ pub fn install(kind: ThreadKind, target: &Target) {
             m.note_failure(kind, &e);
         }
     }
-}
-
-/// Partitions' monitors by their VM fd, so that device code that holds only the `VmFd`
-/// (synthetic devices spawn their workers with it) finds its partition's. An fd number is
-/// unique among open fds, and a partition keeps its VM (and so the number) open for as long
-/// as its monitor can be found here; a reused number replaces the stale entry.
-fn registry() -> MutexGuard<'static, Vec<(i32, Weak<Monitor>)>> {
-    static REGISTRY: Mutex<Vec<(i32, Weak<Monitor>)>> = Mutex::new(Vec::new());
-    lock(&REGISTRY)
-}
-
-/// Makes `monitor` the one for threads serving `vm`.
-pub fn register_vm(vm: &VmFd, monitor: &Arc<Monitor>) {
-    let fd = vm.as_raw_fd();
-    let mut r = registry();
-    r.retain(|(f, m)| *f != fd && m.strong_count() > 0);
-    r.push((fd, Arc::downgrade(monitor)));
-}
-
-fn monitor_of(vm: &VmFd) -> Option<Arc<Monitor>> {
-    let fd = vm.as_raw_fd();
-    registry()
-        .iter()
-        .find(|(f, _)| *f == fd)
-        .and_then(|(_, m)| m.upgrade())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ fn setup(e: impl std::fmt::Display) -> HvError {
 }
 
 /// Builds a virtio-mmio device at `base` with interrupts on `gsi`: registers one ioeventfd
-/// per queue on QueueNotify and an irqfd, and starts the worker thread.
+/// per queue on QueueNotify and an irqfd, and starts the worker thread, which filters itself
+/// with `filter` (its partition's seccomp target) before it touches guest data.
 pub fn create(
     vm: &VmFd,
     name: &str,
@@ -124,6 +125,7 @@ pub fn create(
     gsi: u32,
     state: DeviceState,
     irq: &EventFd,
+    filter: seccomp::Target,
 ) -> Result<Attached, HvError> {
     let queues = state.queues.len();
     let mut doorbells = Vec::with_capacity(queues);
@@ -157,7 +159,6 @@ pub fn create(
         stopping: stopping.clone(),
         polling,
     };
-    let filter = seccomp::Target::for_vm(vm, format!("{name} worker"));
     let thread = std::thread::Builder::new()
         .name(format!("{name}-worker"))
         .spawn(move || {
