@@ -6,7 +6,8 @@
 //! is measured; [`boot`] loads the guest; [`guest_output`] parses what the guest reports;
 //! [`run`] turns a workload request into partitions and run records; [`record`] is the results
 //! schema; [`peer`] runs the same image under QEMU for the peer column; [`isolation`] filters the system
-//! calls of the threads a guest drives (seccomp).
+//! calls of the threads a guest drives (seccomp); [`host_probe`] runs the probe guests that
+//! find out what this host's KVM does, and [`caps`] reports it (`hv caps`).
 
 pub mod boot;
 pub mod bus;
@@ -17,6 +18,7 @@ pub mod enlightenments;
 pub mod error;
 pub mod guest_output;
 pub mod host;
+pub mod host_probe;
 pub mod isolation;
 pub mod latency;
 pub mod limits;

@@ -30,7 +30,7 @@ use crate::enlightenments::{EnlightenmentHost, EnlightenmentSet};
 use crate::error::HvError;
 use crate::isolation::seccomp::{self, Monitor, ThreadKind};
 use crate::status::RunStatus;
-use crate::vcpu::{RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
+use crate::vcpu::{ExitRegs, RunControl, UnmappedLog, UnmappedPolicy, VcpuRunner};
 
 /// Smallest guest RAM hv accepts: the image at 1 MiB plus its stacks fit well below it.
 pub const MIN_MEM: u64 = 4 << 20;
@@ -199,6 +199,8 @@ pub struct Partition {
     enl_notes: Vec<String>,
     /// This partition's seccomp filters (device workers find it through the VM).
     seccomp: Arc<Monitor>,
+    /// Registers of each vCPU as it left the guest, when asked for (`record_exit_regs`).
+    exit_regs: Option<Arc<ExitRegs>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -416,7 +418,23 @@ impl Partition {
             worker_clocks: Vec::new(),
             device_notes: NoteSink::default(),
             seccomp,
+            exit_regs: None,
         })
+    }
+
+    /// vCPU `index` before the run starts, for callers that start a guest other than at the
+    /// PVH entry (the host probes start vCPU 0 in real mode).
+    pub(crate) fn vcpu_fd(&self, index: usize) -> Option<&VcpuFd> {
+        self.vcpus.get(index)
+    }
+
+    /// Has every vCPU thread read its registers (KVM_GET_REGS) as it leaves the guest, for
+    /// the caller to read after the run: where a vCPU stood when the run's end (a timeout)
+    /// pulled it out of KVM_RUN. The host probes use it; runs do not pay for it otherwise.
+    pub fn record_exit_regs(&mut self) -> Arc<ExitRegs> {
+        self.exit_regs
+            .get_or_insert_with(|| Arc::new(ExitRegs::new(self.vcpus.len())))
+            .clone()
     }
 
     /// The VM, for devices that register ioeventfds, irqfds or routes.
@@ -554,6 +572,7 @@ impl Partition {
                 unmapped_log: unmapped_log.clone(),
                 max_exits: self.cfg.max_exits,
                 enlightenments: self.enlightenments.clone(),
+                exit_regs: self.exit_regs.clone(),
             };
             let pin = self.cfg.pin.as_ref().map(|p| p[i % p.len()]);
             let tracepoints = self.cfg.tracepoints;

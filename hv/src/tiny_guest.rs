@@ -97,6 +97,103 @@ pub fn exit_now(status: u32) -> Vec<u8> {
     c
 }
 
+/// Port where a [`real_mode_probe`] guest reports a value (`out dx, eax`, see
+/// [`report_eax`]). Outside the guest protocol's ports; only the host probes
+/// (`hv::host_probe`) attach a device here.
+pub const REPORT_PORT: u16 = 0x7f0;
+/// Port where a [`real_mode_probe`] guest's exception handlers write the vector number
+/// (0xffff for vectors 32 and up).
+pub const EXCEPTION_PORT: u16 = 0x7f1;
+/// Exit status of a [`real_mode_probe`] guest after an exception (the guest protocol's
+/// "exception").
+pub const EXCEPTION_STATUS: u32 = 3;
+/// Exit status of a [`real_mode_probe`] guest whose body ran past its end without exiting.
+pub const FELL_THROUGH_STATUS: u32 = 4;
+
+/// Where a [`real_mode_probe`] guest's body starts (`0:0x1000`, = its guest-physical address).
+pub const REAL_MODE_CODE_AT: u16 = 0x1000;
+/// Its stack top (`0:0xf000`).
+pub const REAL_MODE_STACK_TOP: u16 = 0xf000;
+/// Where its exception handlers live.
+const REAL_MODE_STUBS_AT: u16 = 0x0800;
+/// Exception vectors with a handler of their own.
+const REAL_MODE_VECTORS: u16 = 32;
+
+/// A real-mode probe guest: the pieces of guest memory to write, as (guest-physical address,
+/// bytes). The vCPU starts at `0:REAL_MODE_CODE_AT` with all segment bases 0 and the stack at
+/// [`REAL_MODE_STACK_TOP`] (`hv::host_probe` sets that state). The IVT at 0 sends each
+/// exception vector to a handler that writes the vector to [`EXCEPTION_PORT`] and exits with
+/// [`EXCEPTION_STATUS`], so a probe can tell #UD from #GP from a hang. `body` (16-bit code)
+/// must end the run itself ([`exit_with`]); one that runs past its end exits with
+/// [`FELL_THROUGH_STATUS`].
+///
+/// Real mode, not the PVH entry's protected mode, because what a hypercall instruction does
+/// depends on the mode on some hosts (`kvm_pvm`: in real mode `vmmcall` raises #UD, in
+/// protected mode it hangs like `vmcall`), and hv's probes have always asked in real mode.
+pub fn real_mode_probe(body: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut stubs = Vec::new();
+    let mut ivt = Vec::with_capacity(256 * 4);
+    let mut stub_at = Vec::new();
+    for v in (0..REAL_MODE_VECTORS).chain([0xffff]) {
+        stub_at.push(REAL_MODE_STUBS_AT + stubs.len() as u16);
+        stubs.push(0xb8); // mov ax, v
+        stubs.extend_from_slice(&v.to_le_bytes());
+        stubs.push(0xba); // mov dx, EXCEPTION_PORT
+        stubs.extend_from_slice(&EXCEPTION_PORT.to_le_bytes());
+        stubs.push(0xef); // out dx, ax
+        exit16(&mut stubs, EXCEPTION_STATUS);
+    }
+    for v in 0..256usize {
+        let at = stub_at[v.min(usize::from(REAL_MODE_VECTORS))];
+        ivt.extend_from_slice(&at.to_le_bytes()); // offset
+        ivt.extend_from_slice(&0u16.to_le_bytes()); // segment
+    }
+    let mut code = body.to_vec();
+    exit16(&mut code, FELL_THROUGH_STATUS);
+    vec![
+        (0, ivt),
+        (u64::from(REAL_MODE_STUBS_AT), stubs),
+        (u64::from(REAL_MODE_CODE_AT), code),
+    ]
+}
+
+/// 16-bit: `mov dx, port; mov eax, value; out dx, eax`.
+fn out32_16(c: &mut Vec<u8>, port: u16, value: u32) {
+    c.push(0xba);
+    c.extend_from_slice(&port.to_le_bytes());
+    set_eax(c, value);
+    c.extend_from_slice(&[0x66, 0xef]);
+}
+
+/// 16-bit: exit with `status`, then spin (the run ends at the exit-port write).
+fn exit16(c: &mut Vec<u8>, status: u32) {
+    out32_16(c, EXIT_PORT, status);
+    c.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+}
+
+/// Real-mode probe body piece: `out REPORT_PORT, eax` (eax unchanged; dx clobbered).
+pub fn report_eax(c: &mut Vec<u8>) {
+    c.push(0xba);
+    c.extend_from_slice(&REPORT_PORT.to_le_bytes());
+    c.extend_from_slice(&[0x66, 0xef]);
+}
+
+/// Real-mode probe body piece: `mov eax, v`.
+pub fn set_eax(c: &mut Vec<u8>, v: u32) {
+    c.extend_from_slice(&[0x66, 0xb8]);
+    c.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Real-mode probe body piece: begin (`end == false`) or end phase `id`.
+pub fn phase_marker(c: &mut Vec<u8>, id: u32, end: bool) {
+    out32_16(c, PHASE_PORT, if end { id | PHASE_END } else { id });
+}
+
+/// Real-mode probe body piece: exit with `status`.
+pub fn exit_with(c: &mut Vec<u8>, status: u32) {
+    exit16(c, status);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

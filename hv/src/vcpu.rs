@@ -283,6 +283,34 @@ pub(crate) struct VcpuRunner {
     pub max_exits: Option<u64>,
     /// Enlightenment runtime (hv's hypercall MSR, TLB flushes before entry); `None` = off.
     pub enlightenments: Option<Arc<EnlightenmentHost>>,
+    /// Where to leave the registers when the thread leaves the guest (`None`: not asked for).
+    pub exit_regs: Option<Arc<ExitRegs>>,
+}
+
+/// Each vCPU's registers as its thread left the guest (`Partition::record_exit_regs`): where
+/// a vCPU that the run's end pulled out of KVM_RUN stood, e.g. a host probe's hypercall
+/// instruction that never completed.
+#[derive(Debug)]
+pub struct ExitRegs(Mutex<Vec<Option<kvm_bindings::kvm_regs>>>);
+
+impl ExitRegs {
+    pub(crate) fn new(vcpus: usize) -> ExitRegs {
+        ExitRegs(Mutex::new(vec![None; vcpus]))
+    }
+
+    /// vCPU `index`'s registers when its thread left (`None`: still running, never ran, or
+    /// KVM_GET_REGS failed).
+    pub fn get(&self, index: usize) -> Option<kvm_bindings::kvm_regs> {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.get(index).copied().flatten()
+    }
+
+    fn set(&self, index: usize, regs: Option<kvm_bindings::kvm_regs>) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = r.get_mut(index) {
+            *slot = regs;
+        }
+    }
 }
 
 /// Remembers which unmapped addresses were already reported, so a flooding guest produces
@@ -568,6 +596,10 @@ impl VcpuRunner {
             }
             o => o,
         };
+        // Before the outcome is published, so that it is there once the run has ended.
+        if let Some(r) = &self.exit_regs {
+            r.set(self.index as usize, self.fd.get_regs().ok());
+        }
         if let Some(s) = outcome {
             self.control.finish(s);
         }

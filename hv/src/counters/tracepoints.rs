@@ -259,8 +259,7 @@ impl ThreadTracepoints {
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 mod tests {
     use super::*;
-    use crate::caps::{PORT_COUNT, ProbeGuest};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn thread_tracepoints_is_send() {
@@ -277,7 +276,7 @@ mod tests {
         ));
     }
 
-    /// Real KVM: N `out`s on a vCPU thread show up as >= N kvm_pio and kvm_userspace_exit.
+    /// Real KVM: N `out`s in a guest's phase show up as >= N kvm_pio and kvm_userspace_exit.
     #[test]
     fn pio_guest_moves_pio_and_userspace_exit_tracepoints() {
         if let Err(reason) = availability() {
@@ -288,27 +287,30 @@ mod tests {
             eprintln!("skipped: /dev/kvm not usable here");
             return;
         };
-        const N: u16 = 100;
-        let mut g = ProbeGuest::new(&kvm, &ProbeGuest::outs_code(N)).unwrap();
-        let mut tp = None;
-        let run = g.run(Duration::from_secs(2), |tid| {
-            tp = Some(ThreadTracepoints::open(tid));
-        });
-        assert_eq!(run.count_outs(PORT_COUNT), usize::from(N), "{run:?}");
-        let mut tp = tp.unwrap().unwrap();
-        let mut counts = Vec::new();
-        tp.read(&mut counts).unwrap();
-        let names = tp.names();
-        assert_eq!(names.len(), counts.len());
-        let moved: Vec<String> = names
+        const N: u32 = 100;
+        // Through the partition code, which opens the counters on each vCPU thread.
+        let cfg = crate::partition::PartitionConfig {
+            tracepoints: true,
+            kvm_stats: false,
+            ..Default::default()
+        };
+        let image = crate::tiny_guest::elf(&crate::tiny_guest::pio_loop(N));
+        let p = crate::partition::Partition::new(&kvm, cfg, &image).unwrap();
+        let o = p.start().unwrap().wait(
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_secs(10),
+        );
+        assert!(o.status.is_ok(), "{}", o.status);
+        assert_eq!(o.phases.len(), 1);
+        let tp = &o.phases[0].tracepoints;
+        assert!(!tp.is_empty(), "no tracepoints counted: {:?}", o.notes);
+        let moved: Vec<String> = tp
             .iter()
-            .zip(&counts)
             .filter(|(_, c)| **c > 0)
             .map(|(n, c)| format!("{n}={c}"))
             .collect();
         eprintln!("tracepoints that moved for {N} outs: {}", moved.join(" "));
-        let get = |n: &str| names.iter().position(|x| *x == n).map(|i| counts[i]);
-        assert!(get("kvm_pio").unwrap() >= u64::from(N));
-        assert!(get("kvm_userspace_exit").unwrap() >= u64::from(N));
+        assert!(tp["kvm_pio"] >= u64::from(N));
+        assert!(tp["kvm_userspace_exit"] >= u64::from(N));
     }
 }

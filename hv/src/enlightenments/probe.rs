@@ -1,12 +1,13 @@
 //! Host probes shared by the enlightenments: what KVM offers in CPUID, which capabilities it
-//! has, and whether a hypercall instruction completes at all (`hv caps`' probe guest, once).
+//! has, and whether a hypercall instruction completes at all (`crate::host_probe`'s probe
+//! guest, once per process).
 
 use std::sync::OnceLock;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm};
 
-use crate::caps::HypercallOutcome;
+use crate::host_probe::{self, HypercallInsn, HypercallOutcome};
 
 /// CPUID `leaf` as KVM supports it, or `None`.
 pub(crate) fn supported_leaf(kvm: &Kvm, leaf: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
@@ -60,17 +61,23 @@ pub(crate) fn host_is_amd() -> bool {
     &v == b"AuthenticAMD" || &v == b"HygonGenuine"
 }
 
-/// `Ok` when the host vendor's hypercall instruction (vmcall, or vmmcall on AMD/Hygon) reaches
-/// KVM's hypercall handler in a guest, as KVM's PV hypercalls need. The answer is `hv caps`'
-/// own probe (`caps::hypercall_outcome`: a real-mode probe guest under its watchdog, run once
-/// per process).
-pub fn hypercalls_work(kvm: &Kvm) -> Result<(), String> {
-    let (name, insn) = if host_is_amd() {
-        ("vmmcall", crate::caps::VMMCALL)
+/// The host vendor's hypercall instruction: `vmmcall` on AMD/Hygon, `vmcall` elsewhere.
+fn host_hypercall_insn() -> HypercallInsn {
+    if host_is_amd() {
+        HypercallInsn::Vmmcall
     } else {
-        ("vmcall", crate::caps::VMCALL)
-    };
-    match crate::caps::hypercall_outcome(kvm, insn) {
+        HypercallInsn::Vmcall
+    }
+}
+
+/// `Ok` when the host vendor's hypercall instruction (vmcall, or vmmcall on AMD/Hygon) reaches
+/// KVM's hypercall handler in a guest, as KVM's PV hypercalls need. The answer is the host
+/// probe `hv caps` also reports (`host_probe::hypercall_outcome`: a probe guest under its
+/// watchdog, run once per process).
+pub fn hypercalls_work(kvm: &Kvm) -> Result<(), String> {
+    let insn = host_hypercall_insn();
+    let name = insn.name();
+    match host_probe::hypercall_outcome(kvm, insn) {
         HypercallOutcome::Handled => Ok(()),
         HypercallOutcome::ExitToUserspace { nr } => Err(format!(
             "{name} exits to userspace (KVM_EXIT_HYPERCALL nr {nr:#x}) instead of KVM handling it"
@@ -90,12 +97,7 @@ mod tests {
         // Needs /dev/kvm; without it there is nothing to check here.
         let Ok(kvm) = Kvm::new() else { return };
         let first = hypercalls_work(&kvm);
-        let insn = if host_is_amd() {
-            crate::caps::VMMCALL
-        } else {
-            crate::caps::VMCALL
-        };
-        let caps = crate::caps::probe_hypercall_insn(&kvm, insn);
+        let caps = host_probe::probe_hypercall_insn(&kvm, host_hypercall_insn());
         assert_eq!(
             first.is_ok(),
             caps == HypercallOutcome::Handled,
