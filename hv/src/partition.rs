@@ -299,15 +299,20 @@ impl Partition {
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        // Host TSC right after vCPU 0 got its TSC (0): the Hyper-V reference clock's origin.
+        let mut tsc_zero = 0;
         for i in 0..cfg.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
+            if i == 0 {
+                tsc_zero = crate::enlightenments::hyperv::host_tsc();
+            }
             let pv_bits = cfg.kvm_pv_features | enl_set.map_or(0, |s| s.kvm_pv_bits());
             let mut cpuid = vcpu_cpuid(&base_cpuid, i, pv_bits);
             // Enlightenments, step 2 of 3: KVM's PV bits and hv's own leaves.
             if let Some(set) = &enl_set {
-                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features)
+                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features, cfg.vcpus)
                     .map_err(HvError::Setup)?;
             }
             fd.set_cpuid2(&cpuid)
@@ -399,6 +404,7 @@ impl Partition {
                 cfg.vcpus,
                 mem.clone(),
                 vm.clone(),
+                tsc_khz.map(|tsc_khz| crate::enlightenments::hyperv::Clock { tsc_khz, tsc_zero }),
             ))
         });
         Ok(Partition {
