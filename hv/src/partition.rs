@@ -299,14 +299,15 @@ impl Partition {
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
-        // Host TSC right after vCPU 0 got its TSC (0): the Hyper-V reference clock's origin.
-        let mut tsc_zero = 0;
+        // vCPU 0's TSC and the host's, read together: the Hyper-V reference clock's origin.
+        let mut tsc_origin = (0, 0);
         for i in 0..cfg.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
             if i == 0 {
-                tsc_zero = crate::enlightenments::hyperv::host_tsc();
+                tsc_origin = crate::enlightenments::hyperv::read_origin(&fd)
+                    .unwrap_or((0, crate::enlightenments::hyperv::host_tsc()));
             }
             let pv_bits = cfg.kvm_pv_features | enl_set.map_or(0, |s| s.kvm_pv_bits());
             let mut cpuid = vcpu_cpuid(&base_cpuid, i, pv_bits);
@@ -404,7 +405,11 @@ impl Partition {
                 cfg.vcpus,
                 mem.clone(),
                 vm.clone(),
-                tsc_khz.map(|tsc_khz| crate::enlightenments::hyperv::Clock { tsc_khz, tsc_zero }),
+                tsc_khz.map(|tsc_khz| crate::enlightenments::hyperv::Clock {
+                    tsc_khz,
+                    guest_tsc: tsc_origin.0,
+                    host_tsc: tsc_origin.1,
+                }),
             ))
         });
         Ok(Partition {

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use kvm_ioctls::Kvm;
 
 pub use msr::Clock;
-pub(crate) use tsc_page::host_tsc;
+pub(crate) use tsc_page::{host_tsc, read_origin};
 
 /// Hyper-V enlightenments switched on, one bit per `hv-*` registry entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -23,12 +23,30 @@ pub(crate) const APIC_HZ: u64 = 1_000_000_000;
 const HYPERCALL_RESERVED: u64 = 0xffc;
 const PAGE_MSR_RESERVED: u64 = 0xffe;
 
-/// The partition's clock, for TIME_REF_COUNT, REFERENCE_TSC and TSC_FREQUENCY.
+/// The partition's clock, for TIME_REF_COUNT, REFERENCE_TSC and TSC_FREQUENCY: the guest TSC
+/// rate and one (guest TSC, host TSC) pair read together when vCPU 0 was created, which is
+/// the reference time's origin (TIME_REF_COUNT counts from partition creation).
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     pub tsc_khz: u32,
-    /// Host TSC when the guest TSC was 0 (read right after vCPU 0 was created).
-    pub tsc_zero: u64,
+    pub guest_tsc: u64,
+    pub host_tsc: u64,
+}
+
+impl Clock {
+    /// TSC page scale and offset: reference time 0 at the origin.
+    pub(crate) fn page(&self) -> Option<(u64, i64)> {
+        let scale = tsc_page::scale(self.tsc_khz)?;
+        let at_origin = tlfs::tsc_page_time(self.guest_tsc, scale, 0);
+        Some((scale, (at_origin as i64).wrapping_neg()))
+    }
+
+    /// The guest's TSC now, from the host's (same rate: hv does not scale the guest TSC).
+    pub(crate) fn guest_tsc_now(&self) -> u64 {
+        tsc_page::host_tsc()
+            .wrapping_sub(self.host_tsc)
+            .wrapping_add(self.guest_tsc)
+    }
 }
 
 /// MSR state of one partition.
@@ -82,9 +100,8 @@ impl Msrs {
     /// Partition reference time now (100 ns units), from the same formula as the TSC page.
     pub(crate) fn reference_time(&self) -> Option<u64> {
         let c = self.clock?;
-        let scale = tsc_page::scale(c.tsc_khz)?;
-        let tsc = tsc_page::host_tsc().saturating_sub(c.tsc_zero);
-        Some(tlfs::tsc_page_time(tsc, scale, 0))
+        let (scale, offset) = c.page()?;
+        Some(tlfs::tsc_page_time(c.guest_tsc_now(), scale, offset))
     }
 
     /// RDMSR `msr` on VP `vp`.
@@ -153,15 +170,16 @@ impl Msrs {
                 }
                 let mut g = super::lock(&self.reference_tsc);
                 if value & tlfs::MSR_ENABLE != 0 {
-                    let scale = self.clock.and_then(|c| tsc_page::scale(c.tsc_khz));
+                    let page = self.clock.and_then(|c| c.page());
                     // Without a known TSC rate the page says "invalid" (sequence 0): the guest
                     // falls back to TIME_REF_COUNT, as the TLFS prescribes.
-                    let seq = if scale.is_some() {
+                    let seq = if page.is_some() {
                         tsc_page::next_sequence(g.1)
                     } else {
                         0
                     };
-                    let bytes = tsc_page::page_bytes(seq, scale.unwrap_or(0), 0);
+                    let (scale, offset) = page.unwrap_or((0, 0));
+                    let bytes = tsc_page::page_bytes(seq, scale, offset);
                     mem.write_slice(&bytes, gpa).map_err(|_| Gp)?;
                     g.1 = seq;
                 }
@@ -195,9 +213,11 @@ mod tests {
 
     fn setup(features: Features) -> (Msrs, GuestMemoryMmap) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        // A guest TSC far ahead of the host's (as on nested hosts), read "now".
         let clock = Clock {
             tsc_khz: 2_000_000,
-            tsc_zero: tsc_page::host_tsc(),
+            guest_tsc: 1 << 44,
+            host_tsc: tsc_page::host_tsc(),
         };
         (Msrs::new(features, 2, Some(clock)), mem)
     }
@@ -311,13 +331,20 @@ mod tests {
         let offset = mem.read_obj::<i64>(GuestAddress(0x6010)).unwrap();
         assert_eq!(seq, 1);
         assert_eq!(scale, tsc_page::scale(2_000_000).unwrap());
-        assert_eq!(offset, 0);
+        // Reference time 0 at the origin: (2^44 ticks at 2 GHz) in 100 ns units.
+        let at_origin = ((1u64 << 44) as u128 * 10_000 / 2_000_000) as i64;
+        assert!((offset + at_origin).abs() <= 1, "{offset} vs -{at_origin}");
         // Re-enabling bumps the sequence.
         m.write(0, tlfs::MSR_REFERENCE_TSC, 0x6001, &mem).unwrap();
         assert_eq!(mem.read_obj::<u32>(GuestAddress(0x6000)).unwrap(), 2);
         let a = m.read(0, tlfs::MSR_TIME_REF_COUNT).unwrap();
+        // The page, read with the guest TSC at this moment, agrees with the MSR.
+        let c = m.clock.unwrap();
+        let page_now = tlfs::tsc_page_time(c.guest_tsc_now(), scale, offset);
         let b = m.read(1, tlfs::MSR_TIME_REF_COUNT).unwrap();
-        assert!(b >= a);
+        assert!(a <= page_now && page_now <= b, "{a} {page_now} {b}");
+        // Counted from the origin: well under a minute here.
+        assert!(b < 600_000_000, "{b}");
         // Outside memory: #GP and the MSR keeps its value.
         assert_eq!(
             m.write(0, tlfs::MSR_REFERENCE_TSC, (MEM as u64) | 1, &mem),

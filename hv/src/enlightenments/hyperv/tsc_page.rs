@@ -3,10 +3,11 @@
 //!
 //! The page holds `TscSequence` (u32, 0 = invalid: use the MSR), a reserved u32, `TscScale`
 //! (u64) and `TscOffset` (i64); the guest computes `((tsc * scale) >> 64) + offset` with no
-//! exit. hv derives the MSR from the same formula over its estimate of the guest TSC (host
-//! TSC minus the host TSC read right after vCPU 0 was created, when KVM set the guest's TSC to
-//! 0), so page and MSR agree up to that estimate's error (microseconds) and run at the same
-//! rate. hv assumes the guest TSC runs at the host's rate (KVM_GET_TSC_KHZ unchanged).
+//! exit. The offset puts reference time 0 at partition creation. hv derives the MSR from the
+//! same formula over the guest TSC it computes from the host's (one guest/host TSC pair read
+//! together at vCPU 0's creation, [`read_origin`]), so page and MSR agree to that read's
+//! latency (microseconds) and run at the same rate. hv assumes the guest TSC runs at the
+//! host's rate (no TSC scaling: KVM_GET_TSC_KHZ equal to the host's).
 
 /// Scale for a TSC of `tsc_khz`: 100 ns units per tick as a 64.64 fixed-point fraction,
 /// `10^4 * 2^64 / tsc_khz` (10^7 units per second / (khz * 1000) ticks per second).
@@ -34,6 +35,21 @@ pub(crate) fn next_sequence(seq: u32) -> u32 {
         0 | 0xffff_ffff => 1,
         s => s,
     }
+}
+
+/// Reads vCPU `fd`'s TSC (IA32_TSC through KVM_GET_MSRS) and the host's around it: the
+/// (guest, host) pair of [`super::Clock`]. `None` when KVM refuses the read.
+pub(crate) fn read_origin(fd: &kvm_ioctls::VcpuFd) -> Option<(u64, u64)> {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: 0x10,
+        ..Default::default()
+    }])
+    .ok()?;
+    let before = host_tsc();
+    let n = fd.get_msrs(&mut msrs).ok()?;
+    let after = host_tsc();
+    let guest = msrs.as_slice().first().map(|e| e.data)?;
+    (n == 1).then_some((guest, before + after.wrapping_sub(before) / 2))
 }
 
 /// The host's TSC.
