@@ -9,7 +9,7 @@ use super::Features;
 
 /// Version reported in leaf 0x40000002 (EAX build, EBX major.minor): hv reports itself as an
 /// implementation of TLFS 6.0 (the version QEMU reports too), build 0.
-const VERSION_MAJOR_MINOR: u32 = (6 << 16) | 0;
+const VERSION_MAJOR_MINOR: u32 = 6 << 16;
 
 /// Leaf 0x40000004 EBX when hv-spinlocks is on: the guest notifies after this many retries.
 pub(crate) const SPIN_RETRIES: u32 = 0x1000;

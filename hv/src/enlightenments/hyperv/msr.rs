@@ -264,7 +264,7 @@ mod tests {
             Err(Gp)
         );
         assert_eq!(
-            m.write(0, tlfs::MSR_HYPERCALL, u64::MAX & !0xffe, &mem),
+            m.write(0, tlfs::MSR_HYPERCALL, !0xffe, &mem),
             Err(Gp)
         );
         assert!(!m.hypercall_enabled());
