@@ -224,6 +224,8 @@ pub struct EnlightenmentSet {
     bits: u32,
     /// Chosen as `all`: members this host cannot run are dropped (with a note), not refused.
     all: bool,
+    /// Who serves the Hyper-V members (`hyperv-backend=kernel` in the list; user by default).
+    backend: hyperv::Backend,
 }
 
 impl fmt::Debug for EnlightenmentSet {
@@ -254,6 +256,7 @@ impl EnlightenmentSet {
     pub const NONE: EnlightenmentSet = EnlightenmentSet {
         bits: 0,
         all: false,
+        backend: hyperv::Backend::User,
     };
 
     /// Every enlightenment (those this host lacks are dropped when applied, with a note).
@@ -261,6 +264,7 @@ impl EnlightenmentSet {
         EnlightenmentSet {
             bits: (1u32 << REGISTRY.len()) - 1,
             all: true,
+            backend: hyperv::Backend::User,
         }
     }
 
@@ -280,6 +284,14 @@ impl EnlightenmentSet {
                     list: s.to_string(),
                     valid: valid_names(),
                 });
+            }
+            if let Some(b) = name.strip_prefix("hyperv-backend=") {
+                set.backend =
+                    hyperv::Backend::parse(b).map_err(|_| EnlightenmentError::Unknown {
+                        name: name.to_string(),
+                        valid: valid_names(),
+                    })?;
+                continue;
             }
             if name == "none" || name == "all" {
                 return Err(EnlightenmentError::Mixed {
@@ -346,9 +358,25 @@ impl EnlightenmentSet {
             .map(|(_, e)| *e)
     }
 
-    /// Member names in registry order (what run records store).
+    /// Member names in registry order (what run records store), then
+    /// `hyperv-backend=kernel` when the kernel backend is chosen.
     pub fn names(&self) -> Vec<&'static str> {
-        self.iter().map(|e| e.name()).collect()
+        let mut n: Vec<_> = self.iter().map(|e| e.name()).collect();
+        if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
+            n.push(hyperv::Backend::KERNEL_TOKEN);
+        }
+        n
+    }
+
+    /// The Hyper-V backend.
+    pub fn hyperv_backend(&self) -> hyperv::Backend {
+        self.backend
+    }
+
+    /// The same set served by `backend`.
+    pub fn with_hyperv_backend(mut self, backend: hyperv::Backend) -> EnlightenmentSet {
+        self.backend = backend;
+        self
     }
 
     /// KVM feature bits (CPUID 0x40000001 EAX) the set exposes.
@@ -384,6 +412,15 @@ impl EnlightenmentSet {
     /// Probes the members on `kvm`. A set chosen as `all` drops what this host lacks and returns
     /// the dropped names with reasons; an explicit list fails on the first unsupported member.
     pub fn resolve(&self, kvm: &Kvm) -> Result<(EnlightenmentSet, Dropped), EnlightenmentError> {
+        if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
+            // The kernel backend serves every Hyper-V member or none: refused as a whole.
+            hyperv::Backend::Kernel.probe(kvm).map_err(|reason| {
+                EnlightenmentError::Unsupported {
+                    name: hyperv::Backend::KERNEL_TOKEN.to_string(),
+                    reason,
+                }
+            })?;
+        }
         let mut kept = *self;
         let mut dropped = Vec::new();
         for (i, e) in REGISTRY.iter().enumerate() {
@@ -724,6 +761,31 @@ mod tests {
         for ok in ["hv-time", "hv-spinlocks,hv-relaxed", "hv-frequencies"] {
             assert!(EnlightenmentSet::parse(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn hyperv_backend_token_parses_roundtrips_and_is_refused_here() {
+        let s = EnlightenmentSet::parse("hv-vpindex,hyperv-backend=kernel").unwrap();
+        assert_eq!(s.hyperv_backend(), hyperv::Backend::Kernel);
+        assert_eq!(s.to_string(), "hv-vpindex,hyperv-backend=kernel");
+        assert_eq!(s, s.to_string().parse().unwrap());
+        let u = EnlightenmentSet::parse("hv-vpindex,hyperv-backend=user").unwrap();
+        assert_eq!(u.to_string(), "hv-vpindex");
+        assert_eq!(u.with_hyperv_backend(hyperv::Backend::Kernel), s);
+        assert!(matches!(
+            EnlightenmentSet::parse("hv-vpindex,hyperv-backend=qemu"),
+            Err(EnlightenmentError::Unknown { .. })
+        ));
+        // Needs /dev/kvm.
+        let Ok(kvm) = Kvm::new() else { return };
+        match s.resolve(&kvm) {
+            Err(EnlightenmentError::Unsupported { name, reason }) => {
+                assert_eq!(name, "hyperv-backend=kernel");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("kernel backend is not wired, so never runs: {other:?}"),
+        }
+        assert!(u.resolve(&kvm).is_ok());
     }
 
     #[test]

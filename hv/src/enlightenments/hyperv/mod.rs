@@ -50,8 +50,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Which backend serves the interface (issue item 6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which backend serves the interface: `hyperv-backend=user|kernel` in an enlightenment list,
+/// or `hv run --hyperv-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Backend {
     /// hv in userspace (MSR filter + hv's hypercall page): works on any KVM host.
     #[default]
@@ -61,6 +62,9 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The list token that selects the kernel backend (the user backend is the default).
+    pub const KERNEL_TOKEN: &'static str = "hyperv-backend=kernel";
+
     /// Parses `user` or `kernel`.
     pub fn parse(s: &str) -> Result<Backend, String> {
         match s {

@@ -263,10 +263,7 @@ mod tests {
             m.write(0, tlfs::MSR_HYPERCALL, MEM as u64 | 1, &mem),
             Err(Gp)
         );
-        assert_eq!(
-            m.write(0, tlfs::MSR_HYPERCALL, !0xffe, &mem),
-            Err(Gp)
-        );
+        assert_eq!(m.write(0, tlfs::MSR_HYPERCALL, !0xffe, &mem), Err(Gp));
         assert!(!m.hypercall_enabled());
         m.write(0, tlfs::MSR_HYPERCALL, 0x5000 | 3, &mem).unwrap();
         m.write(0, tlfs::MSR_HYPERCALL, 0, &mem).unwrap();
