@@ -136,3 +136,38 @@ fn without_hyperv_the_guest_sees_kvm_and_no_hyperv_leaves() {
     assert!(!o.console.contains("hyperv=1"), "{}", o.console);
     assert!(o.console.contains("hypervisor=KVMKVMKVM"), "{}", o.console);
 }
+
+#[test]
+fn ipis_and_flushes_reach_exactly_the_named_vcpus() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let set = "hv-vpindex,hv-tlbflush,hv-tlbflush-ext,hv-ipi";
+    let o = boot(&kvm, "hyperv-probe iters=20", 3, set);
+    assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
+    let rec = field(&o, "hyperv=1", "recommendations").unwrap() as u32;
+    assert_eq!(
+        rec,
+        tlfs::REC_REMOTE_TLB_FLUSH | tlfs::REC_EX_PROCESSOR_MASKS | tlfs::REC_CLUSTER_IPI
+    );
+    // Multicast to both APs: 1 exit and 2 MSIs per call.
+    let p = phase(&o, "hv-ipi-multicast");
+    assert_eq!(exits(p, "msr_write"), 20, "{:?}", p.exits);
+    assert_eq!(enl(p, "hyperv_hypercalls"), 20);
+    assert_eq!(enl(p, "msis_sent"), 40);
+    // Ex form naming VP 2 only: 1 MSI per call (the guest checked VP 1 received none).
+    let p = phase(&o, "hv-ipi-ex-one");
+    assert_eq!(exits(p, "msr_write"), 20, "{:?}", p.exits);
+    assert_eq!(enl(p, "msis_sent"), 20);
+    // Flushes of both APs: 1 exit per call, both targets kicked, no interrupt sent.
+    let p = phase(&o, "hv-flush-others");
+    assert_eq!(exits(p, "msr_write"), 20, "{:?}", p.exits);
+    assert_eq!(enl(p, "flush_targets"), 40);
+    assert_eq!(enl(p, "kicks"), 40);
+    assert_eq!(enl(p, "msis_sent"), 0);
+    let done = enl(p, "tlb_flushes_done");
+    assert!(done > 0 && done <= 40, "{done}");
+    let p = phase(&o, "hv-flush-ex-one");
+    assert_eq!(exits(p, "msr_write"), 20, "{:?}", p.exits);
+    assert_eq!(enl(p, "flush_targets"), 20);
+    assert_eq!(enl(p, "kicks"), 20);
+    assert_eq!(enl(p, "hyperv_hypercall_errors"), 0);
+}

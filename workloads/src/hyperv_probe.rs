@@ -1,8 +1,10 @@
 //! hyperv-probe: checks hv's Hyper-V (TLFS) interface from a guest: the CPUID leaves, the
 //! synthetic MSRs, hypercalls through the page (bad inputs get their TLFS status; one exit per
 //! call), and reference time from the TSC page (no exits) against TIME_REF_COUNT (one exit).
-//! `fault=hypercall-reserved` instead writes a reserved bit of MSR_HYPERCALL, which must #GP
-//! (the runtime reports the fault and ends the run with status 3).
+//! With cpus >= 2 and the enlightenments on: synthetic cluster IPIs (mask form to every AP,
+//! Ex form naming only the last AP: only it receives) and flushes of other vCPUs (mask and Ex
+//! forms). `fault=hypercall-reserved` instead writes a reserved bit of MSR_HYPERCALL, which
+//! must #GP (the runtime reports the fault and ends the run with status 3).
 
 use crate::{Param, WorkloadInfo};
 
@@ -31,10 +33,141 @@ pub use guest::run;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use hvlab_guest_rt::cpu::{rdmsr, wrmsr};
+    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use hvlab_guest_rt::cpu::{self, rdmsr, wrmsr};
     use hvlab_guest_rt::pv::hyperv::{self as hyp, HYPERCALL_PAGE};
-    use hvlab_guest_rt::{Ctx, Fail, phase, println};
+    use hvlab_guest_rt::{Ctx, Fail, apic, idt, phase, println, smp};
     use hvlab_protocol::hyperv as tlfs;
+
+    use crate::common::wait_count;
+
+    const IPI_VECTOR: u8 = 0xe4;
+    const MAX: usize = 8;
+    static RECEIVED: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
+    static TOTAL: AtomicU32 = AtomicU32::new(0);
+    static READY: AtomicU32 = AtomicU32::new(0);
+    static QUIT: AtomicBool = AtomicBool::new(false);
+
+    fn on_ipi(_: u8) {
+        if let Some(c) = RECEIVED.get(apic::id() as usize) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        TOTAL.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// AP side: halt until an IPI, until told to quit (checked with interrupts off).
+    fn ap_job(_cpu: u32, _: usize) {
+        READY.fetch_add(1, Ordering::AcqRel);
+        loop {
+            cpu::cli();
+            if QUIT.load(Ordering::Acquire) {
+                break;
+            }
+            cpu::sti_hlt();
+        }
+    }
+
+    #[repr(C, align(4096))]
+    struct ExInput([u64; 8]);
+    static mut EX_INPUT: ExInput = ExInput([0; 8]);
+
+    /// IPIs and flushes naming other vCPUs (cpus >= 2).
+    fn smp_phases(n: u32, iters: u64, info: &hyp::Info) -> Result<(), Fail> {
+        let aps: u64 = ((1u64 << n) - 1) & !1;
+        let last = n - 1;
+        let ex = &raw mut EX_INPUT;
+        let ex_gpa = ex as u64;
+        idt::register(IPI_VECTOR, on_ipi);
+        smp::post_aps(ap_job, 0);
+        wait_count(&READY, n - 1, "APs did not start")?;
+        let mut failed = 0u64;
+        if info.recommendations & tlfs::REC_CLUSTER_IPI != 0 {
+            let send = tlfs::input(tlfs::CALL_SEND_IPI, true, 0, 0, 0);
+            let p = phase::begin("hv-ipi-multicast");
+            for k in 0..iters {
+                failed += u64::from(
+                    tlfs::status(hyp::hypercall_fast(send, u64::from(IPI_VECTOR), aps)) != 0,
+                );
+                wait_count(
+                    &TOTAL,
+                    ((k + 1) * u64::from(n - 1)) as u32,
+                    "an IPI was never handled",
+                )?;
+            }
+            p.end(iters).report(&[("failed", failed)], None);
+            // Ex form, memory input: only the last AP is named.
+            let before: [u32; MAX] = core::array::from_fn(|i| RECEIVED[i].load(Ordering::Acquire));
+            // SAFETY: only this CPU touches the input page.
+            unsafe {
+                (*ex).0 = [
+                    u64::from(IPI_VECTOR),
+                    tlfs::VPSET_SPARSE_4K,
+                    1,
+                    1 << last,
+                    0,
+                    0,
+                    0,
+                    0,
+                ];
+            }
+            let send_ex = tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 1, 0, 0);
+            let total0 = TOTAL.load(Ordering::Acquire);
+            let p = phase::begin("hv-ipi-ex-one");
+            for k in 0..iters {
+                failed += u64::from(tlfs::status(hyp::hypercall(send_ex, ex_gpa, 0)) != 0);
+                wait_count(
+                    &TOTAL,
+                    total0 + (k + 1) as u32,
+                    "an Ex IPI was never handled",
+                )?;
+            }
+            p.end(iters).report(&[("failed", failed)], None);
+            for (i, b) in before.iter().enumerate().take(n as usize) {
+                let got = RECEIVED[i].load(Ordering::Acquire) - b;
+                let want = if i as u32 == last { iters as u32 } else { 0 };
+                if got != want {
+                    println!("HVLAB rec=info ex_ipi_cpu={i} received={got} want={want}");
+                    return Err(Fail::Check("an Ex IPI reached a vCPU it did not name"));
+                }
+            }
+        }
+        if info.recommendations & tlfs::REC_REMOTE_TLB_FLUSH != 0 {
+            let input = &raw mut FLUSH_INPUT;
+            // SAFETY: only this CPU touches the input page.
+            unsafe {
+                (*input).0 = [0, 0, aps, 0, 0, 0, 0, 0];
+            }
+            let space = tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0);
+            let p = phase::begin("hv-flush-others");
+            for _ in 0..iters {
+                failed += u64::from(tlfs::status(hyp::hypercall(space, input as u64, 0)) != 0);
+            }
+            p.end(iters).report(&[("failed", failed)], None);
+            if info.recommendations & tlfs::REC_EX_PROCESSOR_MASKS != 0 {
+                // SAFETY: as above.
+                unsafe {
+                    (*ex).0 = [0, 0, tlfs::VPSET_SPARSE_4K, 1, 1 << last, 0, 0, 0];
+                }
+                let space_ex = tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 1, 0, 0);
+                let p = phase::begin("hv-flush-ex-one");
+                for _ in 0..iters {
+                    let st = tlfs::status(hyp::hypercall(space_ex, ex_gpa, 0));
+                    failed += u64::from(st != 0);
+                }
+                p.end(iters).report(&[("failed", failed)], None);
+            }
+        }
+        QUIT.store(true, Ordering::Release);
+        for i in 1..n {
+            apic::send_ipi(smp::apic_id(i), IPI_VECTOR);
+        }
+        smp::wait_aps();
+        if failed != 0 {
+            return Err(Fail::Check("an IPI or flush hypercall failed"));
+        }
+        Ok(())
+    }
 
     #[repr(C, align(4096))]
     struct Input([u64; 8]);
@@ -192,6 +325,9 @@ mod guest {
             )?;
         } else {
             phase::skip("tsc-page", "hv-time_off");
+        }
+        if ctx.cpus >= 2 && (ctx.cpus as usize) <= MAX {
+            smp_phases(ctx.cpus, iters, &info)?;
         }
         Ok(())
     }
