@@ -91,6 +91,9 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
         ("none", "ipi", true),
         ("tlb-flush-hypercall", "hypercall", false),
         ("x2apic", "ipi", true),
+        ("hv-vpindex,hv-tlbflush", "hv-space", false),
+        ("hv-vpindex,hv-tlbflush", "hv-list", false),
+        ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex", false),
     ];
     for (set, mode, ipis) in cases {
         let o = boot(&kvm, &format!("tlb-shootdown iters=5 mode={mode}"), 3, set);
@@ -114,8 +117,23 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
             );
         } else {
             assert_eq!(sent, 0, "{set}/{mode}: the hypercall sends no IPI");
-            assert_eq!(hv_count(&o, "hvcall_flush_tlb"), 5);
-            assert_eq!(hv_count(&o, "tlb_flushes_done"), 5 * 2);
+            assert_eq!(hv_count(&o, "hvcall_flush_tlb"), 5, "{set}/{mode}");
+            assert_eq!(hv_count(&o, "tlb_flushes_done"), 5 * 2, "{set}/{mode}");
+            assert_eq!(hv_count(&o, "msis_sent"), 0, "{set}/{mode}");
+            if mode.starts_with("hv-") {
+                // One hypercall exit per shootdown, no error status.
+                assert_eq!(hv_count(&o, "hyperv_hypercalls"), 5, "{set}/{mode}");
+                assert_eq!(hv_count(&o, "hyperv_hypercall_errors"), 0, "{set}/{mode}");
+                assert_eq!(field(&o, "rec=phase", "hvcall_timeouts"), Some(0));
+                let shoot = o
+                    .phases
+                    .iter()
+                    .find(|p| p.exits.get("msr_write") == Some(&5));
+                assert!(
+                    shoot.is_some(),
+                    "{set}/{mode}: 5 MSR exits in the shootdown phase"
+                );
+            }
         }
     }
     // pv-tlb-flush where KVM offers it (MSR-based; it needs no hypercall).
@@ -163,6 +181,9 @@ fn tlb_shootdown_at_cpl3_reads_stale_without_shootdown_and_fresh_with_each() {
         ("none", "ipi"),
         ("x2apic", "ipi"),
         ("tlb-flush-hypercall", "hypercall"),
+        ("hv-vpindex,hv-tlbflush", "hv-space"),
+        ("hv-vpindex,hv-tlbflush", "hv-list"),
+        ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex"),
     ];
     if EnlightenmentSet::parse("pv-tlb-flush")
         .unwrap()
