@@ -310,6 +310,7 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
         ("none", "apic", "xapic"),
         ("x2apic", "apic", "x2apic"),
         ("ipi-hypercall", "hypercall", "hypercall"),
+        ("hv-vpindex,hv-ipi", "hv-ipi", "hv-ipi"),
         ("pv-ipi", "pv-ipi", "pv-ipi"),
     ];
     for (set, mode, suffix) in cases {
@@ -338,8 +339,9 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
             match mode {
                 // The local APIC is in KVM: sending and EOI never leave the kernel.
                 "apic" => assert_eq!(user, 0, "{phase}: {:?}", h.exits),
-                // hv's call: exactly one MSR exit to hv per IPI operation, unicast or multicast.
-                "hypercall" => {
+                // hv's call and Hyper-V's through the page: exactly one MSR exit to hv per IPI
+                // operation, unicast or multicast, and one MSI per target.
+                "hypercall" | "hv-ipi" => {
                     assert_eq!(msr_writes, ITERS, "{phase}: {:?}", h.exits);
                     assert_eq!(user, ITERS, "{phase}: {:?}", h.exits);
                     let msis = h.exits_by_device.get("hv-enl:msis_sent").copied();
