@@ -226,8 +226,27 @@ fn long_spin_notify_parks_waiters_and_counts_calls() {
         notify.console
     );
     assert_eq!(field(&notify, "rec=phase", "count"), Some(180));
+    // Hyper-V's notification: one hypercall exit per slow wait, each a host-thread yield.
+    let hv = boot(&kvm, &format!("{cmd} mode=hv-spinlocks"), 3, "hv-spinlocks");
+    assert!(
+        hv.status.is_ok(),
+        "{}
+{}",
+        hv.status,
+        hv.console
+    );
+    assert_eq!(field(&hv, "rec=phase", "count"), Some(180));
+    let slow = field(&hv, "rec=phase", "slow_waits").unwrap();
+    eprintln!("spinlock hv-spinlocks: {slow} slow waits (notifications)");
+    assert_eq!(hv_count(&hv, "hyperv_hypercalls"), slow);
+    assert_eq!(hv_count(&hv, "hyperv_spin_yields"), slow);
+    assert_eq!(hv_count(&hv, "hyperv_hypercall_errors"), 0);
     // Timing is the host's business; report it, do not assert it.
-    for (name, o) in [("pause", &plain), ("notify", &notify)] {
+    for (name, o) in [
+        ("pause", &plain),
+        ("notify", &notify),
+        ("hv-spinlocks", &hv),
+    ] {
         let p = &o.phases[0];
         eprintln!(
             "spinlock {name}: {} us vCPU CPU per acquisition, hv spin waits {}",
