@@ -300,15 +300,21 @@ impl Partition {
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        // vCPU 0's TSC and the host's, read together: the Hyper-V reference clock's origin.
+        let mut tsc_origin = (0, 0);
         for i in 0..cfg.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(HvError::kvm("KVM_CREATE_VCPU"))?;
+            if i == 0 {
+                tsc_origin = crate::enlightenments::hyperv::read_origin(&fd)
+                    .unwrap_or((0, crate::enlightenments::hyperv::host_tsc()));
+            }
             let pv_bits = cfg.kvm_pv_features | enl_set.map_or(0, |s| s.kvm_pv_bits());
             let mut cpuid = vcpu_cpuid(&base_cpuid, i, pv_bits);
             // Enlightenments, step 2 of 3: KVM's PV bits and hv's own leaves.
             if let Some(set) = &enl_set {
-                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features)
+                set.edit_cpuid(&mut cpuid, cfg.kvm_pv_features, cfg.vcpus)
                     .map_err(HvError::Setup)?;
             }
             fd.set_cpuid2(&cpuid)
@@ -400,6 +406,11 @@ impl Partition {
                 cfg.vcpus,
                 mem.clone(),
                 vm.clone(),
+                tsc_khz.map(|tsc_khz| crate::enlightenments::hyperv::Clock {
+                    tsc_khz,
+                    guest_tsc: tsc_origin.0,
+                    host_tsc: tsc_origin.1,
+                }),
             ))
         });
         Ok(Partition {

@@ -581,6 +581,12 @@ impl VcpuRunner {
                     errno => Some(RunStatus::KvmRunError { vcpu: index, errno }),
                 },
             };
+            // A Hyper-V hypercall (the transport MSR write) runs now that the exit is done.
+            if let Some(e) = &self.enlightenments {
+                if e.hypercall_pending(index) {
+                    e.complete_hypercall(index, &mut self.fd);
+                }
+            }
             if let Some(s) = stop {
                 break Some(s);
             }

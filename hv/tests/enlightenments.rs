@@ -91,6 +91,9 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
         ("none", "ipi", true),
         ("tlb-flush-hypercall", "hypercall", false),
         ("x2apic", "ipi", true),
+        ("hv-vpindex,hv-tlbflush", "hv-space", false),
+        ("hv-vpindex,hv-tlbflush", "hv-list", false),
+        ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex", false),
     ];
     for (set, mode, ipis) in cases {
         let o = boot(&kvm, &format!("tlb-shootdown iters=5 mode={mode}"), 3, set);
@@ -114,8 +117,23 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
             );
         } else {
             assert_eq!(sent, 0, "{set}/{mode}: the hypercall sends no IPI");
-            assert_eq!(hv_count(&o, "hvcall_flush_tlb"), 5);
-            assert_eq!(hv_count(&o, "tlb_flushes_done"), 5 * 2);
+            assert_eq!(hv_count(&o, "hvcall_flush_tlb"), 5, "{set}/{mode}");
+            assert_eq!(hv_count(&o, "tlb_flushes_done"), 5 * 2, "{set}/{mode}");
+            assert_eq!(hv_count(&o, "msis_sent"), 0, "{set}/{mode}");
+            if mode.starts_with("hv-") {
+                // One hypercall exit per shootdown, no error status.
+                assert_eq!(hv_count(&o, "hyperv_hypercalls"), 5, "{set}/{mode}");
+                assert_eq!(hv_count(&o, "hyperv_hypercall_errors"), 0, "{set}/{mode}");
+                assert_eq!(field(&o, "rec=phase", "hvcall_timeouts"), Some(0));
+                let shoot = o
+                    .phases
+                    .iter()
+                    .find(|p| p.exits.get("msr_write") == Some(&5));
+                assert!(
+                    shoot.is_some(),
+                    "{set}/{mode}: 5 MSR exits in the shootdown phase"
+                );
+            }
         }
     }
     // pv-tlb-flush where KVM offers it (MSR-based; it needs no hypercall).
@@ -163,6 +181,9 @@ fn tlb_shootdown_at_cpl3_reads_stale_without_shootdown_and_fresh_with_each() {
         ("none", "ipi"),
         ("x2apic", "ipi"),
         ("tlb-flush-hypercall", "hypercall"),
+        ("hv-vpindex,hv-tlbflush", "hv-space"),
+        ("hv-vpindex,hv-tlbflush", "hv-list"),
+        ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex"),
     ];
     if EnlightenmentSet::parse("pv-tlb-flush")
         .unwrap()
@@ -205,8 +226,27 @@ fn long_spin_notify_parks_waiters_and_counts_calls() {
         notify.console
     );
     assert_eq!(field(&notify, "rec=phase", "count"), Some(180));
+    // Hyper-V's notification: one hypercall exit per slow wait, each a host-thread yield.
+    let hv = boot(&kvm, &format!("{cmd} mode=hv-spinlocks"), 3, "hv-spinlocks");
+    assert!(
+        hv.status.is_ok(),
+        "{}
+{}",
+        hv.status,
+        hv.console
+    );
+    assert_eq!(field(&hv, "rec=phase", "count"), Some(180));
+    let slow = field(&hv, "rec=phase", "slow_waits").unwrap();
+    eprintln!("spinlock hv-spinlocks: {slow} slow waits (notifications)");
+    assert_eq!(hv_count(&hv, "hyperv_hypercalls"), slow);
+    assert_eq!(hv_count(&hv, "hyperv_spin_yields"), slow);
+    assert_eq!(hv_count(&hv, "hyperv_hypercall_errors"), 0);
     // Timing is the host's business; report it, do not assert it.
-    for (name, o) in [("pause", &plain), ("notify", &notify)] {
+    for (name, o) in [
+        ("pause", &plain),
+        ("notify", &notify),
+        ("hv-spinlocks", &hv),
+    ] {
         let p = &o.phases[0];
         eprintln!(
             "spinlock {name}: {} us vCPU CPU per acquisition, hv spin waits {}",
@@ -289,6 +329,7 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
         ("none", "apic", "xapic"),
         ("x2apic", "apic", "x2apic"),
         ("ipi-hypercall", "hypercall", "hypercall"),
+        ("hv-vpindex,hv-ipi", "hv-ipi", "hv-ipi"),
         ("pv-ipi", "pv-ipi", "pv-ipi"),
     ];
     for (set, mode, suffix) in cases {
@@ -317,8 +358,9 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
             match mode {
                 // The local APIC is in KVM: sending and EOI never leave the kernel.
                 "apic" => assert_eq!(user, 0, "{phase}: {:?}", h.exits),
-                // hv's call: exactly one MSR exit to hv per IPI operation, unicast or multicast.
-                "hypercall" => {
+                // hv's call and Hyper-V's through the page: exactly one MSR exit to hv per IPI
+                // operation, unicast or multicast, and one MSI per target.
+                "hypercall" | "hv-ipi" => {
                     assert_eq!(msr_writes, ITERS, "{phase}: {:?}", h.exits);
                     assert_eq!(user, ITERS, "{phase}: {:?}", h.exits);
                     let msis = h.exits_by_device.get("hv-enl:msis_sent").copied();
@@ -370,7 +412,12 @@ fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
     let Some(kvm) = kvm_or_skip() else { return };
     const ITERS: u64 = 40;
     let with = EnlightenmentSet::parse("kvm-clock").unwrap().resolve(&kvm);
-    let set = if with.is_ok() { "kvm-clock" } else { "none" };
+    // hv-time too: the Hyper-V leaves move KVM's to 0x40000100, where the guest finds them.
+    let set = if with.is_ok() {
+        "kvm-clock,hv-time"
+    } else {
+        "hv-time"
+    };
     let o = boot_workload(&kvm, &format!("clock iters={ITERS}"), 1, set);
     assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
     // (phase, userspace exits per read, of which PIO reads per read)
@@ -380,9 +427,11 @@ fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
         ("clock-pit", 0, 0),
         ("clock-pm-timer", 1, 1),
         ("clock-rtc", 2, 1),
+        ("clock-hv-page", 0, 0),
+        ("clock-hv-msr", 1, 0),
     ];
     for (phase, user, ins) in cases {
-        if phase == "clock-kvm-clock" && set == "none" {
+        if phase == "clock-kvm-clock" && set == "hv-time" {
             assert!(
                 o.console
                     .contains("name=clock-kvm-clock reason=kvm-clock_not_exposed")
@@ -411,7 +460,13 @@ fn clock_every_source_reads_with_the_exits_its_mechanism_needs() {
         }
     }
     // The timer sources count; the RTC's seconds may not change within the phase.
-    for phase in ["clock-tsc", "clock-pit", "clock-pm-timer"] {
+    for phase in [
+        "clock-tsc",
+        "clock-pit",
+        "clock-pm-timer",
+        "clock-hv-page",
+        "clock-hv-msr",
+    ] {
         assert!(metric(&o, phase, "changes").unwrap_or(0) > 0, "{phase}");
     }
 }

@@ -5,8 +5,9 @@
 //! command to 0x43, two reads of 0x42; KVM's in-kernel PIT answers them, so they exit to KVM
 //! but not to userspace), `pm-timer` (ACPI PM timer: one 32-bit read of port 0x608, answered by
 //! hv in userspace), `rtc` (CMOS: index write to 0x70, data read from 0x71, both answered by hv
-//! in userspace). A source that is absent (not exposed, or its ports answer all-ones) is
-//! reported as skipped with the reason.
+//! in userspace), `hv-page` (the Hyper-V reference TSC page: RDTSC and arithmetic, no exit;
+//! needs `hv-time`), `hv-msr` (Hyper-V TIME_REF_COUNT: one MSR exit to hv). A source that is
+//! absent (not exposed, or its ports answer all-ones) is reported as skipped with the reason.
 //!
 //! Per phase: `changes` (reads whose value differed from the previous one: the clock's
 //! resolution at this read rate) and `backwards` (reads that went back, wraps excluded: must
@@ -16,7 +17,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "clock",
-    summary: "cost of one time read: tsc, kvm-clock, pit (in-kernel), pm-timer and rtc (hv)",
+    summary: "cost of one time read: tsc, kvm-clock, pit (in-kernel), pm-timer and rtc (hv), Hyper-V TSC page and TIME_REF_COUNT",
     params: &[
         Param {
             key: "iters",
@@ -26,7 +27,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "sources",
             default: "all",
-            help: "comma list of tsc, kvm-clock, pit, pm-timer, rtc",
+            help: "comma list of tsc, kvm-clock, pit, pm-timer, rtc, hv-page, hv-msr",
         },
     ],
     min_vcpus: 1,
@@ -35,7 +36,15 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
 };
 
 /// Sources in report order.
-pub const SOURCES: &[&str] = &["tsc", "kvm-clock", "pit", "pm-timer", "rtc"];
+pub const SOURCES: &[&str] = &[
+    "tsc",
+    "kvm-clock",
+    "pit",
+    "pm-timer",
+    "rtc",
+    "hv-page",
+    "hv-msr",
+];
 
 #[cfg(target_os = "none")]
 pub use guest::run;
@@ -43,7 +52,7 @@ pub use guest::run;
 #[cfg(target_os = "none")]
 mod guest {
     use hvlab_guest_rt::cpu::{self, inb, inl, outb};
-    use hvlab_guest_rt::pv::{self, kvmclock};
+    use hvlab_guest_rt::pv::{self, hyperv, kvmclock};
     use hvlab_guest_rt::{Ctx, Fail, phase};
     use hvlab_protocol::kvm_pv;
 
@@ -147,6 +156,29 @@ mod guest {
                 measure("clock-kvm-clock", iters, Dir::Up(63), || {
                     kvmclock::read_ns(0)
                 });
+            }
+        }
+        let hv_time = hyperv::detect()
+            .is_some_and(|i| i.privileges & hvlab_protocol::hyperv::PRIV_REFERENCE_TSC != 0);
+        if wanted(filter, "hv-page") {
+            if !hv_time {
+                phase::skip("clock-hv-page", "hv-time_not_exposed");
+            } else {
+                hyperv::enable_tsc_page();
+                if hyperv::tsc_page_time().is_none() {
+                    phase::skip("clock-hv-page", "tsc_page_invalid");
+                } else {
+                    measure("clock-hv-page", iters, Dir::Up(63), || {
+                        hyperv::tsc_page_time().unwrap_or(0)
+                    });
+                }
+            }
+        }
+        if wanted(filter, "hv-msr") {
+            if hv_time {
+                measure("clock-hv-msr", iters, Dir::Up(63), hyperv::time_ref_count);
+            } else {
+                phase::skip("clock-hv-msr", "hv-time_not_exposed");
             }
         }
         if wanted(filter, "pit") {

@@ -5,8 +5,9 @@
 //! How an IPI is sent (`mode=`) follows what is exposed: `apic` (the ICR, through xAPIC MMIO
 //! or x2APIC MSRs, whichever the runtime chose at boot: `--enlighten` without `x2apic` means
 //! xAPIC), `pv-ipi` (KVM_HC_SEND_IPI: one hypercall for a set of APIC IDs), `hypercall` (hv's
-//! CALL_SEND_IPI: one MSR exit to hv, which sends one KVM_SIGNAL_MSI per target). `auto` picks
-//! hypercall, then pv-ipi, then apic. A multicast through the APIC is one ICR write with the
+//! CALL_SEND_IPI: one MSR exit to hv, which sends one KVM_SIGNAL_MSI per target), `hv-ipi`
+//! (Hyper-V HvCallSendSyntheticClusterIpi, fast form, through the hypercall page: likewise one
+//! exit and one MSI per target). `auto` picks hypercall, then pv-ipi, then apic. A multicast through the APIC is one ICR write with the
 //! all-but-self shorthand (`multicast=shorthand`) or one ICR write per target (`loop`).
 //!
 //! Per phase it reports `ipis` (sends: ICR writes or calls), `targets` (interrupts meant),
@@ -27,7 +28,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, apic, pv-ipi, hypercall",
+            help: "auto, apic, pv-ipi, hypercall, hv-ipi",
         },
         Param {
             key: "multicast",
@@ -54,7 +55,7 @@ mod guest {
 
     use hvlab_guest_rt::entry::MAX_CPUS;
     use hvlab_guest_rt::phase::{self, Histogram};
-    use hvlab_guest_rt::pv::{self, hvcall, hypercall};
+    use hvlab_guest_rt::pv::{self, hvcall, hypercall, hyperv};
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, smp};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
@@ -73,6 +74,14 @@ mod guest {
         X2apic,
         PvIpi,
         Hypercall,
+        HvIpi,
+    }
+
+    /// Hyper-V cluster IPI (fast form) of `IPI_VECTOR` to the VPs in `mask`; true on success.
+    fn hv_send(mask: u64) -> bool {
+        use hvlab_protocol::hyperv as tlfs;
+        let input = tlfs::input(tlfs::CALL_SEND_IPI, true, 0, 0, 0);
+        tlfs::status(hyperv::hypercall_fast(input, u64::from(IPI_VECTOR), mask)) == 0
     }
 
     fn on_ipi(_: u8) {
@@ -123,6 +132,11 @@ mod guest {
                         self.failed += 1;
                     }
                 }
+                Mode::HvIpi => {
+                    if !hv_send(1 << (id % 64)) {
+                        self.failed += 1;
+                    }
+                }
             }
             self.sends += 1;
         }
@@ -148,6 +162,12 @@ mod guest {
                 },
                 Mode::Hypercall => {
                     if hvcall::send_ipi(self.mask, IPI_VECTOR) != proto::STATUS_OK {
+                        self.failed += 1;
+                    }
+                    self.sends += 1;
+                }
+                Mode::HvIpi => {
+                    if !hv_send(self.mask) {
                         self.failed += 1;
                     }
                     self.sends += 1;
@@ -224,6 +244,16 @@ mod guest {
             "hypercall" if has_hv => Mode::Hypercall,
             "pv-ipi" if has_pv => Mode::PvIpi,
             "hypercall" => return Err(not_exposed!("ipi-hypercall", "ipi-hypercall")),
+            "hv-ipi" => {
+                let ok = hyperv::detect().is_some_and(|i| {
+                    i.recommendations & hvlab_protocol::hyperv::REC_CLUSTER_IPI != 0
+                });
+                if !ok {
+                    return Err(not_exposed!("ipi-hv-ipi", "hv-ipi"));
+                }
+                hyperv::enable_hypercalls();
+                Mode::HvIpi
+            }
             "pv-ipi" => return Err(not_exposed!("ipi-pv-ipi", "pv-ipi")),
             _ => return Err(Fail::BadArg("mode")),
         };

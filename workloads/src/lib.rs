@@ -12,6 +12,7 @@ pub mod clock;
 mod common;
 pub mod console_io;
 pub mod exit_floor;
+pub mod hyperv_probe;
 pub mod interrupts;
 pub mod ipi;
 pub mod mem_pattern;
@@ -76,6 +77,7 @@ registry!(
     interrupts,
     user_mode,
     chaos,
+    hyperv_probe,
 );
 
 /// Looks a workload up by name.

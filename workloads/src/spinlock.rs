@@ -4,7 +4,9 @@
 //! Waiting (`mode=`): `spin` (bare loop), `pause` (PAUSE in the loop), `pv-unhalt` (after
 //! `spins` tries the waiter halts; the releaser wakes waiters with KVM_HC_KICK_CPU),
 //! `notify` (after `spins` tries the waiter asks hv to park it: long-spin-notify; the releaser
-//! signals a release when someone waits). `auto`: notify, then pv-unhalt, then pause.
+//! signals a release when someone waits), `hv-spinlocks` (after `spins` tries the waiter makes
+//! a Hyper-V HvCallNotifyLongSpinWait through the hypercall page; hv yields its host thread).
+//! `auto`: notify, then pv-unhalt, then pause.
 
 use crate::{Param, WorkloadInfo};
 
@@ -20,7 +22,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, spin, pause, pv-unhalt, notify",
+            help: "auto, spin, pause, pv-unhalt, notify, hv-spinlocks",
         },
         Param {
             key: "spins",
@@ -45,7 +47,7 @@ pub use guest::run;
 mod guest {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    use hvlab_guest_rt::pv::{self, hvcall, hypercall};
+    use hvlab_guest_rt::pv::{self, hvcall, hypercall, hyperv};
     use hvlab_guest_rt::{Ctx, Fail, cpu, idt, phase, smp};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
@@ -62,6 +64,7 @@ mod guest {
         Pause,
         PvUnhalt,
         Notify,
+        HvSpin,
     }
 
     static LOCK: AtomicU32 = AtomicU32::new(0);
@@ -88,7 +91,14 @@ mod guest {
             match mode {
                 Mode::Spin => {}
                 Mode::Pause => cpu::pause(),
-                Mode::PvUnhalt | Mode::Notify if tries < spins => cpu::pause(),
+                Mode::PvUnhalt | Mode::Notify | Mode::HvSpin if tries < spins => cpu::pause(),
+                Mode::HvSpin => {
+                    use hvlab_protocol::hyperv as tlfs;
+                    SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
+                    let input = tlfs::input(tlfs::CALL_NOTIFY_LONG_SPIN_WAIT, true, 0, 0, 0);
+                    hyperv::hypercall_fast(input, tries, 0);
+                    tries = 0;
+                }
                 Mode::Notify => {
                     tries = 0;
                     SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +147,8 @@ mod guest {
             0 => Mode::Spin,
             1 => Mode::Pause,
             2 => Mode::PvUnhalt,
-            _ => Mode::Notify,
+            3 => Mode::Notify,
+            _ => Mode::HvSpin,
         };
         cpu::sti();
         let hold = HOLD.load(Ordering::Relaxed);
@@ -169,6 +180,15 @@ mod guest {
             "pv-unhalt" if unhalt => Mode::PvUnhalt,
             "notify" => return Err(not_exposed!("acquire", "long-spin-notify")),
             "pv-unhalt" => return Err(not_exposed!("acquire", "pv-unhalt")),
+            "hv-spinlocks" => {
+                let ok = hyperv::detect()
+                    .is_some_and(|i| i.spin_retries != hvlab_protocol::hyperv::SPIN_NEVER);
+                if !ok {
+                    return Err(not_exposed!("acquire", "hv-spinlocks"));
+                }
+                hyperv::enable_hypercalls();
+                Mode::HvSpin
+            }
             _ => return Err(Fail::BadArg("mode")),
         };
         idt::register(KICK_VECTOR, on_kick);

@@ -7,8 +7,10 @@
 //! (preempted targets get KVM_VCPU_FLUSH_TLB in their steal-time record, running ones an
 //! IPI), `hypercall` (hv's CALL_FLUSH_TLB: one exit, no interrupt to the targets), `none` (no
 //! shootdown at all: a control that shows whether stale translations are observable on this
-//! host; it never fails). `auto` picks the best exposed one: hypercall, then pv-tlb-flush, then
-//! ipi.
+//! host; it never fails), and the Hyper-V (TLFS) flushes through the hypercall page:
+//! `hv-space` (HvCallFlushVirtualAddressSpace, processor mask), `hv-list`
+//! (HvCallFlushVirtualAddressList, one GVA), `hv-ex` (HvCallFlushVirtualAddressSpaceEx, sparse
+//! VP set). `auto` picks the best exposed one: hypercall, then pv-tlb-flush, then ipi.
 //!
 //! Readers (`reader=`): `cpl0` (the APs' kernel code) or `cpl3`. On nested hosts (kvm_pvm) CPL0
 //! code is emulated and walks the guest page tables on every access, so it never sees a stale
@@ -34,7 +36,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, ipi, pv-tlb-flush, hypercall, none",
+            help: "auto, ipi, pv-tlb-flush, hypercall, hv-space, hv-list, hv-ex, none",
         },
         Param {
             key: "reader",
@@ -55,7 +57,7 @@ mod guest {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
     use hvlab_guest_rt::entry::{window_entry, window_map, window_va};
-    use hvlab_guest_rt::pv::{self, hvcall, steal};
+    use hvlab_guest_rt::pv::{self, hvcall, hyperv, steal};
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp, user};
     use hvlab_protocol::{hvcall as proto, kvm_pv};
 
@@ -94,7 +96,49 @@ mod guest {
         Ipi,
         PvTlbFlush,
         Hypercall,
+        /// A Hyper-V flush hypercall: its input value and input page contents.
+        Hyperv(u64),
         None,
+    }
+
+    #[repr(C, align(4096))]
+    struct HvInput([u64; 8]);
+    static mut HV_INPUT: HvInput = HvInput([0; 8]);
+
+    /// Sets up a Hyper-V flush of the VPs in `mask` (`kind`: hv-space, hv-list, hv-ex): enables
+    /// the hypercall page and fills the input page. `None` when the guest lacks what it needs.
+    fn hyperv_flush(kind: &str, mask: u64) -> Option<Mode> {
+        use hvlab_protocol::hyperv as tlfs;
+        let info = hyperv::detect()?;
+        if info.recommendations & tlfs::REC_REMOTE_TLB_FLUSH == 0 {
+            return None;
+        }
+        let (input, words) = match kind {
+            "hv-space" => (
+                tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0),
+                [0, 0, mask, 0, 0],
+            ),
+            "hv-list" => (
+                tlfs::input(tlfs::CALL_FLUSH_LIST, false, 0, 1, 0),
+                [0, 0, mask, window_va(PAGE), 0],
+            ),
+            _ => {
+                if info.recommendations & tlfs::REC_EX_PROCESSOR_MASKS == 0 {
+                    return None;
+                }
+                (
+                    tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 1, 0, 0),
+                    [0, 0, tlfs::VPSET_SPARSE_4K, 1, mask],
+                )
+            }
+        };
+        hyperv::enable_hypercalls();
+        // SAFETY: only the BSP touches the input page, before and between the calls.
+        unsafe {
+            let page = &mut (*(&raw mut HV_INPUT)).0;
+            page[..5].copy_from_slice(&words);
+        }
+        Some(Mode::Hyperv(input))
     }
 
     fn on_flush(_: u8) {
@@ -199,6 +243,12 @@ mod guest {
                 return Err(not_exposed!("shootdown", "tlb-flush-hypercall"));
             }
             "none" => Mode::None,
+            kind @ ("hv-space" | "hv-list" | "hv-ex") => {
+                match hyperv_flush(kind, smp::ap_apic_mask()) {
+                    Some(m) => m,
+                    None => return Err(not_exposed!("shootdown", "hv-tlbflush")),
+                }
+            }
             _ => return Err(Fail::BadArg("mode")),
         };
         let cpl3 = match ctx.args.str_or("reader", "cpl0") {
@@ -258,6 +308,13 @@ mod guest {
                 Mode::Hypercall => {
                     hvcalls += 1;
                     if hvcall::flush_tlb(mask) != proto::STATUS_OK {
+                        timeouts += 1;
+                    }
+                }
+                Mode::Hyperv(input) => {
+                    hvcalls += 1;
+                    let gpa = (&raw const HV_INPUT) as u64;
+                    if hvlab_protocol::hyperv::status(hyperv::hypercall(input, gpa, 0)) != 0 {
                         timeouts += 1;
                     }
                 }

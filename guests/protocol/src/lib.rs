@@ -114,6 +114,132 @@ pub const HV_CPUID_BASE: u32 = 0x4000_0100;
 /// Signature returned in EBX, ECX, EDX of [`HV_CPUID_BASE`]: "hvlabhvlabhv".
 pub const HV_CPUID_SIGNATURE: [u8; 12] = *b"hvlabhvlabhv";
 
+/// The Hyper-V Top-Level Functional Specification (TLFS) subset hv serves in userspace
+/// (`hv/src/enlightenments/hyperv/`): CPUID leaves, synthetic MSRs, hypercall codes and
+/// status codes, as numbered by the TLFS. Shared by hv and the guest runtime.
+pub mod hyperv {
+    /// CPUID 0x40000000: max leaf in EAX, "Microsoft Hv" in EBX, ECX, EDX.
+    pub const CPUID_VENDOR: u32 = 0x4000_0000;
+    /// CPUID 0x40000001: interface signature "Hv#1" in EAX.
+    pub const CPUID_INTERFACE: u32 = 0x4000_0001;
+    /// CPUID 0x40000002: hypervisor version.
+    pub const CPUID_VERSION: u32 = 0x4000_0002;
+    /// CPUID 0x40000003: features (EAX privileges, EDX features).
+    pub const CPUID_FEATURES: u32 = 0x4000_0003;
+    /// CPUID 0x40000004: recommendations (EAX) and spinlock retry count (EBX).
+    pub const CPUID_RECOMMENDATIONS: u32 = 0x4000_0004;
+    /// CPUID 0x40000005: implementation limits.
+    pub const CPUID_LIMITS: u32 = 0x4000_0005;
+    /// Vendor signature of leaf 0x40000000.
+    pub const VENDOR: [u8; 12] = *b"Microsoft Hv";
+    /// Leaf 0x40000001 EAX: "Hv#1".
+    pub const INTERFACE_HV1: u32 = u32::from_le_bytes(*b"Hv#1");
+    /// Where KVM's own leaves move when the Hyper-V leaves are shown (as QEMU does).
+    pub const KVM_CPUID_BASE_BEHIND_HYPERV: u32 = 0x4000_0100;
+    /// Where hv's private leaves move when the Hyper-V leaves are shown (transitional).
+    pub const HV_CPUID_BASE_BEHIND_HYPERV: u32 = 0x4000_0200;
+
+    // Leaf 0x40000003 EAX: partition privileges (MSR access).
+    /// HV_X64_MSR_TIME_REF_COUNT available.
+    pub const PRIV_TIME_REF_COUNT: u32 = 1 << 1;
+    /// HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL available.
+    pub const PRIV_HYPERCALL_MSRS: u32 = 1 << 5;
+    /// HV_X64_MSR_VP_INDEX available.
+    pub const PRIV_VP_INDEX: u32 = 1 << 6;
+    /// HV_X64_MSR_REFERENCE_TSC available.
+    pub const PRIV_REFERENCE_TSC: u32 = 1 << 9;
+    /// HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY available.
+    pub const PRIV_FREQUENCY_MSRS: u32 = 1 << 11;
+    // Leaf 0x40000003 EDX: features.
+    /// Frequency MSRs available (EDX bit 8).
+    pub const FEAT_FREQUENCY_MSRS: u32 = 1 << 8;
+
+    // Leaf 0x40000004 EAX: recommendations.
+    /// Use HvCallFlushVirtualAddressSpace(List) for remote flushes.
+    pub const REC_REMOTE_TLB_FLUSH: u32 = 1 << 2;
+    /// Relaxed timing: do not treat watchdog timeouts as fatal.
+    pub const REC_RELAXED_TIMING: u32 = 1 << 5;
+    /// Use HvCallSendSyntheticClusterIpi.
+    pub const REC_CLUSTER_IPI: u32 = 1 << 7;
+    /// The Ex (sparse VP set) forms are available.
+    pub const REC_EX_PROCESSOR_MASKS: u32 = 1 << 8;
+    /// Leaf 0x40000004 EBX value meaning "never notify a long spin".
+    pub const SPIN_NEVER: u32 = 0xffff_ffff;
+
+    // Synthetic MSRs.
+    pub const MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+    pub const MSR_HYPERCALL: u32 = 0x4000_0001;
+    pub const MSR_VP_INDEX: u32 = 0x4000_0002;
+    pub const MSR_TIME_REF_COUNT: u32 = 0x4000_0020;
+    pub const MSR_REFERENCE_TSC: u32 = 0x4000_0021;
+    pub const MSR_TSC_FREQUENCY: u32 = 0x4000_0022;
+    pub const MSR_APIC_FREQUENCY: u32 = 0x4000_0023;
+    pub const MSR_VP_ASSIST_PAGE: u32 = 0x4000_0073;
+    /// Enable bit of MSR_HYPERCALL, MSR_REFERENCE_TSC and MSR_VP_ASSIST_PAGE.
+    pub const MSR_ENABLE: u64 = 1;
+    /// Lock bit of MSR_HYPERCALL.
+    pub const HYPERCALL_LOCKED: u64 = 1 << 1;
+    /// hv's transport behind the hypercall page (an hv choice, not the TLFS): the page saves
+    /// RCX in R9 and RDX in R10, then writes this MSR, which hv filters to userspace.
+    pub const MSR_HV_HYPERCALL_TRANSPORT: u32 = 0x4856_4c01;
+
+    // Hypercall codes.
+    pub const CALL_FLUSH_SPACE: u16 = 0x0002;
+    pub const CALL_FLUSH_LIST: u16 = 0x0003;
+    pub const CALL_NOTIFY_LONG_SPIN_WAIT: u16 = 0x0008;
+    pub const CALL_SEND_IPI: u16 = 0x000b;
+    pub const CALL_FLUSH_SPACE_EX: u16 = 0x0013;
+    pub const CALL_FLUSH_LIST_EX: u16 = 0x0014;
+    pub const CALL_SEND_IPI_EX: u16 = 0x0015;
+    /// Input value bit 16: fast (register) call.
+    pub const INPUT_FAST: u64 = 1 << 16;
+
+    // Flush flags.
+    pub const FLUSH_ALL_PROCESSORS: u64 = 1 << 0;
+    pub const FLUSH_ALL_SPACES: u64 = 1 << 1;
+    pub const FLUSH_NON_GLOBAL_ONLY: u64 = 1 << 2;
+    pub const FLUSH_EXTENDED_RANGES: u64 = 1 << 3;
+    /// VP set formats.
+    pub const VPSET_SPARSE_4K: u64 = 0;
+    pub const VPSET_ALL: u64 = 1;
+
+    // Status codes (RAX bits 15:0).
+    pub const STATUS_SUCCESS: u16 = 0x0000;
+    pub const STATUS_INVALID_HYPERCALL_CODE: u16 = 0x0002;
+    pub const STATUS_INVALID_HYPERCALL_INPUT: u16 = 0x0003;
+    pub const STATUS_INVALID_ALIGNMENT: u16 = 0x0004;
+    pub const STATUS_INVALID_PARAMETER: u16 = 0x0005;
+    pub const STATUS_ACCESS_DENIED: u16 = 0x0006;
+    pub const STATUS_OPERATION_DENIED: u16 = 0x0008;
+    pub const STATUS_INVALID_VP_INDEX: u16 = 0x000e;
+    pub const STATUS_TIMEOUT: u16 = 0x0078;
+
+    /// Builds a hypercall input value: code, fast bit, variable header size (8-byte units),
+    /// rep count and rep start index.
+    pub const fn input(code: u16, fast: bool, var_hdr: u16, reps: u16, start: u16) -> u64 {
+        code as u64
+            | if fast { INPUT_FAST } else { 0 }
+            | ((var_hdr as u64 & 0x3ff) << 17)
+            | ((reps as u64 & 0xfff) << 32)
+            | ((start as u64 & 0xfff) << 48)
+    }
+
+    /// Status of a hypercall result (RAX).
+    pub const fn status(rax: u64) -> u16 {
+        rax as u16
+    }
+
+    /// Reps completed of a hypercall result (RAX bits 43:32).
+    pub const fn reps_completed(rax: u64) -> u16 {
+        ((rax >> 32) & 0xfff) as u16
+    }
+
+    /// Reference time from the TSC page: `((tsc * scale) >> 64) + offset`, 100 ns units.
+    pub const fn tsc_page_time(tsc: u64, scale: u64, offset: i64) -> u64 {
+        (((tsc as u128 * scale as u128) >> 64) as u64).wrapping_add(offset as u64)
+    }
+}
+
 /// KVM's paravirtual interface as Linux's `kvm_para.h` defines it: CPUID 0x40000001 EAX feature
 /// bits, MSRs and hypercall numbers, plus the pure arithmetic guest and host both test.
 pub mod kvm_pv {

@@ -1,6 +1,6 @@
 //! Talking to the VMM: ending the run, phase markers, and hypervisor detection.
 
-use hvlab_protocol::{EXIT_PORT, HV_CPUID_BASE, HV_CPUID_SIGNATURE, PHASE_END, PHASE_PORT};
+use hvlab_protocol::{EXIT_PORT, PHASE_END, PHASE_PORT};
 
 use crate::cpu::{cli, cpuid, cpuid_signature, hlt, outl};
 
@@ -31,11 +31,11 @@ pub fn phase_end(id: u32) {
 pub struct Hypervisor {
     /// CPUID.1:ECX[31].
     pub present: bool,
-    /// Signature of leaf 0x40000000 ("KVMKVMKVM" under KVM).
+    /// Signature of leaf 0x40000000 ("KVMKVMKVM" under KVM, "Microsoft Hv" with Hyper-V leaves).
     pub signature: [u8; 12],
     /// Highest hypervisor leaf.
     pub max_leaf: u32,
-    /// KVM feature bits (leaf 0x40000001 EAX) when the signature is KVM's.
+    /// KVM feature bits (EAX of the leaf after KVM's signature leaf, found as Linux finds it).
     pub kvm_features: u32,
     /// hv's own enlightenment bits (leaf HV_CPUID_BASE + 1 EAX) when hv's signature is present.
     pub hv_features: Option<u32>,
@@ -50,13 +50,9 @@ impl Hypervisor {
             return Hypervisor::default();
         }
         let (sig, max_leaf) = cpuid_signature(0x4000_0000);
-        let kvm_features = if &sig[..9] == b"KVMKVMKVM" {
-            cpuid(0x4000_0001, 0).eax
-        } else {
-            0
-        };
-        let (hv_sig, _) = cpuid_signature(HV_CPUID_BASE);
-        let hv_features = (hv_sig == HV_CPUID_SIGNATURE).then(|| cpuid(HV_CPUID_BASE + 1, 0).eax);
+        // KVM's leaves sit at 0x40000100 when Hyper-V's are shown; hv's move along too.
+        let kvm_features = crate::pv::kvm_cpuid_base().map_or(0, |b| cpuid(b + 1, 0).eax);
+        let hv_features = crate::pv::hv_cpuid_base().map(|b| cpuid(b + 1, 0).eax);
         Hypervisor {
             present,
             signature: sig,

@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// `none` includes x2APIC: the guest then drives the APIC through xAPIC MMIO.
     #[arg(long, default_value = "none")]
     pub enlighten: String,
+    /// Who serves the Hyper-V (`hv-*`) enlightenments: `user` (hv, in userspace: any KVM host)
+    /// or `kernel` (KVM's Hyper-V emulation; refused with the reason where KVM lacks it).
+    #[arg(long, default_value = "user")]
+    pub hyperv_backend: String,
     /// Echo the guest console to stderr.
     #[arg(long)]
     pub console: bool,

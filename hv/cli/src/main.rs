@@ -177,7 +177,11 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
             },
         },
         enlightenments: EnlightenmentSet::parse(&a.enlighten)
-            .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?
+            .with_hyperv_backend(
+                hv::enlightenments::hyperv::Backend::parse(&a.hyperv_backend)
+                    .map_err(|e| anyhow::anyhow!("--hyperv-backend: {e}"))?,
+            ),
         image: match &a.image {
             Some(p) => Some(
                 std::fs::read(p).with_context(|| format!("reading guest image {}", p.display()))?,

@@ -1,6 +1,7 @@
 //! hv's side of the enlightenments while a partition runs: the hypercall MSR
-//! (`hvlab_protocol::hvcall`), TLB flushes of other vCPUs, parked spinners, multicast IPIs,
-//! and the counters that show each in the phase records.
+//! (`hvlab_protocol::hvcall`), the Hyper-V synthetic MSRs and hypercalls (`super::hyperv`),
+//! TLB flushes of other vCPUs, parked spinners, multicast IPIs, and the counters that show
+//! each in the phase records.
 //!
 //! Every value here comes from the guest: bad calls get a #GP or an error status, never a
 //! panic, and every wait is bounded.
@@ -15,6 +16,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::EnlightenmentSet;
+use super::hyperv::{self, Features, calls, msr::Msrs};
 use crate::counters::CounterSource;
 use crate::vcpu::RunControl;
 
@@ -65,6 +67,9 @@ counters! {
     spin_waits_parked: "spin_waits_parked",
     spin_wait_us: "spin_wait_us",
     spin_wakes: "spin_wakes",
+    hyperv_calls: "hyperv_hypercalls",
+    hyperv_call_errors: "hyperv_hypercall_errors",
+    hyperv_spin_yields: "hyperv_spin_yields",
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -95,12 +100,43 @@ pub struct EnlightenmentHost {
     spin_cv: Condvar,
     counters: Arc<EnlightenmentCounters>,
     notes: Mutex<Vec<String>>,
+    /// The Hyper-V interface, when a Hyper-V enlightenment is on.
+    hyperv: Option<HypervState>,
+}
+
+/// The Hyper-V interface of one partition.
+#[derive(Debug)]
+struct HypervState {
+    features: Features,
+    msrs: Msrs,
+    /// vCPU i wrote the transport MSR: its call runs once its exit is complete.
+    pending: Box<[AtomicBool]>,
 }
 
 impl EnlightenmentHost {
     /// The runtime for `set` over `vcpus` vCPUs of `vm` with guest memory `mem`.
-    pub fn new(set: EnlightenmentSet, vcpus: u32, mem: GuestMemoryMmap, vm: Arc<VmFd>) -> Self {
+    /// `clock` is the guest TSC's rate and origin, for the Hyper-V reference time.
+    pub fn new(
+        set: EnlightenmentSet,
+        vcpus: u32,
+        mem: GuestMemoryMmap,
+        vm: Arc<VmFd>,
+        clock: Option<hyperv::Clock>,
+    ) -> Self {
         let flags = |_| AtomicBool::new(false);
+        let features = set.hyperv_features();
+        let hyperv = features.any().then(|| HypervState {
+            features,
+            msrs: Msrs::new(features, vcpus, clock),
+            pending: (0..vcpus).map(flags).collect(),
+        });
+        let mut notes = Vec::new();
+        if hyperv.is_some() {
+            notes.push(format!("hyperv transport: {}", hyperv::page::TRANSPORT));
+            if clock.is_none() {
+                notes.push("hyperv: guest TSC rate unknown (KVM_GET_TSC_KHZ failed): the TSC page is marked invalid and TIME_REF_COUNT #GPs".into());
+            }
+        }
         EnlightenmentHost {
             set,
             vcpus,
@@ -114,7 +150,8 @@ impl EnlightenmentHost {
             spin_gen: Mutex::new(0),
             spin_cv: Condvar::new(),
             counters: Arc::new(EnlightenmentCounters::default()),
-            notes: Mutex::default(),
+            notes: Mutex::new(notes),
+            hyperv,
         }
     }
 
@@ -175,6 +212,7 @@ impl EnlightenmentHost {
     /// Other sets keep those calls (two SeqCst stores and a scan) off the exit path.
     pub(crate) fn needs_entry_hooks(&self) -> bool {
         self.set.hv_bits() & hvcall::FEATURE_TLB_FLUSH != 0
+            || self.set.hyperv_features().has(Features::TLBFLUSH)
     }
 
     /// Called by vCPU `index`'s loop right after KVM_RUN returns.
@@ -211,13 +249,34 @@ impl EnlightenmentHost {
     }
 
     /// Handles a guest RDMSR that hv filters. `None` = raise #GP.
-    pub(crate) fn on_rdmsr(&self, _index: u32, msr: u32) -> Option<u64> {
+    pub(crate) fn on_rdmsr(&self, index: u32, msr: u32) -> Option<u64> {
+        if let Some(h) = &self.hyperv {
+            if Msrs::filtered(msr) {
+                return h.msrs.read(index, msr).ok();
+            }
+        }
         // Reading the hypercall MSR returns the enabled features (a cheap presence check).
         (msr == hvcall::MSR && self.set.hv_bits() != 0).then(|| u64::from(self.set.hv_bits()))
     }
 
     /// Handles a guest WRMSR that hv filters. `false` = raise #GP.
     pub(crate) fn on_wrmsr(&self, index: u32, msr: u32, value: u64) -> bool {
+        if let Some(h) = &self.hyperv {
+            if Msrs::filtered(msr) {
+                return h.msrs.write(index, msr, value, &self.mem).is_ok();
+            }
+            if msr == hvlab_protocol::hyperv::MSR_HV_HYPERCALL_TRANSPORT {
+                // Only through an enabled hypercall page (the TLFS: no page, no hypercalls).
+                if !h.msrs.hypercall_enabled() {
+                    return false;
+                }
+                let Some(p) = h.pending.get(index as usize) else {
+                    return false;
+                };
+                p.store(true, Ordering::SeqCst);
+                return true;
+            }
+        }
         if msr != hvcall::MSR || self.set.hv_bits() == 0 {
             return false;
         }
@@ -241,6 +300,68 @@ impl EnlightenmentHost {
             return false;
         }
         true
+    }
+
+    /// True when vCPU `index`'s last exit was a Hyper-V hypercall that
+    /// [`Self::complete_hypercall`] must run.
+    pub(crate) fn hypercall_pending(&self, index: u32) -> bool {
+        self.hyperv
+            .as_ref()
+            .and_then(|h| h.pending.get(index as usize))
+            .is_some_and(|p| p.load(Ordering::Relaxed))
+    }
+
+    /// Runs vCPU `index`'s pending Hyper-V hypercall: completes the transport `wrmsr` (KVM_RUN
+    /// with immediate_exit, so the guest's RIP is past it), reads the call's registers
+    /// (KVM_GET_REGS; the page put RCX in R9 and RDX in R10) and its CPL (KVM_GET_SREGS),
+    /// runs the call and writes the result to RAX (KVM_SET_REGS).
+    pub(crate) fn complete_hypercall(&self, index: u32, fd: &mut VcpuFd) {
+        let Some(h) = &self.hyperv else { return };
+        if let Some(p) = h.pending.get(index as usize) {
+            p.store(false, Ordering::SeqCst);
+        }
+        fd.set_kvm_immediate_exit(1);
+        let _ = fd.run();
+        fd.set_kvm_immediate_exit(0);
+        let (mut regs, sregs) = match fd.get_regs().and_then(|r| Ok((r, fd.get_sregs()?))) {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(format!("hyperv: KVM_GET_REGS/SREGS failed: {e}"));
+                return;
+            }
+        };
+        bump(&self.counters.hyperv_calls, 1);
+        let call = calls::Regs {
+            input: regs.r9,
+            rdx: regs.r10,
+            r8: regs.r8,
+        };
+        let mut outcome = calls::decode(h.features, self.vcpus, sregs.ss.dpl, call, &self.mem);
+        if let Some(action) = outcome.action {
+            match action {
+                calls::Action::Flush(mask) => {
+                    bump(&self.counters.calls_flush_tlb, 1);
+                    if self.flush_tlbs(index, mask) == hvcall::STATUS_TIMEOUT {
+                        outcome.status = hvlab_protocol::hyperv::STATUS_TIMEOUT;
+                    }
+                }
+                calls::Action::Ipi { vector, mask } => {
+                    bump(&self.counters.calls_send_ipi, 1);
+                    self.signal_msis(mask, vector);
+                }
+                calls::Action::Yield => {
+                    bump(&self.counters.hyperv_spin_yields, 1);
+                    std::thread::yield_now();
+                }
+            }
+        }
+        if outcome.status != hvlab_protocol::hyperv::STATUS_SUCCESS {
+            bump(&self.counters.hyperv_call_errors, 1);
+        }
+        regs.rax = outcome.rax();
+        if let Err(e) = fd.set_regs(&regs) {
+            self.note(format!("hyperv: KVM_SET_REGS failed: {e}"));
+        }
     }
 
     fn call(&self, caller: u32, code: u64, b: &Block) -> u64 {
@@ -340,22 +461,27 @@ impl EnlightenmentHost {
         if !(32..=254).contains(&vector) || mask & !self.all_vcpus() != 0 || mask == 0 {
             return hvcall::STATUS_INVALID;
         }
-        for t in 0..self.vcpus {
+        self.signal_msis(mask, vector as u32);
+        hvcall::STATUS_OK
+    }
+
+    /// One MSI (physical destination = APIC ID = vCPU index) per vCPU in `mask`.
+    fn signal_msis(&self, mask: u64, vector: u32) {
+        for t in 0..self.vcpus.min(64) {
             if mask & (1 << t) == 0 {
                 continue;
             }
             let msi = kvm_msi {
                 address_lo: 0xfee0_0000 | (t << 12),
                 address_hi: 0,
-                data: vector as u32,
+                data: vector,
                 ..Default::default()
             };
             match self.vm.signal_msi(msi) {
                 Ok(_) => bump(&self.counters.msis, 1),
-                Err(e) => self.note(format!("ipi-hypercall: KVM_SIGNAL_MSI failed: {e}")),
+                Err(e) => self.note(format!("KVM_SIGNAL_MSI failed: {e}")),
             }
         }
-        hvcall::STATUS_OK
     }
 
     /// CALL_LONG_SPIN_WAIT: park while the word at `gpa` still holds `seen`, until a release,

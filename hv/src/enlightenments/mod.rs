@@ -17,8 +17,17 @@
 //! `REGISTRY` below.
 
 mod host;
+pub mod hyperv;
 mod probe;
 
+mod hv_frequencies;
+mod hv_ipi;
+mod hv_relaxed;
+mod hv_spinlocks;
+mod hv_time;
+mod hv_tlbflush;
+mod hv_tlbflush_ext;
+mod hv_vpindex;
 mod idle_no_exit;
 mod ipi_hypercall;
 mod kvm_clock;
@@ -55,6 +64,9 @@ pub enum Mechanism {
     Hypercall,
     /// hv's own interface: a synthetic MSR served by hv in userspace (no hypercall instruction).
     HvInterface,
+    /// The Hyper-V TLFS interface served by hv in userspace: CPUID leaves, synthetic MSRs,
+    /// hypercalls through the hypercall page hv fills.
+    HypervTlfs,
 }
 
 impl Mechanism {
@@ -66,6 +78,7 @@ impl Mechanism {
             Mechanism::KvmCapability => "kvm-capability",
             Mechanism::Hypercall => "hypercall",
             Mechanism::HvInterface => "hv-interface",
+            Mechanism::HypervTlfs => "hyperv-tlfs",
         }
     }
 }
@@ -89,6 +102,14 @@ pub trait Enlightenment: Sync + fmt::Debug {
     /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX, `hvlab_protocol::hvcall::FEATURE_*`).
     fn hv_bits(&self) -> u32 {
         0
+    }
+    /// Hyper-V features (`hyperv::Features` bits) exposed when enabled.
+    fn hyperv_bits(&self) -> u32 {
+        0
+    }
+    /// Names of the enlightenments this one needs (checked as QEMU checks its `hv-*` flags).
+    fn requires(&self) -> &'static [&'static str] {
+        &[]
     }
     /// KVM_X86_DISABLE_EXITS_* flags enabled on the VM.
     fn disable_exits(&self) -> u32 {
@@ -115,6 +136,14 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &long_spin_notify::LongSpinNotify,
     &tlb_flush_hypercall::TlbFlushHypercall,
     &ipi_hypercall::IpiHypercall,
+    &hv_vpindex::HvVpindex,
+    &hv_time::HvTime,
+    &hv_frequencies::HvFrequencies,
+    &hv_tlbflush::HvTlbflush,
+    &hv_tlbflush_ext::HvTlbflushExt,
+    &hv_ipi::HvIpi,
+    &hv_spinlocks::HvSpinlocks,
+    &hv_relaxed::HvRelaxed,
 ];
 
 /// Every enlightenment hv knows.
@@ -169,6 +198,10 @@ pub enum EnlightenmentError {
     /// `none` or `all` combined with names.
     #[error("`{word}` cannot be combined with other names in `{list}`")]
     Mixed { word: String, list: String },
+    /// A member needs another that is not in the set (as QEMU refuses `hv-tlbflush` without
+    /// `hv-vpindex`).
+    #[error("enlightenment `{name}` needs `{needs}`; add it to the list")]
+    MissingDependency { name: String, needs: String },
     /// An enlightenment this host cannot run was asked for explicitly.
     #[error("enlightenment `{name}` is not supported on this host: {reason}")]
     Unsupported { name: String, reason: String },
@@ -191,6 +224,8 @@ pub struct EnlightenmentSet {
     bits: u32,
     /// Chosen as `all`: members this host cannot run are dropped (with a note), not refused.
     all: bool,
+    /// Who serves the Hyper-V members (`hyperv-backend=kernel` in the list; user by default).
+    backend: hyperv::Backend,
 }
 
 impl fmt::Debug for EnlightenmentSet {
@@ -221,6 +256,7 @@ impl EnlightenmentSet {
     pub const NONE: EnlightenmentSet = EnlightenmentSet {
         bits: 0,
         all: false,
+        backend: hyperv::Backend::User,
     };
 
     /// Every enlightenment (those this host lacks are dropped when applied, with a note).
@@ -228,6 +264,7 @@ impl EnlightenmentSet {
         EnlightenmentSet {
             bits: (1u32 << REGISTRY.len()) - 1,
             all: true,
+            backend: hyperv::Backend::User,
         }
     }
 
@@ -248,6 +285,14 @@ impl EnlightenmentSet {
                     valid: valid_names(),
                 });
             }
+            if let Some(b) = name.strip_prefix("hyperv-backend=") {
+                set.backend =
+                    hyperv::Backend::parse(b).map_err(|_| EnlightenmentError::Unknown {
+                        name: name.to_string(),
+                        valid: valid_names(),
+                    })?;
+                continue;
+            }
             if name == "none" || name == "all" {
                 return Err(EnlightenmentError::Mixed {
                     word: name.to_string(),
@@ -262,7 +307,23 @@ impl EnlightenmentSet {
             };
             set.bits |= 1 << i;
         }
+        set.check_dependencies()?;
         Ok(set)
+    }
+
+    /// `Err` naming the first member whose dependency is missing.
+    pub fn check_dependencies(&self) -> Result<(), EnlightenmentError> {
+        for e in self.iter() {
+            for &dep in e.requires() {
+                if !self.contains(dep) {
+                    return Err(EnlightenmentError::MissingDependency {
+                        name: e.name().to_string(),
+                        needs: dep.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds `name` (which must be a registry name).
@@ -297,9 +358,25 @@ impl EnlightenmentSet {
             .map(|(_, e)| *e)
     }
 
-    /// Member names in registry order (what run records store).
+    /// Member names in registry order (what run records store), then
+    /// `hyperv-backend=kernel` when the kernel backend is chosen.
     pub fn names(&self) -> Vec<&'static str> {
-        self.iter().map(|e| e.name()).collect()
+        let mut n: Vec<_> = self.iter().map(|e| e.name()).collect();
+        if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
+            n.push(hyperv::Backend::KERNEL_TOKEN);
+        }
+        n
+    }
+
+    /// The Hyper-V backend.
+    pub fn hyperv_backend(&self) -> hyperv::Backend {
+        self.backend
+    }
+
+    /// The same set served by `backend`.
+    pub fn with_hyperv_backend(mut self, backend: hyperv::Backend) -> EnlightenmentSet {
+        self.backend = backend;
+        self
     }
 
     /// KVM feature bits (CPUID 0x40000001 EAX) the set exposes.
@@ -310,6 +387,11 @@ impl EnlightenmentSet {
     /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX) the set exposes.
     pub fn hv_bits(&self) -> u32 {
         self.iter().fold(0, |b, e| b | e.hv_bits())
+    }
+
+    /// Hyper-V features the set exposes (none: no Hyper-V leaves, KVM's stay at 0x40000000).
+    pub fn hyperv_features(&self) -> hyperv::Features {
+        hyperv::Features(self.iter().fold(0, |b, e| b | e.hyperv_bits()))
     }
 
     /// KVM_X86_DISABLE_EXITS_* flags the set enables.
@@ -330,6 +412,15 @@ impl EnlightenmentSet {
     /// Probes the members on `kvm`. A set chosen as `all` drops what this host lacks and returns
     /// the dropped names with reasons; an explicit list fails on the first unsupported member.
     pub fn resolve(&self, kvm: &Kvm) -> Result<(EnlightenmentSet, Dropped), EnlightenmentError> {
+        if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
+            // The kernel backend serves every Hyper-V member or none: refused as a whole.
+            hyperv::Backend::Kernel.probe(kvm).map_err(|reason| {
+                EnlightenmentError::Unsupported {
+                    name: hyperv::Backend::KERNEL_TOKEN.to_string(),
+                    reason,
+                }
+            })?;
+        }
         let mut kept = *self;
         let mut dropped = Vec::new();
         for (i, e) in REGISTRY.iter().enumerate() {
@@ -345,6 +436,21 @@ impl EnlightenmentSet {
                 }
                 kept.bits &= !(1 << i);
                 dropped.push((e.name(), reason));
+            }
+        }
+        // An `all` set that dropped a member drops what needs it too.
+        loop {
+            let before = kept.bits;
+            for (i, e) in REGISTRY.iter().enumerate() {
+                if kept.bits & (1 << i) != 0 {
+                    if let Some(dep) = e.requires().iter().find(|d| !kept.contains(d)) {
+                        kept.bits &= !(1 << i);
+                        dropped.push((e.name(), format!("needs {dep}, which was dropped")));
+                    }
+                }
+            }
+            if kept.bits == before {
+                break;
             }
         }
         Ok((kept, dropped))
@@ -369,7 +475,8 @@ impl EnlightenmentSet {
             vm.enable_cap(&cap)
                 .map_err(|e| format!("enabling KVM_CAP_X86_DISABLE_EXITS ({exits:#x}): {e}"))?;
         }
-        if self.hv_bits() != 0 {
+        let hyperv = self.hyperv_features().any();
+        if self.hv_bits() != 0 || hyperv {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_X86_USER_SPACE_MSR,
                 args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -377,16 +484,25 @@ impl EnlightenmentSet {
             };
             vm.enable_cap(&cap)
                 .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-            // A 0 bit denies the access, which (with the capability) exits to userspace.
+            // A 0 bit denies the access, which (with the capability) exits to userspace. hv's
+            // hypercall MSR and the Hyper-V transport MSR next to it; with Hyper-V on, the
+            // synthetic MSR ranges too (0x40000000-03, 0x40000020-23, 0x40000073).
             let deny = [0u8; 1];
-            let range = MsrFilterRange {
+            let range = |base: u32, msr_count: u32| MsrFilterRange {
                 flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-                base: hvlab_protocol::hvcall::MSR,
-                msr_count: 1,
+                base,
+                msr_count,
                 bitmap: &deny,
             };
-            vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-                .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's hypercall MSR: {e}"))?;
+            use hvlab_protocol::hyperv as tlfs;
+            let mut ranges = vec![range(hvlab_protocol::hvcall::MSR, 2)];
+            if hyperv {
+                ranges.push(range(tlfs::MSR_GUEST_OS_ID, 4));
+                ranges.push(range(tlfs::MSR_TIME_REF_COUNT, 4));
+                ranges.push(range(tlfs::MSR_VP_ASSIST_PAGE, 1));
+            }
+            vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+                .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's synthetic MSRs: {e}"))?;
         }
         Ok(())
     }
@@ -394,20 +510,49 @@ impl EnlightenmentSet {
     /// Edits one vCPU's CPUID: KVM's 0x40000001 EAX keeps only what KVM offers *and* the set
     /// exposes (`extra_kvm_bits` are kept too: `PartitionConfig::kvm_pv_features`); hv's leaves
     /// at `HV_CPUID_BASE` carry hv's signature, the set's hv feature bits and the hypercall MSR.
-    pub fn edit_cpuid(&self, cpuid: &mut CpuId, extra_kvm_bits: u32) -> Result<(), String> {
-        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, self.hv_bits())
+    ///
+    /// With a Hyper-V enlightenment on, the Hyper-V leaves take 0x40000000-0x40000005, KVM's
+    /// move to 0x40000100 (as QEMU does) and hv's private leaves to 0x40000200 (the guest
+    /// finds both by signature).
+    pub fn edit_cpuid(
+        &self,
+        cpuid: &mut CpuId,
+        extra_kvm_bits: u32,
+        vcpus: u32,
+    ) -> Result<(), String> {
+        let hyperv = self.hyperv_features();
+        let hv_base = if hyperv.any() {
+            hvlab_protocol::hyperv::HV_CPUID_BASE_BEHIND_HYPERV
+        } else {
+            hvlab_protocol::HV_CPUID_BASE
+        };
+        edit_cpuid(
+            cpuid,
+            self.kvm_pv_bits() | extra_kvm_bits,
+            self.hv_bits(),
+            hv_base,
+        )?;
+        if hyperv.any() {
+            hyperv::cpuid::move_kvm_leaves(cpuid.as_mut_slice())?;
+            for e in hyperv::cpuid::leaves(hyperv, vcpus) {
+                cpuid
+                    .push(e)
+                    .map_err(|e| format!("cannot add the Hyper-V CPUID leaves: {e:?}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// See [`EnlightenmentSet::edit_cpuid`].
-fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32) -> Result<(), String> {
-    use hvlab_protocol::{HV_CPUID_BASE, HV_CPUID_SIGNATURE, hvcall};
+/// See [`EnlightenmentSet::edit_cpuid`]: hv's private leaves go to `hv_base`.
+fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> Result<(), String> {
+    use hvlab_protocol::{HV_CPUID_SIGNATURE, hvcall};
     use kvm_bindings::kvm_cpuid_entry2;
     let mut base_seen = false;
     for e in cpuid.as_mut_slice() {
         match e.function {
             0x4000_0001 => e.eax &= kvm_bits,
-            f if f == HV_CPUID_BASE || f == HV_CPUID_BASE + 1 => base_seen = true,
+            f if f == hv_base || f == hv_base + 1 => base_seen = true,
             _ => {}
         }
     }
@@ -424,15 +569,15 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32) -> Result<(), Stri
     };
     let entries = [
         kvm_cpuid_entry2 {
-            function: HV_CPUID_BASE,
-            eax: HV_CPUID_BASE + 1,
+            function: hv_base,
+            eax: hv_base + 1,
             ebx: sig(0),
             ecx: sig(4),
             edx: sig(8),
             ..Default::default()
         },
         kvm_cpuid_entry2 {
-            function: HV_CPUID_BASE + 1,
+            function: hv_base + 1,
             eax: hv_bits,
             ebx: if hv_bits != 0 { hvcall::MSR } else { 0 },
             ..Default::default()
@@ -556,7 +701,7 @@ mod tests {
             ..Default::default()
         };
         let s = EnlightenmentSet::parse("steal-time,ipi-hypercall").unwrap();
-        s.edit_cpuid(&mut c, 0).unwrap();
+        s.edit_cpuid(&mut c, 0, 1).unwrap();
         assert_eq!(
             leaf(&c, 0x4000_0001).unwrap().eax,
             kvm_pv::bit(kvm_pv::FEATURE_STEAL_TIME)
@@ -568,7 +713,116 @@ mod tests {
         assert_eq!(feat.eax, hvcall::FEATURE_IPI);
         assert_eq!(feat.ebx, hvcall::MSR);
         // A second edit refuses rather than duplicating leaves.
-        assert!(s.edit_cpuid(&mut c, 0).is_err());
+        assert!(s.edit_cpuid(&mut c, 0, 1).is_err());
+    }
+
+    #[test]
+    fn hyperv_names_and_dependencies_as_qemu_checks_them() {
+        for n in [
+            "hv-vpindex",
+            "hv-time",
+            "hv-frequencies",
+            "hv-tlbflush",
+            "hv-tlbflush-ext",
+            "hv-ipi",
+            "hv-spinlocks",
+            "hv-relaxed",
+        ] {
+            assert!(find(n).is_some(), "{n} missing");
+        }
+        let missing = |list: &str| match EnlightenmentSet::parse(list) {
+            Err(EnlightenmentError::MissingDependency { name, needs }) => Some((name, needs)),
+            _ => None,
+        };
+        assert_eq!(
+            missing("hv-tlbflush"),
+            Some(("hv-tlbflush".into(), "hv-vpindex".into()))
+        );
+        assert_eq!(
+            missing("hv-ipi"),
+            Some(("hv-ipi".into(), "hv-vpindex".into()))
+        );
+        assert_eq!(
+            missing("hv-vpindex,hv-tlbflush-ext"),
+            Some(("hv-tlbflush-ext".into(), "hv-tlbflush".into()))
+        );
+        let msg = EnlightenmentSet::parse("hv-ipi").unwrap_err().to_string();
+        assert!(msg.contains("needs `hv-vpindex`"), "{msg}");
+        let s = EnlightenmentSet::parse("hv-vpindex,hv-tlbflush,hv-tlbflush-ext,hv-ipi").unwrap();
+        let f = s.hyperv_features();
+        assert!(f.has(hyperv::Features::VPINDEX | hyperv::Features::TLBFLUSH_EXT));
+        assert!(!f.has(hyperv::Features::TIME));
+        assert!(
+            !EnlightenmentSet::parse("kvm-clock")
+                .unwrap()
+                .hyperv_features()
+                .any()
+        );
+        for ok in ["hv-time", "hv-spinlocks,hv-relaxed", "hv-frequencies"] {
+            assert!(EnlightenmentSet::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn hyperv_backend_token_parses_roundtrips_and_is_refused_here() {
+        let s = EnlightenmentSet::parse("hv-vpindex,hyperv-backend=kernel").unwrap();
+        assert_eq!(s.hyperv_backend(), hyperv::Backend::Kernel);
+        assert_eq!(s.to_string(), "hv-vpindex,hyperv-backend=kernel");
+        assert_eq!(s, s.to_string().parse().unwrap());
+        let u = EnlightenmentSet::parse("hv-vpindex,hyperv-backend=user").unwrap();
+        assert_eq!(u.to_string(), "hv-vpindex");
+        assert_eq!(u.with_hyperv_backend(hyperv::Backend::Kernel), s);
+        assert!(matches!(
+            EnlightenmentSet::parse("hv-vpindex,hyperv-backend=qemu"),
+            Err(EnlightenmentError::Unknown { .. })
+        ));
+        // Needs /dev/kvm.
+        let Ok(kvm) = Kvm::new() else { return };
+        match s.resolve(&kvm) {
+            Err(EnlightenmentError::Unsupported { name, reason }) => {
+                assert_eq!(name, "hyperv-backend=kernel");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("kernel backend is not wired, so never runs: {other:?}"),
+        }
+        assert!(u.resolve(&kvm).is_ok());
+    }
+
+    #[test]
+    fn hyperv_cpuid_moves_kvm_and_hv_leaves() {
+        use hvlab_protocol::hyperv as tlfs;
+        let mut c = CpuId::new(2).unwrap();
+        c.as_mut_slice()[0] = kvm_cpuid_entry2 {
+            function: 0x4000_0000,
+            eax: 0x4000_0001,
+            ebx: u32::from_le_bytes(*b"KVMK"),
+            ..Default::default()
+        };
+        c.as_mut_slice()[1] = kvm_cpuid_entry2 {
+            function: 0x4000_0001,
+            eax: 0xffff_ffff,
+            ..Default::default()
+        };
+        let s = EnlightenmentSet::parse("steal-time,tlb-flush-hypercall,hv-vpindex,hv-tlbflush")
+            .unwrap();
+        s.edit_cpuid(&mut c, 0, 4).unwrap();
+        let hv = leaf(&c, 0x4000_0000).unwrap();
+        assert_eq!(&hv.ebx.to_le_bytes(), b"Micr");
+        assert_eq!(leaf(&c, 0x4000_0001).unwrap().eax, tlfs::INTERFACE_HV1);
+        assert_eq!(leaf(&c, 0x4000_0005).unwrap().eax, 4);
+        let kvm = leaf(&c, 0x4000_0100).unwrap();
+        assert_eq!(&kvm.ebx.to_le_bytes(), b"KVMK");
+        assert_eq!(kvm.eax, 0x4000_0101);
+        assert_eq!(
+            leaf(&c, 0x4000_0101).unwrap().eax,
+            kvm_pv::bit(kvm_pv::FEATURE_STEAL_TIME)
+        );
+        let own = leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV).unwrap();
+        assert_eq!(&own.ebx.to_le_bytes(), b"hvla");
+        assert_eq!(
+            leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV + 1).unwrap().eax,
+            hvcall::FEATURE_TLB_FLUSH
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod eoi;
 pub mod hvcall;
 pub mod hypercall;
+pub mod hyperv;
 pub mod kvmclock;
 pub mod steal;
 
@@ -36,6 +37,20 @@ pub fn kvm_cpuid_base() -> Option<u32> {
         .find(|&leaf| cpuid_signature(leaf).0 == kvm_pv::SIGNATURE)
 }
 
+/// hv's private CPUID base (found by signature: 0x40000100, or 0x40000200 when Hyper-V's
+/// leaves take 0x40000000 and KVM's 0x40000100), or `None`.
+pub fn hv_cpuid_base() -> Option<u32> {
+    if cpuid(1, 0).ecx & (1 << 31) == 0 {
+        return None;
+    }
+    [
+        HV_CPUID_BASE,
+        hvlab_protocol::hyperv::HV_CPUID_BASE_BEHIND_HYPERV,
+    ]
+    .into_iter()
+    .find(|&leaf| cpuid_signature(leaf).0 == HV_CPUID_SIGNATURE)
+}
+
 /// Detects what is exposed (BSP, once, before the APs start).
 pub fn init_bsp() {
     let v = cpuid_signature(0).0;
@@ -46,8 +61,8 @@ pub fn init_bsp() {
     if let Some(base) = kvm_cpuid_base() {
         KVM_FEATURES.store(cpuid(base + 1, 0).eax, Ordering::Relaxed);
     }
-    if cpuid(1, 0).ecx & (1 << 31) != 0 && cpuid_signature(HV_CPUID_BASE).0 == HV_CPUID_SIGNATURE {
-        let r = cpuid(HV_CPUID_BASE + 1, 0);
+    if let Some(base) = hv_cpuid_base() {
+        let r = cpuid(base + 1, 0);
         HV_FEATURES.store(r.eax, Ordering::Relaxed);
         HV_MSR.store(r.ebx, Ordering::Relaxed);
     }
