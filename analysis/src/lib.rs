@@ -476,7 +476,10 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("| pio-out | emulated | hv |"))
             .unwrap();
-        assert!(hv_row.contains("| 2.00 |"), "vCPU 200 us / 100 ops: {hv_row}");
+        assert!(
+            hv_row.contains("| 2.00 |"),
+            "vCPU 200 us / 100 ops: {hv_row}"
+        );
         let kernel = md
             .lines()
             .find(|l| l.starts_with("| pio-kernel | emulated | hv |"))

@@ -301,7 +301,11 @@ mod tests {
         if let Some(n) = r.get("long-spin-notify") {
             // Non-empty: `all` alone passes when the notification never happened.
             let seen = reasons(n);
-            assert!(seen.contains(&"msr_write"), "no notification: {:?}", n.exits);
+            assert!(
+                seen.contains(&"msr_write"),
+                "no notification: {:?}",
+                n.exits
+            );
             assert!(
                 seen.iter().all(|k| ["msr_write", "intr"].contains(k)),
                 "{:?}",

@@ -619,7 +619,9 @@ mod tests {
         assert_eq!(r.params["qd"], "1", "{:?}", r.params);
         assert_eq!(r.params["count"], "8");
         assert!(
-            r.notes.iter().any(|n| n.contains("qd=32") && n.contains("qd=1")),
+            r.notes
+                .iter()
+                .any(|n| n.contains("qd=32") && n.contains("qd=1")),
             "{:?}",
             r.notes
         );

@@ -364,9 +364,15 @@ fn measure_exits_and_latency_per_io() {
         let (exits, ops) = exits_in(&r, "blk-read");
         let (_, kv) = phase(&r, "blk-read");
         let sectors = metric(&kv, "sectors");
-        assert!(ops > 0 && sectors >= ops * 8, "{label}: {ops} ops, {sectors} sectors");
+        assert!(
+            ops > 0 && sectors >= ops * 8,
+            "{label}: {ops} ops, {sectors} sectors"
+        );
         let (p50c, p99c) = percentiles(&r, "blk-read");
-        assert!(p50c > 0 && p99c >= p50c, "{label}: p50 {p50c} p99 {p99c} cycles");
+        assert!(
+            p50c > 0 && p99c >= p50c,
+            "{label}: p50 {p50c} p99 {p99c} cycles"
+        );
         let us = |c: u64| c as f64 / tsc_mhz(&r);
         let per_sector = exits as f64 / sectors as f64;
         rows.push(format!(

@@ -123,7 +123,12 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
     // emulator (kvm_pvm) every CPL0 read walks the page tables afresh and cannot be stale: there
     // the CPL3 test below carries the stale-read check, and this one the IPI/hypercall counts.
     let control = boot(&kvm, "tlb-shootdown iters=5 mode=none", 3, "none");
-    assert!(control.status.is_ok(), "{}\n{}", control.status, control.console);
+    assert!(
+        control.status.is_ok(),
+        "{}\n{}",
+        control.status,
+        control.console
+    );
     let stale = field(&control, "rec=phase", "stale_reads").expect("stale_reads reported");
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         eprintln!(

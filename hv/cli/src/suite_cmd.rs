@@ -112,9 +112,9 @@ fn tracepoints_line(availability: &Result<(), String>, tracefs: Option<String>) 
     match (availability, tracefs) {
         (Ok(()), Some(did)) => format!("tracepoints: counted ({did})"),
         (Ok(()), None) => "tracepoints: counted".to_string(),
-        (Err(why), _) => format!(
-            "tracepoints: NOT counted, the kvm:* tracepoint columns stay empty: {why}"
-        ),
+        (Err(why), _) => {
+            format!("tracepoints: NOT counted, the kvm:* tracepoint columns stay empty: {why}")
+        }
     }
 }
 
@@ -318,12 +318,21 @@ mod tests {
 
     #[test]
     fn first_line_says_whether_tracepoints_count_and_how_to_get_them() {
-        let l = tracepoints_line(&Ok(()), Some("tracefs was not mounted: hv mounted it".into()));
-        assert!(l.starts_with("tracepoints: counted") && l.contains("hv mounted it"), "{l}");
+        let l = tracepoints_line(
+            &Ok(()),
+            Some("tracefs was not mounted: hv mounted it".into()),
+        );
+        assert!(
+            l.starts_with("tracepoints: counted") && l.contains("hv mounted it"),
+            "{l}"
+        );
         let l = tracepoints_line(
             &Err("tracefs is not mounted and hv is not root: as root, run `mount -t tracefs nodev /sys/kernel/tracing`".into()),
             None,
         );
-        assert!(l.contains("NOT counted") && l.contains("mount -t tracefs"), "{l}");
+        assert!(
+            l.contains("NOT counted") && l.contains("mount -t tracefs"),
+            "{l}"
+        );
     }
 }

@@ -388,7 +388,11 @@ mod tests {
         .unwrap();
         let t = m.totals();
         assert!(t.cpu.vcpu_ns > 0, "vCPU CPU time {} ns", t.cpu.vcpu_ns);
-        assert!(t.cpu.worker_ns > 0, "worker CPU time {} ns", t.cpu.worker_ns);
+        assert!(
+            t.cpu.worker_ns > 0,
+            "worker CPU time {} ns",
+            t.cpu.worker_ns
+        );
     }
 
     #[test]

@@ -185,13 +185,7 @@ fn ensure_tracefs() -> Result<(), String> {
             // SAFETY: all three are valid NUL-terminated strings; flags 0 and no data are a
             // plain mount, which changes no memory of this process.
             let rc = unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    fs.as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
+                libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
             };
             if rc == 0 || tracefs_mounted() {
                 let _ = TRACEFS_NOTE.set(Some(format!(
@@ -351,7 +345,10 @@ mod tests {
         let TracefsPlan::Explain(why) = tracefs_plan(false, false) else {
             panic!("a non-root user cannot mount tracefs");
         };
-        assert!(why.contains("mount -t tracefs nodev /sys/kernel/tracing"), "{why}");
+        assert!(
+            why.contains("mount -t tracefs nodev /sys/kernel/tracing"),
+            "{why}"
+        );
     }
 
     /// As root on a host without tracefs mounted, the probe mounts it and says so.

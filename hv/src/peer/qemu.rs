@@ -631,7 +631,10 @@ mod tests {
     #[test]
     fn pio_kernel_row_says_it_is_not_the_same_mechanism() {
         let c = phase_caveat("exit-floor", "pio-kernel").unwrap_or_default();
-        assert!(c.contains("ioeventfd") && c.contains("userspace exit"), "{c}");
+        assert!(
+            c.contains("ioeventfd") && c.contains("userspace exit"),
+            "{c}"
+        );
         assert_eq!(phase_caveat("exit-floor", "pio-out"), None);
     }
 
