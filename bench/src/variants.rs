@@ -296,18 +296,43 @@ mod tests {
     #[test]
     fn spinlock_notify_exits_only_through_msrs() {
         let kvm = kvm();
-        let r = run_all(&kvm, "spinlock", 2);
+        // MAX_OPS contended acquisitions: enough that waiters take the slow path (with 8, a
+        // run sometimes has none, and then the notify variant measured nothing).
+        let r = run_all(&kvm, "spinlock", MAX_OPS);
         assert_eq!(exits(&r["none"]), 0.0, "{:?}", r["none"].exits);
         if let Some(n) = r.get("long-spin-notify") {
+            let metric = |k: &str| n.metrics.get(k).copied().unwrap_or(0.0) as u64;
+            let (slow, wakes) = (metric("slow_waits"), metric("wake_calls"));
+            let msrs = n.exits.get("msr_write").copied().unwrap_or(0);
             // Non-empty: `all` alone passes when the notification never happened.
-            let seen = reasons(n);
             assert!(
-                seen.contains(&"msr_write"),
-                "no notification: {:?}",
+                slow > 0 && msrs > 0,
+                "no notification: {slow} slow waits, {:?}",
                 n.exits
             );
+            // Every hypercall is one MSR write: each release signal, and each slow wait that
+            // still found the lock held; at least one waiter must have asked hv to park it.
+            let hv_count = |k: &str| {
+                n.exits_by_device
+                    .get(&format!("hv-enl:{k}"))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let (waits, releases) = (
+                hv_count("hvcall_spin_wait"),
+                hv_count("hvcall_spin_release"),
+            );
+            println!(
+                "spinlock/long-spin-notify: {slow} slow waits, {wakes} wake calls, {msrs} MSR exits, hv saw {waits} waits and {releases} releases"
+            );
+            assert!(waits > 0, "no waiter notified hv: {:?}", n.exits_by_device);
+            assert_eq!(releases, wakes, "every wake call reached hv");
             assert!(
-                seen.iter().all(|k| ["msr_write", "intr"].contains(k)),
+                waits <= slow && msrs == waits + releases,
+                "{msrs} MSR exits for {waits} waits and {releases} releases ({slow} slow waits)"
+            );
+            assert!(
+                reasons(n).iter().all(|k| ["msr_write", "intr"].contains(k)),
                 "{:?}",
                 n.exits
             );
