@@ -41,6 +41,27 @@ pub fn exits_total(r: &RunRecord) -> u64 {
         .unwrap_or_else(|| r.exits.values().sum())
 }
 
+/// Whether hv's counters (exits, KVM stats, host CPU time) were read for this record. hv's
+/// meter writes the exit map (at least `total`) for every phase it saw; it is empty where
+/// nothing was measured (QEMU peer rows, a phase without markers). Not measured is null in the
+/// frame and "not measured" in tables, never 0.
+pub fn host_counted(r: &RunRecord) -> bool {
+    !r.exits.is_empty()
+}
+
+/// `v` per op where hv's counters were read, else null.
+fn counted_per_op(r: &RunRecord, v: f64) -> Option<f64> {
+    host_counted(r).then(|| per_op(r, v)).flatten()
+}
+
+/// vCPU CPU time per op: a vCPU that ran a phase used CPU, so 0 means its clock was not read
+/// (QEMU rows; files from before whole-run CPU time was fixed): null.
+pub fn vcpu_ns_per_op(r: &RunRecord) -> Option<f64> {
+    (r.cpu.vcpu_ns > 0)
+        .then(|| counted_per_op(r, r.cpu.vcpu_ns as f64))
+        .flatten()
+}
+
 /// Builds the flat table from records: identity columns, status, raw counts, `ns_per_op`
 /// (guest TSC -> ns, null when the TSC frequency is unknown), and per-op columns
 /// `exits.<reason>`, `kvm.<stat>`, `tp.<tracepoint>`, `metrics.<k>`, CPU time and latency.
@@ -79,10 +100,12 @@ pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> 
         u("tsc_khz", &|r| r.tsc_khz),
         o("ns_per_op", &|r| r.ns_per_op()),
         o("wall_ns_per_op", &|r| per_op(r, r.wall_ns as f64)),
-        o("exits_total_per_op", &|r| per_op(r, exits_total(r) as f64)),
-        o("cpu.vcpu_ns_per_op", &|r| per_op(r, r.cpu.vcpu_ns as f64)),
+        o("exits_total_per_op", &|r| {
+            counted_per_op(r, exits_total(r) as f64)
+        }),
+        o("cpu.vcpu_ns_per_op", &vcpu_ns_per_op),
         o("cpu.worker_ns_per_op", &|r| {
-            per_op(r, r.cpu.worker_ns as f64)
+            counted_per_op(r, r.cpu.worker_ns as f64)
         }),
         o("latency.p50", &|r| r.latency.as_ref().map(|l| l.p50)),
         o("latency.p99", &|r| r.latency.as_ref().map(|l| l.p99)),
@@ -93,7 +116,7 @@ pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> 
     for k in keys(&|r| r.exits.keys().cloned().collect()) {
         if k != "total" {
             cols.push(o(&format!("exits.{k}"), &|r| {
-                per_op(r, r.exits.get(&k).copied().unwrap_or(0) as f64)
+                counted_per_op(r, r.exits.get(&k).copied().unwrap_or(0) as f64)
             }));
         }
     }

@@ -444,6 +444,68 @@ mod tests {
         assert_eq!(summary.lines().count(), 4, "{summary}");
     }
 
+    /// QEMU rows measure no exits and no host CPU time: runs.csv leaves those cells empty
+    /// (null in Parquet), and the tables say "not measured", never 0.
+    #[test]
+    fn not_measured_is_null_in_files_and_says_so_in_tables() {
+        let (mut recs, m) = fixture();
+        for r in recs.iter_mut().filter(|r| r.vmm == "hv") {
+            r.cpu.vcpu_ns = 200_000;
+        }
+        // exit-floor's pio-kernel under QEMU: a different mechanism, said next to the ratio.
+        for (vmm, ns) in [("hv", 1200.0), ("qemu", 6000.0)] {
+            let mut k = rec("exit-floor", "exit-floor", "pio-kernel", "emulated", 0, ns);
+            k.vmm = vmm.into();
+            if vmm == "hv" {
+                k.exits.insert("total".into(), 0);
+            }
+            recs.push(k);
+        }
+        let d = results_dir("not-measured", &recs, Some(&m));
+        let out = temp_dir("not-measured-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        let qemu_row = md
+            .lines()
+            .find(|l| l.starts_with("| pio-out | emulated | qemu |"))
+            .unwrap_or_else(|| panic!("no qemu row in:\n{md}"));
+        assert!(qemu_row.contains("| not measured |"), "{qemu_row}");
+        assert!(!qemu_row.contains("| 0.00"), "{qemu_row}");
+        let hv_row = md
+            .lines()
+            .find(|l| l.starts_with("| pio-out | emulated | hv |"))
+            .unwrap();
+        assert!(
+            hv_row.contains("| 2.00 |"),
+            "vCPU 200 us / 100 ops: {hv_row}"
+        );
+        let kernel = md
+            .lines()
+            .find(|l| l.starts_with("| pio-kernel | emulated | hv |"))
+            .unwrap_or_else(|| panic!("no pio-kernel row in:\n{md}"));
+        assert!(kernel.contains("not the same mechanism"), "{kernel}");
+        let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+        let mut lines = csv.lines();
+        let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+        let (vmm, exits, cpu) = (
+            col("vmm"),
+            col("exits_total_per_op"),
+            col("cpu.vcpu_ns_per_op"),
+        );
+        let mut qemu_rows = 0;
+        for l in lines {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.get(vmm) == Some(&"qemu") {
+                qemu_rows += 1;
+                assert_eq!(f[exits], "", "exits_total_per_op of a qemu row: {l}");
+                assert_eq!(f[cpu], "", "cpu.vcpu_ns_per_op of a qemu row: {l}");
+            }
+        }
+        assert!(qemu_rows >= 3, "{csv}");
+    }
+
     #[test]
     fn write_report_is_deterministic() {
         let (recs, m) = fixture();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hv::record::{Manifest, RunRecord};
 
-use crate::frame::{exits_total, status_parts};
+use crate::frame::{exits_total, host_counted, status_parts, vcpu_ns_per_op};
 use crate::stats::{Estimate, bootstrap_ratio, fnv1a, median};
 
 /// A comparison group: rows in one group are variants measured under the same conditions.
@@ -114,7 +114,9 @@ fn row(key: GroupKey, variant: &str, rs: &[&RunRecord]) -> Row {
         .filter(|k| k.as_str() != "total")
         .filter_map(|k| {
             med(rs, |r| {
-                per_op(r, r.exits.get(k).copied().unwrap_or(0) as f64)
+                host_counted(r)
+                    .then(|| per_op(r, r.exits.get(k).copied().unwrap_or(0) as f64))
+                    .flatten()
             })
             .map(|v| (k.clone(), v))
         })
@@ -151,7 +153,11 @@ fn row(key: GroupKey, variant: &str, rs: &[&RunRecord]) -> Row {
         ns_per_op: med(rs, RunRecord::ns_per_op),
         wall_ns_per_op: med(rs, |r| per_op(r, r.wall_ns as f64)),
         exits_per_op: if any_exits {
-            med(rs, |r| per_op(r, exits_total(r) as f64))
+            med(rs, |r| {
+                host_counted(r)
+                    .then(|| per_op(r, exits_total(r) as f64))
+                    .flatten()
+            })
         } else {
             None
         },
@@ -159,13 +165,10 @@ fn row(key: GroupKey, variant: &str, rs: &[&RunRecord]) -> Row {
         exits_by_reason,
         irqs_per_op: med(rs, stat("irq_injections")),
         halts_per_op: halts,
-        vcpu_us_per_op: med(rs, |r| {
-            (r.vmm == "hv" && r.cpu.vcpu_ns > 0)
-                .then(|| per_op(r, r.cpu.vcpu_ns as f64 / 1e3))
-                .flatten()
-        }),
+        vcpu_us_per_op: med(rs, |r| vcpu_ns_per_op(r).map(|ns| ns / 1e3)),
+        // 0 is a measurement here: a device without a worker thread.
         worker_us_per_op: med(rs, |r| {
-            (r.cpu.worker_ns > 0)
+            host_counted(r)
                 .then(|| per_op(r, r.cpu.worker_ns as f64 / 1e3))
                 .flatten()
         }),

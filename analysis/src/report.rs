@@ -47,6 +47,12 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), num)
 }
 
+/// A host-counter cell (exits, KVM stats, host CPU): `None` means hv did not measure it (QEMU
+/// rows, counters unavailable), which the table says instead of a dash or a 0.
+fn measured(v: Option<f64>) -> String {
+    v.map_or_else(|| "not measured".into(), num)
+}
+
 fn est(e: Option<Estimate>) -> String {
     e.map_or_else(
         || "–".into(),
@@ -250,28 +256,32 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                     (None, Some(w)) => format!("{} (wall)", num(w)),
                     (None, None) => "–".into(),
                 },
-                opt(r.exits_per_op),
-                r.top_exits
-                    .iter()
-                    .map(|(k, v)| format!("{k} {}", num(*v)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                measured(r.exits_per_op),
+                if r.exits_per_op.is_none() {
+                    "not measured".into()
+                } else {
+                    r.top_exits
+                        .iter()
+                        .map(|(k, v)| format!("{k} {}", num(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             ];
             if irqs {
-                c.push(opt(r.irqs_per_op));
+                c.push(measured(r.irqs_per_op));
             }
             if halts {
-                c.push(opt(r.halts_per_op));
+                c.push(measured(r.halts_per_op));
             }
             if lat {
                 c.push(opt(r.lat_p50));
                 c.push(opt(r.lat_p99));
             }
             if cpu {
-                c.push(opt(r.vcpu_us_per_op));
+                c.push(measured(r.vcpu_us_per_op));
             }
             if worker {
-                c.push(opt(r.worker_us_per_op));
+                c.push(measured(r.worker_us_per_op));
             }
             if r.is_baseline {
                 c.push("baseline".into());
@@ -284,7 +294,14 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                 );
             }
             if peer {
-                c.push(est(r.vs_qemu));
+                // Where QEMU runs the same guest code through a different mechanism, the ratio
+                // says so (hv::peer::qemu::phase_caveat; also in the QEMU record's notes).
+                c.push(
+                    match hv::peer::qemu::phase_caveat(&r.key.workload, &r.key.phase) {
+                        Some(why) => format!("{} ({why})", est(r.vs_qemu)),
+                        None => est(r.vs_qemu),
+                    },
+                );
             }
             c
         })

@@ -9,7 +9,8 @@ use criterion::{Criterion, criterion_group};
 use hv::tiny_guest;
 
 fn pio_exit(c: &mut Criterion) {
-    let kvm = hv::error::open_kvm().expect("/dev/kvm");
+    let kvm = hv::error::open_kvm()
+        .unwrap_or_else(|e| panic!("this bench boots guests and needs /dev/kvm: {e}"));
     let mut g = c.benchmark_group("pio_exit_round_trip");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     g.bench_function("raw_kvm_ioctls", |b| {
@@ -22,7 +23,8 @@ fn pio_exit(c: &mut Criterion) {
 }
 
 fn lifecycle(c: &mut Criterion) {
-    let kvm = hv::error::open_kvm().expect("/dev/kvm");
+    let kvm = hv::error::open_kvm()
+        .unwrap_or_else(|e| panic!("this bench boots guests and needs /dev/kvm: {e}"));
     let code = tiny_guest::exit_now(0);
     let elf = tiny_guest::elf(&code);
     let mut g = c.benchmark_group("create_first_exit_teardown");
@@ -38,7 +40,8 @@ fn lifecycle(c: &mut Criterion) {
 
 /// Interleaved rounds so that drift on a shared host hits both sides alike.
 fn print_ratios() {
-    let kvm = hv::error::open_kvm().expect("/dev/kvm");
+    let kvm = hv::error::open_kvm()
+        .unwrap_or_else(|e| panic!("this bench boots guests and needs /dev/kvm: {e}"));
     let n = 2000u32;
     let (mut raw, mut hv) = (Vec::new(), Vec::new());
     for _ in 0..9 {

@@ -153,7 +153,8 @@ mod tests {
 
     #[test]
     fn both_sides_run_the_same_guest() {
-        let kvm = hv::error::open_kvm().unwrap();
+        let kvm = hv::error::open_kvm()
+            .unwrap_or_else(|e| panic!("this test boots guests and needs /dev/kvm: {e}"));
         assert!(raw_pio_exits(&kvm, 50) > Duration::ZERO);
         assert!(hv_pio_exits(&kvm, 50) > Duration::ZERO);
         hv_create_run_destroy(&kvm, &tiny_guest::elf(&tiny_guest::exit_now(0)));

@@ -188,6 +188,11 @@ impl Comparison {
 mod tests {
     use super::*;
 
+    fn kvm() -> Kvm {
+        hv::error::open_kvm()
+            .unwrap_or_else(|e| panic!("this test boots guests and needs /dev/kvm: {e}"))
+    }
+
     fn comparison(group: &str) -> &'static Comparison {
         COMPARISONS
             .iter()
@@ -237,7 +242,7 @@ mod tests {
 
     #[test]
     fn blk_read_synthetic_takes_no_userspace_exit_per_request() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
+        let kvm = kvm();
         let r = run_all(&kvm, "blk_read_4k", 4);
         assert_eq!(r["emulated"].ops, 4);
         assert!(exits(&r["emulated"]) >= 1.0, "ATA PIO traps per request");
@@ -247,7 +252,7 @@ mod tests {
 
     #[test]
     fn console_write_synthetic_takes_no_userspace_exit_per_line() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
+        let kvm = kvm();
         let r = run_all(&kvm, "console_write", 2);
         assert_eq!(r["emulated"].ops, 2);
         // One OUT per byte of a 64-byte line, at least.
@@ -266,7 +271,7 @@ mod tests {
 
     #[test]
     fn tlb_shootdown_hypercall_exits_to_hv_once_per_shootdown() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
+        let kvm = kvm();
         let r = run_all(&kvm, "tlb_shootdown", 2);
         // IPIs through the in-kernel local APIC: nothing reaches hv.
         assert_eq!(exits(&r["none"]), 0.0, "{:?}", r["none"].exits);
@@ -277,7 +282,7 @@ mod tests {
 
     #[test]
     fn ipi_multicast_hypercall_is_one_msr_exit_per_multicast() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
+        let kvm = kvm();
         let r = run_all(&kvm, "ipi_multicast", 2);
         assert_eq!(exits(&r["none"]), 0.0, "{:?}", r["none"].exits);
         if let Some(x) = r.get("x2apic") {
@@ -290,10 +295,42 @@ mod tests {
 
     #[test]
     fn spinlock_notify_exits_only_through_msrs() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
-        let r = run_all(&kvm, "spinlock", 2);
+        let kvm = kvm();
+        // MAX_OPS contended acquisitions: enough that waiters take the slow path (with 8, a
+        // run sometimes has none, and then the notify variant measured nothing).
+        let r = run_all(&kvm, "spinlock", MAX_OPS);
         assert_eq!(exits(&r["none"]), 0.0, "{:?}", r["none"].exits);
         if let Some(n) = r.get("long-spin-notify") {
+            let metric = |k: &str| n.metrics.get(k).copied().unwrap_or(0.0) as u64;
+            let (slow, wakes) = (metric("slow_waits"), metric("wake_calls"));
+            let msrs = n.exits.get("msr_write").copied().unwrap_or(0);
+            // Non-empty: `all` alone passes when the notification never happened.
+            assert!(
+                slow > 0 && msrs > 0,
+                "no notification: {slow} slow waits, {:?}",
+                n.exits
+            );
+            // Every hypercall is one MSR write: each release signal, and each slow wait that
+            // still found the lock held; at least one waiter must have asked hv to park it.
+            let hv_count = |k: &str| {
+                n.exits_by_device
+                    .get(&format!("hv-enl:{k}"))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let (waits, releases) = (
+                hv_count("hvcall_spin_wait"),
+                hv_count("hvcall_spin_release"),
+            );
+            println!(
+                "spinlock/long-spin-notify: {slow} slow waits, {wakes} wake calls, {msrs} MSR exits, hv saw {waits} waits and {releases} releases"
+            );
+            assert!(waits > 0, "no waiter notified hv: {:?}", n.exits_by_device);
+            assert_eq!(releases, wakes, "every wake call reached hv");
+            assert!(
+                waits <= slow && msrs == waits + releases,
+                "{msrs} MSR exits for {waits} waits and {releases} releases ({slow} slow waits)"
+            );
             assert!(
                 reasons(n).iter().all(|k| ["msr_write", "intr"].contains(k)),
                 "{:?}",
@@ -304,7 +341,7 @@ mod tests {
 
     #[test]
     fn guest_time_scales_per_op_time_to_iters() {
-        let kvm = hv::error::open_kvm().expect("/dev/kvm");
+        let kvm = kvm();
         let c = comparison("ipi_multicast");
         let d = c.guest_time(&kvm, &c.variants[0], 1000);
         // 1000 ops at MAX_OPS per run: at least a microsecond each, well under a second.

@@ -189,7 +189,9 @@ impl RunRecord {
 
     /// Exits of `reason` per operation, or `None` when the phase did no operations.
     pub fn exits_per_op(&self, reason: &str) -> Option<f64> {
-        (self.ops > 0)
+        // No exit counts at all means they were not measured (QEMU peer rows, a run without
+        // phase markers): not measured is `None`, never 0. hv always writes `total`.
+        (self.ops > 0 && !self.exits.is_empty())
             .then(|| self.exits.get(reason).copied().unwrap_or(0) as f64 / self.ops as f64)
     }
 
@@ -221,6 +223,17 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.exits_per_op("io_out"), Some(1.0));
         assert_eq!(back.exits_per_op("io_in"), Some(0.0));
+    }
+
+    /// QEMU rows have no exit counts: per-op exits are not measured (None), never 0.
+    #[test]
+    fn exits_per_op_of_a_record_without_exit_counts_is_not_measured() {
+        let r = RunRecord {
+            vmm: "qemu".into(),
+            ops: 100,
+            ..Default::default()
+        };
+        assert_eq!(r.exits_per_op("total"), None);
     }
 
     #[test]

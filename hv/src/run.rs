@@ -450,6 +450,30 @@ pub trait HostCounters {
     fn whole_run(&self, r: &mut RunRecord);
 }
 
+/// Workload arguments a guest may run differently from what was asked, and reports as a phase
+/// metric of the same name (blk-io on ATA PIO runs `qd` 1: the device has no queue).
+const EFFECTIVE_PARAMS: &[&str] = &["qd"];
+
+/// Makes `r.params` say what the guest ran where it reported running an argument differently,
+/// with a note naming both values.
+fn record_as_run(r: &mut RunRecord) {
+    for key in EFFECTIVE_PARAMS {
+        let Some(&ran) = r.metrics.get(*key) else {
+            continue;
+        };
+        let ran = format!("{ran}");
+        match r.params.get(*key) {
+            Some(asked) if *asked != ran => {
+                r.notes.push(format!(
+                    "{key}={asked} was requested; the guest ran {key}={ran} (what this record measures)"
+                ));
+                r.params.insert((*key).to_string(), ran);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Records from what the guest reported: one per phase and per skipped micro-test, or one
 /// `run` record when it reported none. `status` and `fault` decide ok/failed for all of them.
 pub fn guest_records(
@@ -499,6 +523,7 @@ pub fn guest_records(
             .map(|(k, v)| (k.clone(), *v as f64))
             .collect();
         r.latency = crate::latency::summarize(&gp.hist, base.tsc_khz);
+        record_as_run(&mut r);
         counters.phase(&mut r);
         out.push(r);
     }
@@ -571,6 +596,36 @@ pub fn records_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoCounters;
+    impl HostCounters for NoCounters {
+        fn phase(&self, _r: &mut RunRecord) {}
+        fn whole_run(&self, _r: &mut RunRecord) {}
+    }
+
+    /// `blk-io --device both --qd 32`: ATA has no queue, the guest runs it at QD1 and says so;
+    /// the record must say what ran, not what was asked.
+    #[test]
+    fn a_parameter_the_guest_ran_differently_is_recorded_as_run() {
+        let mut base = RunRecord::default();
+        base.params.insert("qd".into(), "32".into());
+        base.params.insert("count".into(), "8".into());
+        let report = crate::guest_output::parse(
+            "HVLAB rec=phase id=1 name=blk-read ops=8 tsc=1000 qd=1 sectors=64\n",
+        );
+        let recs = guest_records(base, &RunStatus::GuestExit(0), &report, 0, &NoCounters);
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r.params["qd"], "1", "{:?}", r.params);
+        assert_eq!(r.params["count"], "8");
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("qd=32") && n.contains("qd=1")),
+            "{:?}",
+            r.notes
+        );
+    }
 
     #[test]
     fn civil_time_matches_known_dates() {

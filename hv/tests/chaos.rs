@@ -221,9 +221,7 @@ fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcom
 
 #[test]
 fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
-    let Some(_) = common::kvm_or_skip() else {
-        return;
-    };
+    let _ = common::kvm();
     let seeds = env_u64("CHAOS_SEEDS", 200);
     let first = env_u64("CHAOS_FIRST_SEED", 1);
     let ops = env_u64("CHAOS_OPS", 300);
@@ -408,9 +406,7 @@ fn chaos_seeds_end_defined_with_intact_neighbours_and_bounded_rss() {
 
 #[test]
 fn chaos_is_reproducible_per_seed() {
-    let Some(kvm) = common::kvm_or_skip() else {
-        return;
-    };
+    let kvm = common::kvm();
     // The same seed twice: the same end and the same counts of what it did.
     let seed = (1..100)
         .find(|&s| chaos::planned_end(s, 300, 5) == Planned::Finish)

@@ -1,5 +1,5 @@
 //! Integration tests of the block and console devices: real guests through /dev/kvm. Each test
-//! skips (passes with a message) on a host without KVM access.
+//! fails (naming the fix) on a host without KVM access.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use hv::devices::{DeviceOptions, DeviceVariant};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 
+/// Always `Some` (a host without /dev/kvm fails in `common::kvm`); the `Option` stays for the
+/// call sites written when it could skip.
 fn boot(opts: &DeviceOptions, cmdline: &str) -> Option<PartitionOutcome> {
     boot_within(opts, cmdline, Duration::from_secs(60))
 }
 
 /// [`boot`] with the run limited to `limit`.
 fn boot_within(opts: &DeviceOptions, cmdline: &str, limit: Duration) -> Option<PartitionOutcome> {
-    let kvm = common::kvm_or_skip()?;
+    let kvm = common::kvm();
     let workload = cmdline.split_whitespace().next().unwrap_or("");
     let info = hvlab_workloads::find(workload).expect("known workload");
     let words = hv::devices::cmdline_words(opts, info.devices);
@@ -284,19 +286,23 @@ fn hostile_ata_commands_end_in_err_with_idnf_or_abrt() {
     }
 }
 
-/// Prints exits per sector (ATA) and per request (virtio-blk), and p50/p99 latencies.
+/// Exits per sector (ATA) and per request (virtio-blk) are the README's numbers; p50/p99
+/// latencies are printed, and the one timing claim (synthetic p50 below emulated p50) is
+/// asserted only as a plain inequality: the README measured 2.3x between them (185 vs 430 us)
+/// and the histogram resolves 19%, so it holds by a wide margin even on a loaded host.
 #[test]
 fn measure_exits_and_latency_per_io() {
     let tsc_mhz = |r: &PartitionOutcome| r.tsc_khz.map_or(1.0, |k| f64::from(k) / 1000.0);
     let mut rows = Vec::new();
-    let mut p50s = Vec::new();
-    let cases: [(&str, DeviceVariant, bool, bool, &str); 7] = [
+    // (label, variant, event_idx, polling, args, README claim)
+    let cases: [(&str, DeviceVariant, bool, bool, &str, Claim); 7] = [
         (
             "ata rep insw (16-bit)",
             DeviceVariant::Emulated,
             true,
             false,
             "blk-io count=16",
+            Claim::ExitsPerSector(2.9),
         ),
         (
             "ata rep insd (32-bit)",
@@ -304,6 +310,7 @@ fn measure_exits_and_latency_per_io() {
             true,
             false,
             "blk-io count=16 width=32",
+            Claim::ExitsPerSector(2.9),
         ),
         (
             "ata in loop (16-bit)",
@@ -311,6 +318,7 @@ fn measure_exits_and_latency_per_io() {
             true,
             false,
             "blk-io count=4 pio=loop",
+            Claim::ExitsPerSector(258.0),
         ),
         (
             "ata in loop (32-bit)",
@@ -318,6 +326,7 @@ fn measure_exits_and_latency_per_io() {
             true,
             false,
             "blk-io count=4 pio=loop width=32",
+            Claim::ExitsPerSector(130.0),
         ),
         (
             "virtio qd1 event-idx",
@@ -325,6 +334,7 @@ fn measure_exits_and_latency_per_io() {
             true,
             false,
             "blk-io count=32",
+            Claim::NoExits,
         ),
         (
             "virtio qd32 event-idx",
@@ -332,6 +342,7 @@ fn measure_exits_and_latency_per_io() {
             true,
             false,
             "blk-io count=64 qd=32",
+            Claim::NoExits,
         ),
         (
             "virtio qd1 polling",
@@ -339,40 +350,78 @@ fn measure_exits_and_latency_per_io() {
             true,
             true,
             "blk-io count=32",
+            Claim::NoExits,
         ),
     ];
-    for (label, variant, evidx, poll, args) in cases {
+    let mut p50 = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    for (label, variant, evidx, poll, args, claim) in cases {
         let mut o = opts(variant);
         o.event_idx = evidx;
         o.polling = poll;
-        let Some(r) = boot(&o, args) else { return };
+        let r = boot(&o, args).expect("boot");
         assert_ok(&r);
         let (exits, ops) = exits_in(&r, "blk-read");
         let (_, kv) = phase(&r, "blk-read");
         let sectors = metric(&kv, "sectors");
-        let (p50, p99) = percentiles(&r, "blk-read");
+        assert!(
+            ops > 0 && sectors >= ops * 8,
+            "{label}: {ops} ops, {sectors} sectors"
+        );
+        let (p50c, p99c) = percentiles(&r, "blk-read");
+        assert!(
+            p50c > 0 && p99c >= p50c,
+            "{label}: p50 {p50c} p99 {p99c} cycles"
+        );
         let us = |c: u64| c as f64 / tsc_mhz(&r);
+        let per_sector = exits as f64 / sectors as f64;
         rows.push(format!(
-            "{label:24} ops={ops:3} exits={exits:6} exits/op={:8.2} exits/sector={:7.2} irq/op={:5.2} kicks/op={:5.2} p50={:8.1}us p99={:8.1}us",
+            "{label:24} ops={ops:3} exits={exits:6} exits/op={:8.2} exits/sector={per_sector:7.2} irq/op={:5.2} kicks/op={:5.2} p50={:8.1}us p99={:8.1}us",
             exits as f64 / ops as f64,
-            exits as f64 / sectors as f64,
             metric(&kv, "interrupts") as f64 / ops as f64,
             metric(&kv, "kicks") as f64 / ops as f64,
-            us(p50),
-            us(p99)
+            us(p50c),
+            us(p99c)
         ));
-        p50s.push((variant, p50));
-        if variant == DeviceVariant::Synthetic && !poll {
-            assert!(
-                exits <= ops,
-                "{label}: {exits} userspace exits for {ops} requests"
-            );
+        p50.insert(label, us(p50c));
+        match claim {
+            // Compared at the README's precision (2.9 is one decimal, 258 and 130 whole).
+            Claim::ExitsPerSector(want) => {
+                let scale = if want < 10.0 { 10.0 } else { 1.0 };
+                if (per_sector * scale).round() != (want * scale).round() {
+                    failures.push(format!(
+                        "{label}: {per_sector:.3} userspace exits per sector, README says {want}"
+                    ));
+                }
+            }
+            Claim::NoExits => {
+                if exits != 0 {
+                    failures.push(format!(
+                        "{label}: {exits} userspace exits for {ops} requests, README says 0"
+                    ));
+                }
+            }
         }
     }
     println!("4 KiB reads, userspace exits counted by hv inside the phase:");
-    for r in rows {
+    for r in &rows {
         println!("{r}");
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let (syn, emu) = (p50["virtio qd1 event-idx"], p50["ata rep insw (16-bit)"]);
+    assert!(
+        syn < emu,
+        "virtio-blk QD1 p50 {syn:.1} us is not below ATA rep insw p50 {emu:.1} us"
+    );
+}
+
+/// What the README claims for one row of the measurement.
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    /// hv-counted userspace exits per 512-byte sector.
+    ExitsPerSector(f64),
+    /// No userspace exit in the measured phase (the kick is an ioeventfd, the interrupt an irqfd).
+    NoExits,
 }
 
 #[test]
@@ -576,9 +625,7 @@ fn disk_fault_table() {
 
 #[test]
 fn two_partitions_cannot_share_a_read_write_image_but_may_share_it_read_only() {
-    let Some(kvm) = common::kvm_or_skip() else {
-        return;
-    };
+    let kvm = common::kvm();
     let img = temp_image("shared");
     let mut req = common::request("blk-io", &[("rw", "write"), ("count", "4"), ("seed", "9")]);
     req.devices = opts(DeviceVariant::Synthetic);

@@ -1,6 +1,8 @@
 //! `hv suite` through real guests: results files, resume after a kill, shards.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,7 @@ fn records(dir: &Path) -> Vec<RunRecord> {
 }
 
 fn suite(dir: &Path, shard: Option<Shard>, resume: bool) -> hv::suite::SuiteSummary {
-    let kvm = hv::error::open_kvm().unwrap();
+    let kvm = common::kvm();
     let spec = Spec::parse(SPEC, "t").unwrap();
     let opts = SuiteOptions {
         out_dir: dir.to_path_buf(),
@@ -122,13 +124,53 @@ fn two_shards_cover_the_matrix_exactly_once() {
     let (a, b) = (tmp("s1"), tmp("s2"));
     suite(&a, Some(Shard { k: 1, n: 2 }), false);
     suite(&b, Some(Shard { k: 2, n: 2 }), false);
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for r in records(&a).into_iter().chain(records(&b)) {
-        *count.entry(r.run_key).or_default() +=
-            usize::from(r.run_records > 0 && r.phase != "pio-out");
+    // Per matrix point: which shards ran it, and how many times each (phase, repetition)
+    // record was written. A point run twice, or by both shards, shows up here.
+    let mut shards: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    let mut written: BTreeMap<(String, String, u32), usize> = BTreeMap::new();
+    for (shard, dir) in [(1, &a), (2, &b)] {
+        for r in records(dir) {
+            shards.entry(r.run_key.clone()).or_default().insert(shard);
+            *written
+                .entry((r.run_key, r.phase, r.repetition))
+                .or_default() += 1;
+        }
     }
     let plan = hv::suite::matrix::plan(&[Spec::parse(SPEC, "t").unwrap()]);
-    assert_eq!(count.len(), plan.len());
-    assert!(plan.iter().all(|p| count.contains_key(&p.key)));
+    let planned: std::collections::BTreeSet<_> = plan.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(planned.len(), plan.len(), "plan keys are unique");
+    let ran: std::collections::BTreeSet<_> = shards.keys().cloned().collect();
+    assert_eq!(ran, planned, "the two shards together run exactly the plan");
+    for (key, by) in &shards {
+        assert_eq!(by.len(), 1, "{key} ran in shards {by:?}");
+    }
+    for (rec, n) in &written {
+        assert_eq!(*n, 1, "record {rec:?} written {n} times");
+    }
+    // Each shard runs some of the plan, so the split is a real split.
+    assert!(shards.values().any(|s| s.contains(&1)) && shards.values().any(|s| s.contains(&2)));
     let _ = (std::fs::remove_dir_all(&a), std::fs::remove_dir_all(&b));
+}
+
+/// Whole-run counters are read after the vCPU and worker threads ended; their CPU time must
+/// still be there (it read 0 when the clocks were read after the join).
+#[test]
+fn whole_run_cpu_time_of_vcpu_and_worker_threads_is_measured() {
+    let kvm = common::kvm();
+    let mut req = common::request("blk-io", &[("count", "8")]);
+    req.devices.variant = hv::devices::DeviceVariant::Synthetic;
+    let r = hv::run::run(&kvm, &req, &hv::run::RecordContext::adhoc()).unwrap();
+    assert!(r.ok());
+    let o = &r.partitions[0].outcome;
+    let (vcpu, worker) = (o.totals.cpu.vcpu_ns, o.totals.cpu.worker_ns);
+    println!(
+        "whole run: wall {} us, vCPU CPU {} us, worker CPU {} us",
+        o.wall.as_micros(),
+        vcpu / 1000,
+        worker / 1000
+    );
+    assert!(vcpu > 0, "whole-run vCPU CPU time is {vcpu} ns");
+    assert!(worker > 0, "whole-run worker CPU time is {worker} ns");
+    // The vCPU thread ran the guest for most of the run (it cannot use more than it lived).
+    assert!(vcpu <= u64::try_from(o.wall.as_nanos()).unwrap() + 50_000_000);
 }

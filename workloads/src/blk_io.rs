@@ -553,7 +553,16 @@ mod guest {
         };
         let hold = ctx.args.bool_or("hold", false)?;
         let mut dev = open(ctx)?;
-        let qd = if matches!(dev, Dev::Ata(_)) { 1 } else { qd };
+        // ATA PIO has no queue: one command at a time. The phase reports the qd it ran, and hv
+        // records that instead of the requested one.
+        let qd = if matches!(dev, Dev::Ata(_)) {
+            if qd > 1 {
+                println!("blk-io: ATA PIO has no queue: qd={qd} runs at qd=1");
+            }
+            1
+        } else {
+            qd
+        };
         let per = bs / 512;
         let blocks = (span / 512).min(dev.sectors()) / per;
         if blocks == 0 || (count_errors && blocks > MAX_TRACKED_BLOCKS) {

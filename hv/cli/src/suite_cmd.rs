@@ -107,6 +107,17 @@ fn new_manifest(specs: &[Spec], caps: &hv::caps::HostCaps) -> Result<Manifest> {
     })
 }
 
+/// The suite's first line: are kvm:* tracepoints counted, what hv did to get them, or how to.
+fn tracepoints_line(availability: &Result<(), String>, tracefs: Option<String>) -> String {
+    match (availability, tracefs) {
+        (Ok(()), Some(did)) => format!("tracepoints: counted ({did})"),
+        (Ok(()), None) => "tracepoints: counted".to_string(),
+        (Err(why), _) => {
+            format!("tracepoints: NOT counted, the kvm:* tracepoint columns stay empty: {why}")
+        }
+    }
+}
+
 pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
     let (specs, mut manifest, dir, resume) = match &a.resume {
         Some(dir) => {
@@ -145,6 +156,15 @@ pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
         }
     };
     let kvm = hv::error::open_kvm()?;
+    // First line: whether the kvm:* tracepoint columns will be there, and if not how to get
+    // them (as root, the probe mounts a missing tracefs and says so).
+    eprintln!(
+        "{}",
+        tracepoints_line(
+            &hv::counters::tracepoints::availability(),
+            hv::counters::tracepoints::tracefs_note()
+        )
+    );
     install_sigint();
     let opts = SuiteOptions {
         out_dir: dir.clone(),
@@ -290,4 +310,29 @@ pub fn cmd_compare(a: CompareArgs) -> Result<ExitCode> {
 #[cfg(not(feature = "analysis"))]
 pub fn cmd_compare(_a: CompareArgs) -> Result<ExitCode> {
     bail!("hv was built without the `analysis` feature; rebuild hv-cli with default features")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_line_says_whether_tracepoints_count_and_how_to_get_them() {
+        let l = tracepoints_line(
+            &Ok(()),
+            Some("tracefs was not mounted: hv mounted it".into()),
+        );
+        assert!(
+            l.starts_with("tracepoints: counted") && l.contains("hv mounted it"),
+            "{l}"
+        );
+        let l = tracepoints_line(
+            &Err("tracefs is not mounted and hv is not root: as root, run `mount -t tracefs nodev /sys/kernel/tracing`".into()),
+            None,
+        );
+        assert!(
+            l.contains("NOT counted") && l.contains("mount -t tracefs"),
+            "{l}"
+        );
+    }
 }

@@ -370,6 +370,31 @@ mod tests {
         assert_eq!(p[0].exits_by_device["mmio:unmapped"], 1);
     }
 
+    /// Whole-run totals are read after the vCPU and worker threads have ended.
+    #[test]
+    fn totals_keep_cpu_time_of_threads_that_ended() {
+        let m = Arc::new(Meter::new(vec![], &[], &[], vec![], None));
+        let mv = m.clone();
+        std::thread::spawn(move || {
+            mv.register_vcpu_thread(false);
+            let mut x = 0u64;
+            for i in 0..5_000_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+            mv.add_worker_clock(ThreadClock::current().unwrap());
+            x
+        })
+        .join()
+        .unwrap();
+        let t = m.totals();
+        assert!(t.cpu.vcpu_ns > 0, "vCPU CPU time {} ns", t.cpu.vcpu_ns);
+        assert!(
+            t.cpu.worker_ns > 0,
+            "worker CPU time {} ns",
+            t.cpu.worker_ns
+        );
+    }
+
     #[test]
     fn end_without_begin_is_noted_not_fatal() {
         let m = Meter::new(

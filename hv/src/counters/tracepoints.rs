@@ -132,19 +132,87 @@ fn open_counter(id: u64, tid: libc::pid_t) -> io::Result<Counter> {
     Ok(c)
 }
 
+/// Whether a tracefs is mounted at one of [`TRACEFS_ROOTS`].
+fn tracefs_mounted() -> bool {
+    TRACEFS_ROOTS
+        .iter()
+        .any(|r| Path::new(r).join("events").is_dir())
+}
+
+/// What to do about tracefs before counting tracepoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TracefsPlan {
+    /// Mounted: use it.
+    Use,
+    /// Not mounted and hv runs as root: mount it (a fresh host has it unmounted, and the
+    /// tracepoint columns would silently disappear).
+    Mount,
+    /// Not mounted and hv cannot mount it: the reason, with the command that fixes it.
+    Explain(String),
+}
+
+fn tracefs_plan(mounted: bool, root: bool) -> TracefsPlan {
+    match (mounted, root) {
+        (true, _) => TracefsPlan::Use,
+        (false, true) => TracefsPlan::Mount,
+        (false, false) => TracefsPlan::Explain(
+            "tracefs is not mounted and hv is not root: as root, run \
+             `mount -t tracefs nodev /sys/kernel/tracing` (or run hv as root, which mounts it)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// What hv did about tracefs, once per process: `Some(what)` when it mounted it or failed to.
+static TRACEFS_NOTE: OnceLock<Option<String>> = OnceLock::new();
+
+/// What hv did about tracefs in this process (mounted it, or failed to), for the user.
+pub fn tracefs_note() -> Option<String> {
+    TRACEFS_NOTE.get().cloned().flatten()
+}
+
+/// Mounts tracefs at [`TRACEFS_ROOTS`]`[0]` where the plan says so.
+fn ensure_tracefs() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match tracefs_plan(tracefs_mounted(), root) {
+        TracefsPlan::Use => Ok(()),
+        TracefsPlan::Explain(why) => Err(why),
+        TracefsPlan::Mount => {
+            let target = TRACEFS_ROOTS[0];
+            let (src, dst, fs) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
+            debug_assert_eq!(dst.to_str().ok(), Some(target));
+            // SAFETY: all three are valid NUL-terminated strings; flags 0 and no data are a
+            // plain mount, which changes no memory of this process.
+            let rc = unsafe {
+                libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
+            };
+            if rc == 0 || tracefs_mounted() {
+                let _ = TRACEFS_NOTE.set(Some(format!(
+                    "tracefs was not mounted: hv mounted it at {target} for the kvm tracepoint counts"
+                )));
+                Ok(())
+            } else {
+                let e = io::Error::last_os_error();
+                let why = format!(
+                    "tracefs is not mounted and mounting it at {target} failed: {e} \
+                     (try `mount -t tracefs nodev {target}` as root)"
+                );
+                let _ = TRACEFS_NOTE.set(Some(why.clone()));
+                Err(why)
+            }
+        }
+    }
+}
+
 fn probe_availability() -> Result<(), String> {
+    ensure_tracefs()?;
     let Some(dir) = kvm_events_dir() else {
-        let mounted = TRACEFS_ROOTS
-            .iter()
-            .any(|r| Path::new(r).join("events").is_dir());
-        return Err(if mounted {
+        return Err(
             "no /sys/kernel/tracing/events/kvm: the kvm module is not loaded or has no \
              tracepoints"
-                .to_owned()
-        } else {
-            "tracefs is not mounted: as root, `mount -t tracefs nodev /sys/kernel/tracing`"
-                .to_owned()
-        });
+                .to_owned(),
+        );
     };
     let mut first = None;
     for name in KVM_TRACEPOINTS {
@@ -183,7 +251,8 @@ fn probe_availability() -> Result<(), String> {
     }
 }
 
-/// Whether kvm:* tracepoints can be counted here. Probed once per process.
+/// Whether kvm:* tracepoints can be counted here. Probed once per process; as root, the probe
+/// mounts tracefs when it is missing ([`tracefs_note`] says so).
 pub fn availability() -> Result<(), String> {
     static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
     AVAILABLE.get_or_init(probe_availability).clone()
@@ -265,6 +334,36 @@ mod tests {
     fn thread_tracepoints_is_send() {
         fn check<T: Send>() {}
         check::<ThreadTracepoints>();
+    }
+
+    #[test]
+    fn without_tracefs_root_mounts_it_and_others_are_told_how() {
+        assert_eq!(tracefs_plan(true, false), TracefsPlan::Use);
+        assert_eq!(tracefs_plan(true, true), TracefsPlan::Use);
+        assert_eq!(tracefs_plan(false, true), TracefsPlan::Mount);
+        let TracefsPlan::Explain(why) = tracefs_plan(false, false) else {
+            panic!("a non-root user cannot mount tracefs");
+        };
+        assert!(
+            why.contains("mount -t tracefs nodev /sys/kernel/tracing"),
+            "{why}"
+        );
+    }
+
+    /// As root on a host without tracefs mounted, the probe mounts it and says so.
+    #[test]
+    fn as_root_the_probe_leaves_tracefs_mounted() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: tracefs is left as it is");
+            return;
+        }
+        let _ = availability();
+        assert!(
+            tracefs_mounted(),
+            "tracefs not mounted after the probe (mount note: {:?})",
+            tracefs_note()
+        );
     }
 
     #[test]

@@ -6,21 +6,12 @@ use std::time::Duration;
 
 use hv::run::RunRequest;
 
-/// /dev/kvm, or a failed test: for tests that exist to boot guests.
+/// /dev/kvm, or a failed test whose message names the fix. Every integration test file that
+/// boots guests uses this: without KVM access they fail the same way everywhere instead of
+/// some passing silently (there is no skip path).
 pub fn kvm() -> kvm_ioctls::Kvm {
-    hv::error::open_kvm().expect("these tests need read/write access to /dev/kvm")
-}
-
-/// /dev/kvm, or `None` (with the reason on stderr) so that the test skips and passes on a host
-/// without KVM access.
-pub fn kvm_or_skip() -> Option<kvm_ioctls::Kvm> {
-    match hv::error::open_kvm() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
+    hv::error::open_kvm()
+        .unwrap_or_else(|e| panic!("this test boots guests and needs /dev/kvm: {e}"))
 }
 
 /// A run of `workload` with `args` and a 30 s timeout, the rest defaults.

@@ -265,13 +265,13 @@ fn random_registers_and_ring_bytes_always_end_in_bounded_work() {
     // A thread, so that a service loop that never returns fails the test instead of hanging it.
     std::thread::spawn(move || {
         let clock = ThreadClock::current();
-        let cpu0 = clock.map_or(0, ThreadClock::read_ns);
+        let cpu0 = clock.as_ref().map_or(0, ThreadClock::read_ns);
         let t0 = Instant::now();
         let mut t = Totals::default();
         for seed in 0..SEEDS {
             run_seed(seed, &mut t);
         }
-        let cpu = Duration::from_nanos(clock.map_or(0, ThreadClock::read_ns) - cpu0);
+        let cpu = Duration::from_nanos(clock.as_ref().map_or(0, ThreadClock::read_ns) - cpu0);
         let _ = tx.send((t, t0.elapsed(), cpu));
     });
     let (t, took, cpu) = rx
