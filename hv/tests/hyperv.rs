@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kvm_or_skip;
+use common::kvm;
 use hv::counters::meter::PhaseDelta;
 use hv::enlightenments::EnlightenmentSet;
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
@@ -64,7 +64,7 @@ fn enl(p: &PhaseDelta, name: &str) -> u64 {
 
 #[test]
 fn probe_guest_checks_leaves_msrs_status_codes_and_tsc_page() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let kvm = kvm();
     let set = "kvm-clock,hv-vpindex,hv-time,hv-frequencies,hv-tlbflush";
     let o = boot(&kvm, "hyperv-probe iters=40", 1, set);
     assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
@@ -115,7 +115,7 @@ fn probe_guest_checks_leaves_msrs_status_codes_and_tsc_page() {
 
 #[test]
 fn reserved_hypercall_msr_bit_is_a_gp() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let kvm = kvm();
     let o = boot(
         &kvm,
         "hyperv-probe fault=hypercall-reserved",
@@ -129,7 +129,7 @@ fn reserved_hypercall_msr_bit_is_a_gp() {
 
 #[test]
 fn without_hyperv_the_guest_sees_kvm_and_no_hyperv_leaves() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let kvm = kvm();
     let o = boot(&kvm, "hyperv-probe", 1, "kvm-clock");
     // Unsupported (status 5): no Hyper-V leaves.
     assert!(!o.status.is_ok());
@@ -139,7 +139,7 @@ fn without_hyperv_the_guest_sees_kvm_and_no_hyperv_leaves() {
 
 #[test]
 fn ipis_and_flushes_reach_exactly_the_named_vcpus() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let kvm = kvm();
     let set = "hv-vpindex,hv-tlbflush,hv-tlbflush-ext,hv-ipi";
     let o = boot(&kvm, "hyperv-probe iters=20", 3, set);
     assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
