@@ -261,12 +261,7 @@ fn long_spin_notify_parks_waiters_and_counts_calls() {
     );
     // Hyper-V's notification: one hypercall exit per slow wait, each a host-thread yield.
     let hv = boot(&kvm, &format!("{cmd} mode=hv-spinlocks"), 3, "hv-spinlocks");
-    assert!(
-        hv.status.is_ok(),
-        "{}\n{}",
-        hv.status,
-        hv.console
-    );
+    assert!(hv.status.is_ok(), "{}\n{}", hv.status, hv.console);
     assert_eq!(field(&hv, "rec=phase", "count"), Some(180));
     let slow = field(&hv, "rec=phase", "slow_waits").unwrap();
     eprintln!("spinlock hv-spinlocks: {slow} slow waits (notifications)");
