@@ -104,6 +104,13 @@ impl HvError {
     }
 }
 
+/// /dev/kvm for unit tests that run guests: without KVM access they fail, naming the fix, the
+/// same way the integration tests do (no test passes by skipping silently).
+#[cfg(test)]
+pub(crate) fn kvm_for_tests() -> kvm_ioctls::Kvm {
+    open_kvm().unwrap_or_else(|e| panic!("this test runs guests and needs /dev/kvm: {e}"))
+}
+
 /// Opens /dev/kvm, mapping the common failures to messages that name the fix.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, HvError> {
     match kvm_ioctls::Kvm::new() {

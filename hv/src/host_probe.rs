@@ -382,23 +382,13 @@ pub fn probe_hypercall_insn(kvm: &Kvm, insn: HypercallInsn) -> HypercallOutcome 
 mod tests {
     use super::*;
 
-    fn kvm() -> Option<Kvm> {
-        match Kvm::new() {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("skipped: /dev/kvm not usable: {e}");
-                None
-            }
-        }
-    }
-
     fn run_body(kvm: &Kvm, body: &[u8], deadline: Duration) -> ProbeRun {
         run(kvm, body, deadline, false).unwrap()
     }
 
     #[test]
     fn probe_guest_reports_in_order_and_exits() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let mut body = Vec::new();
         for v in [7, 0xdead_beef, 0] {
             tiny_guest::set_eax(&mut body, v);
@@ -413,7 +403,7 @@ mod tests {
 
     #[test]
     fn probe_guest_ud_reaches_its_ivt() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let run = run_body(&kvm, &[0x0f, 0x0b], Duration::from_secs(2)); // ud2
         assert_eq!(
             run.status,
@@ -425,7 +415,7 @@ mod tests {
 
     #[test]
     fn probe_guest_gp_reaches_its_ivt() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         // mov ax, [0xffff]: a word access across the segment limit -> #GP.
         let run = run_body(&kvm, &[0xa1, 0xff, 0xff], Duration::from_secs(2));
         assert_eq!(
@@ -438,7 +428,7 @@ mod tests {
 
     #[test]
     fn body_that_runs_past_its_end_exits() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let run = run_body(&kvm, &[0x90], Duration::from_secs(2));
         assert_eq!(
             run.status,
@@ -449,7 +439,7 @@ mod tests {
 
     #[test]
     fn watchdog_stops_a_spinning_guest_and_says_where() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let t = Instant::now();
         let run = run(&kvm, &[0xeb, 0xfe], Duration::from_millis(50), false).unwrap(); // jmp $
         assert!(matches!(run.status, RunStatus::Timeout(_)), "{run:?}");
@@ -463,7 +453,7 @@ mod tests {
 
     #[test]
     fn cpl0_probe_measures() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let c = cpl0_emulation(&kvm);
         eprintln!("{c:?}");
         assert!(c.emulated.is_some(), "{c:?}");
@@ -474,7 +464,7 @@ mod tests {
 
     #[test]
     fn hypercall_probes_on_this_host() {
-        let Some(kvm) = kvm() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let vmcall = probe_hypercall_insn(&kvm, HypercallInsn::Vmcall);
         let vmmcall = probe_hypercall_insn(&kvm, HypercallInsn::Vmmcall);
         eprintln!("vmcall: {vmcall:?}; vmmcall: {vmmcall:?}");

@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn tiny_pio_loop_runs_under_hv_with_exact_counts() {
-        let kvm = crate::error::open_kvm().unwrap();
+        let kvm = crate::error::kvm_for_tests();
         let cfg = PartitionConfig {
             tracepoints: false,
             ..PartitionConfig::default()
