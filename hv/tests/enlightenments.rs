@@ -89,9 +89,9 @@ fn tlb_shootdown_every_variant_reads_the_new_frame() {
     // (set, mode, expect IPIs)
     let cases = [
         ("none", "ipi", true),
-        ("tlb-flush-hypercall", "hypercall", false),
         ("x2apic", "ipi", true),
-        ("hv-vpindex,hv-tlbflush", "hv-space", false),
+        // The seed's old name is an alias of hv-vpindex,hv-tlbflush: it runs the TLFS call.
+        ("tlb-flush-hypercall", "hv-space", false),
         ("hv-vpindex,hv-tlbflush", "hv-list", false),
         ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex", false),
     ];
@@ -205,7 +205,6 @@ fn tlb_shootdown_at_cpl3_reads_stale_without_shootdown_and_fresh_with_each() {
     let mut cases = vec![
         ("none", "ipi"),
         ("x2apic", "ipi"),
-        ("tlb-flush-hypercall", "hypercall"),
         ("hv-vpindex,hv-tlbflush", "hv-space"),
         ("hv-vpindex,hv-tlbflush", "hv-list"),
         ("hv-vpindex,hv-tlbflush,hv-tlbflush-ext", "hv-ex"),
@@ -237,28 +236,12 @@ fn tlb_shootdown_at_cpl3_reads_stale_without_shootdown_and_fresh_with_each() {
 }
 
 #[test]
-fn long_spin_notify_parks_waiters_and_counts_calls() {
+fn hv_spinlocks_yield_once_per_slow_wait() {
     let kvm = kvm();
     let cmd = "spinlock iters=60 hold=50 spins=16";
     let plain = boot(&kvm, &format!("{cmd} mode=pause"), 3, "none");
     assert!(plain.status.is_ok(), "{}", plain.status);
     assert_eq!(hv_count(&plain, "hvcall_spin_wait"), 0);
-    let notify = boot(&kvm, &format!("{cmd} mode=notify"), 3, "long-spin-notify");
-    assert!(
-        notify.status.is_ok(),
-        "{}\n{}",
-        notify.status,
-        notify.console
-    );
-    assert_eq!(field(&notify, "rec=phase", "count"), Some(180));
-    // The notification happened: spinners called hv, which parked them or saw the release.
-    let waits = hv_count(&notify, "hvcall_spin_wait");
-    assert!(waits > 0, "no spin-wait notification reached hv");
-    assert_eq!(
-        hv_count(&notify, "hvcall_bad"),
-        0,
-        "every notification was well formed"
-    );
     // Hyper-V's notification: one hypercall exit per slow wait, each a host-thread yield.
     let hv = boot(&kvm, &format!("{cmd} mode=hv-spinlocks"), 3, "hv-spinlocks");
     assert!(hv.status.is_ok(), "{}\n{}", hv.status, hv.console);
@@ -269,16 +252,12 @@ fn long_spin_notify_parks_waiters_and_counts_calls() {
     assert_eq!(hv_count(&hv, "hyperv_spin_yields"), slow);
     assert_eq!(hv_count(&hv, "hyperv_hypercall_errors"), 0);
     // Timing is the host's business; report it, do not assert it.
-    for (name, o) in [
-        ("pause", &plain),
-        ("notify", &notify),
-        ("hv-spinlocks", &hv),
-    ] {
+    for (name, o) in [("pause", &plain), ("hv-spinlocks", &hv)] {
         let p = &o.phases[0];
         eprintln!(
-            "spinlock {name}: {} us vCPU CPU per acquisition, hv spin waits {}",
+            "spinlock {name}: {} us vCPU CPU per acquisition, {} spin yields",
             p.cpu.vcpu_ns / 1000 / 180,
-            hv_count(o, "hvcall_spin_wait")
+            hv_count(o, "hyperv_spin_yields")
         );
     }
 }
@@ -355,7 +334,6 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
     let cases = [
         ("none", "apic", "xapic"),
         ("x2apic", "apic", "x2apic"),
-        ("ipi-hypercall", "hypercall", "hypercall"),
         ("hv-vpindex,hv-ipi", "hv-ipi", "hv-ipi"),
         ("pv-ipi", "pv-ipi", "pv-ipi"),
     ];
@@ -385,9 +363,9 @@ fn ipi_every_runnable_variant_delivers_and_counts_its_mechanism() {
             match mode {
                 // The local APIC is in KVM: sending and EOI never leave the kernel.
                 "apic" => assert_eq!(user, 0, "{phase}: {:?}", h.exits),
-                // hv's call and Hyper-V's through the page: exactly one MSR exit to hv per IPI
+                // Hyper-V's call through the page: exactly one MSR exit to hv per IPI
                 // operation, unicast or multicast, and one MSI per target.
-                "hypercall" | "hv-ipi" => {
+                "hv-ipi" => {
                     assert_eq!(msr_writes, ITERS, "{phase}: {:?}", h.exits);
                     assert_eq!(user, ITERS, "{phase}: {:?}", h.exits);
                     let msis = h.exits_by_device.get("hv-enl:msis_sent").copied();

@@ -29,9 +29,7 @@ mod hv_tlbflush;
 mod hv_tlbflush_ext;
 mod hv_vpindex;
 mod idle_no_exit;
-mod ipi_hypercall;
 mod kvm_clock;
-mod long_spin_notify;
 mod poll_control;
 mod pv_eoi;
 mod pv_ipi;
@@ -39,7 +37,6 @@ mod pv_sched_yield;
 mod pv_tlb_flush;
 mod pv_unhalt;
 mod steal_time;
-mod tlb_flush_hypercall;
 mod x2apic;
 
 use std::fmt;
@@ -133,9 +130,6 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &poll_control::PollControl,
     &x2apic::X2apic,
     &idle_no_exit::IdleNoExit,
-    &long_spin_notify::LongSpinNotify,
-    &tlb_flush_hypercall::TlbFlushHypercall,
-    &ipi_hypercall::IpiHypercall,
     &hv_vpindex::HvVpindex,
     &hv_time::HvTime,
     &hv_frequencies::HvFrequencies,
@@ -145,6 +139,21 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &hv_spinlocks::HvSpinlocks,
     &hv_relaxed::HvRelaxed,
 ];
+
+/// The names of hv's earlier private hypercall interface, kept as aliases of the Hyper-V
+/// (TLFS) enlightenments that replace them. [`EnlightenmentSet::parse`] resolves them, so
+/// records and labels carry the `hv-*` names. (The old `long-spin-notify` parked a waiter until
+/// the lock was released; `hv-spinlocks` yields the host thread instead, as the TLFS says.)
+pub const ALIASES: &[(&str, &[&str])] = &[
+    ("long-spin-notify", &["hv-spinlocks"]),
+    ("tlb-flush-hypercall", &["hv-vpindex", "hv-tlbflush"]),
+    ("ipi-hypercall", &["hv-vpindex", "hv-ipi"]),
+];
+
+/// The `hv-*` names an alias stands for, or `None` when `name` is no alias.
+pub fn alias(name: &str) -> Option<&'static [&'static str]> {
+    ALIASES.iter().find(|(a, _)| *a == name).map(|(_, to)| *to)
+}
 
 /// Every enlightenment hv knows.
 pub fn registry() -> &'static [&'static dyn Enlightenment] {
@@ -208,11 +217,12 @@ pub enum EnlightenmentError {
 }
 
 fn valid_names() -> String {
-    REGISTRY
+    let names = REGISTRY.iter().map(|e| e.name()).collect::<Vec<_>>();
+    let aliases = ALIASES
         .iter()
-        .map(|e| e.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|(a, to)| format!("{a} (= {})", to.join(",")))
+        .collect::<Vec<_>>();
+    format!("{}; aliases: {}", names.join(", "), aliases.join(", "))
 }
 
 /// Members a set chosen as `all` dropped on this host: (name, probe's reason).
@@ -299,13 +309,16 @@ impl EnlightenmentSet {
                     list: s.to_string(),
                 });
             }
-            let Some(i) = REGISTRY.iter().position(|e| e.name() == name) else {
-                return Err(EnlightenmentError::Unknown {
-                    name: name.to_string(),
-                    valid: valid_names(),
-                });
-            };
-            set.bits |= 1 << i;
+            let names = alias(name).unwrap_or(std::slice::from_ref(&name));
+            for &name in names {
+                let Some(i) = REGISTRY.iter().position(|e| e.name() == name) else {
+                    return Err(EnlightenmentError::Unknown {
+                        name: name.to_string(),
+                        valid: valid_names(),
+                    });
+                };
+                set.bits |= 1 << i;
+            }
         }
         set.check_dependencies()?;
         Ok(set)
@@ -595,7 +608,7 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> R
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use hvlab_protocol::{HV_CPUID_BASE, hvcall, kvm_pv};
+    use hvlab_protocol::{HV_CPUID_BASE, kvm_pv};
     use kvm_bindings::kvm_cpuid_entry2;
 
     #[test]
@@ -617,9 +630,10 @@ mod tests {
             "poll-control",
             "x2apic",
             "idle-no-exit",
-            "long-spin-notify",
-            "tlb-flush-hypercall",
-            "ipi-hypercall",
+            "hv-vpindex",
+            "hv-tlbflush",
+            "hv-ipi",
+            "hv-spinlocks",
         ] {
             assert!(find(n).is_some(), "{n} missing");
         }
@@ -660,13 +674,35 @@ mod tests {
     }
 
     #[test]
+    fn old_private_names_are_aliases_of_the_hyperv_ones() {
+        for (old, new) in [
+            ("tlb-flush-hypercall", "hv-vpindex,hv-tlbflush"),
+            ("ipi-hypercall", "hv-vpindex,hv-ipi"),
+            ("long-spin-notify", "hv-spinlocks"),
+        ] {
+            let s = EnlightenmentSet::parse(old).unwrap();
+            assert_eq!(s, EnlightenmentSet::parse(new).unwrap(), "{old}");
+            // Records and labels carry the hv-* names, never the alias.
+            assert_eq!(s.to_string(), new, "{old}");
+            assert!(find(old).is_none(), "{old} is no registry entry");
+        }
+        // An alias combines with the names it stands for without duplicates.
+        let s = EnlightenmentSet::parse("ipi-hypercall,hv-vpindex,tlb-flush-hypercall").unwrap();
+        assert_eq!(s.to_string(), "hv-vpindex,hv-tlbflush,hv-ipi");
+        let all = EnlightenmentSet::parse("all").unwrap();
+        assert!(all.names().iter().all(|n| alias(n).is_none()));
+    }
+
+    #[test]
     fn kvm_and_hv_bits_follow_the_set() {
-        let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,tlb-flush-hypercall").unwrap();
+        let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,hv-vpindex,hv-tlbflush").unwrap();
         let b = s.kvm_pv_bits();
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_CLOCKSOURCE2), 0);
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_TLB_FLUSH), 0);
         assert_eq!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_SEND_IPI), 0);
-        assert_eq!(s.hv_bits(), hvcall::FEATURE_TLB_FLUSH);
+        // No enlightenment offers hv's private hypercall MSR any more: the TLFS replaced it.
+        assert_eq!(s.hv_bits(), 0);
+        assert!(s.hyperv_features().any());
         assert_eq!(EnlightenmentSet::NONE.kvm_pv_bits(), 0);
         assert_eq!(EnlightenmentSet::NONE.hv_bits(), 0);
         assert_eq!(
@@ -700,7 +736,7 @@ mod tests {
             eax: 0xffff_ffff,
             ..Default::default()
         };
-        let s = EnlightenmentSet::parse("steal-time,ipi-hypercall").unwrap();
+        let s = EnlightenmentSet::parse("steal-time").unwrap();
         s.edit_cpuid(&mut c, 0, 1).unwrap();
         assert_eq!(
             leaf(&c, 0x4000_0001).unwrap().eax,
@@ -709,9 +745,9 @@ mod tests {
         let base = leaf(&c, HV_CPUID_BASE).unwrap();
         assert_eq!(&base.ebx.to_le_bytes(), b"hvla");
         assert_eq!(base.eax, HV_CPUID_BASE + 1);
+        // hv's leaves stay (the guest finds hv by them) but offer no private hypercall.
         let feat = leaf(&c, HV_CPUID_BASE + 1).unwrap();
-        assert_eq!(feat.eax, hvcall::FEATURE_IPI);
-        assert_eq!(feat.ebx, hvcall::MSR);
+        assert_eq!((feat.eax, feat.ebx), (0, 0));
         // A second edit refuses rather than duplicating leaves.
         assert!(s.edit_cpuid(&mut c, 0, 1).is_err());
     }
@@ -803,8 +839,7 @@ mod tests {
             eax: 0xffff_ffff,
             ..Default::default()
         };
-        let s = EnlightenmentSet::parse("steal-time,tlb-flush-hypercall,hv-vpindex,hv-tlbflush")
-            .unwrap();
+        let s = EnlightenmentSet::parse("steal-time,hv-vpindex,hv-tlbflush").unwrap();
         s.edit_cpuid(&mut c, 0, 4).unwrap();
         let hv = leaf(&c, 0x4000_0000).unwrap();
         assert_eq!(&hv.ebx.to_le_bytes(), b"Micr");
@@ -821,7 +856,7 @@ mod tests {
         assert_eq!(&own.ebx.to_le_bytes(), b"hvla");
         assert_eq!(
             leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV + 1).unwrap().eax,
-            hvcall::FEATURE_TLB_FLUSH
+            0
         );
     }
 
