@@ -6,11 +6,11 @@
 //! list); [`EnlightenmentSet::apply`] turns it into what `Partition::new` needs:
 //!
 //! 1. VM-level setup before any vCPU exists (KVM_CAP_X86_DISABLE_EXITS must precede vCPU
-//!    creation; KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER for hv's hypercall MSR);
+//!    creation; KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER for the Hyper-V MSRs);
 //! 2. CPUID edits per vCPU (KVM's 0x40000001 EAX bits, hv's own leaves at
 //!    [`hvlab_protocol::HV_CPUID_BASE`]);
 //! 3. extra guest command-line words (`apic=xapic` when `x2apic` is off);
-//! 4. the runtime ([`host::EnlightenmentHost`]) that serves hv's own hypercalls on the vCPU
+//! 4. the runtime ([`host::EnlightenmentHost`]) that serves the Hyper-V hypercalls on the vCPU
 //!    threads and flushes TLBs before a vCPU re-enters the guest.
 //!
 //! Adding one: a file with a unit struct implementing [`Enlightenment`], and one line in
@@ -59,8 +59,6 @@ pub enum Mechanism {
     KvmCapability,
     /// The guest uses a hypercall instruction (vmcall / vmmcall).
     Hypercall,
-    /// hv's own interface: a synthetic MSR served by hv in userspace (no hypercall instruction).
-    HvInterface,
     /// The Hyper-V TLFS interface served by hv in userspace: CPUID leaves, synthetic MSRs,
     /// hypercalls through the hypercall page hv fills.
     HypervTlfs,
@@ -74,7 +72,6 @@ impl Mechanism {
             Mechanism::Msr => "msr",
             Mechanism::KvmCapability => "kvm-capability",
             Mechanism::Hypercall => "hypercall",
-            Mechanism::HvInterface => "hv-interface",
             Mechanism::HypervTlfs => "hyperv-tlfs",
         }
     }
@@ -94,10 +91,6 @@ pub trait Enlightenment: Sync + fmt::Debug {
     fn probe(&self, kvm: &Kvm) -> Result<(), String>;
     /// KVM feature bits (CPUID 0x40000001 EAX) exposed when enabled.
     fn kvm_pv_bits(&self) -> u32 {
-        0
-    }
-    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX, `hvlab_protocol::hvcall::FEATURE_*`).
-    fn hv_bits(&self) -> u32 {
         0
     }
     /// Hyper-V features (`hyperv::Features` bits) exposed when enabled.
@@ -397,11 +390,6 @@ impl EnlightenmentSet {
         self.iter().fold(0, |b, e| b | e.kvm_pv_bits())
     }
 
-    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX) the set exposes.
-    pub fn hv_bits(&self) -> u32 {
-        self.iter().fold(0, |b, e| b | e.hv_bits())
-    }
-
     /// Hyper-V features the set exposes (none: no Hyper-V leaves, KVM's stay at 0x40000000).
     pub fn hyperv_features(&self) -> hyperv::Features {
         hyperv::Features(self.iter().fold(0, |b, e| b | e.hyperv_bits()))
@@ -470,8 +458,8 @@ impl EnlightenmentSet {
     }
 
     /// VM-level setup, before any vCPU exists: KVM_CAP_X86_DISABLE_EXITS (KVM refuses it once
-    /// vCPUs exist) and, when an hv enlightenment is on, MSR exits to userspace for hv's
-    /// hypercall MSR (KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs + a filter denying only it).
+    /// vCPUs exist) and, when a Hyper-V enlightenment is on, MSR exits to userspace for the
+    /// Hyper-V MSRs (KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs + a filter denying only them).
     pub fn setup_vm(&self, vm: &kvm_ioctls::VmFd) -> Result<(), String> {
         use kvm_bindings::{
             KVM_CAP_X86_DISABLE_EXITS, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
@@ -489,7 +477,7 @@ impl EnlightenmentSet {
                 .map_err(|e| format!("enabling KVM_CAP_X86_DISABLE_EXITS ({exits:#x}): {e}"))?;
         }
         let hyperv = self.hyperv_features().any();
-        if self.hv_bits() != 0 || hyperv {
+        if hyperv {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_X86_USER_SPACE_MSR,
                 args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -497,9 +485,9 @@ impl EnlightenmentSet {
             };
             vm.enable_cap(&cap)
                 .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-            // A 0 bit denies the access, which (with the capability) exits to userspace. hv's
-            // hypercall MSR and the Hyper-V transport MSR next to it; with Hyper-V on, the
-            // synthetic MSR ranges too (0x40000000-03, 0x40000020-23, 0x40000073).
+            // A 0 bit denies the access, which (with the capability) exits to userspace: the
+            // transport MSR of hv's hypercall page and the synthetic MSR ranges
+            // (0x40000000-03, 0x40000020-23, 0x40000073).
             let deny = [0u8; 1];
             let range = |base: u32, msr_count: u32| MsrFilterRange {
                 flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
@@ -508,12 +496,12 @@ impl EnlightenmentSet {
                 bitmap: &deny,
             };
             use hvlab_protocol::hyperv as tlfs;
-            let mut ranges = vec![range(hvlab_protocol::hvcall::MSR, 2)];
-            if hyperv {
-                ranges.push(range(tlfs::MSR_GUEST_OS_ID, 4));
-                ranges.push(range(tlfs::MSR_TIME_REF_COUNT, 4));
-                ranges.push(range(tlfs::MSR_VP_ASSIST_PAGE, 1));
-            }
+            let ranges = [
+                range(tlfs::MSR_HV_HYPERCALL_TRANSPORT, 1),
+                range(tlfs::MSR_GUEST_OS_ID, 4),
+                range(tlfs::MSR_TIME_REF_COUNT, 4),
+                range(tlfs::MSR_VP_ASSIST_PAGE, 1),
+            ];
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
                 .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's synthetic MSRs: {e}"))?;
         }
@@ -522,7 +510,7 @@ impl EnlightenmentSet {
 
     /// Edits one vCPU's CPUID: KVM's 0x40000001 EAX keeps only what KVM offers *and* the set
     /// exposes (`extra_kvm_bits` are kept too: `PartitionConfig::kvm_pv_features`); hv's leaves
-    /// at `HV_CPUID_BASE` carry hv's signature, the set's hv feature bits and the hypercall MSR.
+    /// at `HV_CPUID_BASE` carry hv's signature (and no features: hv's hypercalls are Hyper-V's).
     ///
     /// With a Hyper-V enlightenment on, the Hyper-V leaves take 0x40000000-0x40000005, KVM's
     /// move to 0x40000100 (as QEMU does) and hv's private leaves to 0x40000200 (the guest
@@ -539,12 +527,7 @@ impl EnlightenmentSet {
         } else {
             hvlab_protocol::HV_CPUID_BASE
         };
-        edit_cpuid(
-            cpuid,
-            self.kvm_pv_bits() | extra_kvm_bits,
-            self.hv_bits(),
-            hv_base,
-        )?;
+        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, hv_base)?;
         if hyperv.any() {
             hyperv::cpuid::move_kvm_leaves(cpuid.as_mut_slice())?;
             for e in hyperv::cpuid::leaves(hyperv, vcpus) {
@@ -558,8 +541,8 @@ impl EnlightenmentSet {
 }
 
 /// See [`EnlightenmentSet::edit_cpuid`]: hv's private leaves go to `hv_base`.
-fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> Result<(), String> {
-    use hvlab_protocol::{HV_CPUID_SIGNATURE, hvcall};
+fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_base: u32) -> Result<(), String> {
+    use hvlab_protocol::HV_CPUID_SIGNATURE;
     use kvm_bindings::kvm_cpuid_entry2;
     let mut base_seen = false;
     for e in cpuid.as_mut_slice() {
@@ -589,10 +572,10 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> R
             edx: sig(8),
             ..Default::default()
         },
+        // Features 0 and no hypercall MSR: hv's hypercalls are Hyper-V's (the leaf stays
+        // so that guests built for the earlier interface find hv and see it offers nothing).
         kvm_cpuid_entry2 {
             function: hv_base + 1,
-            eax: hv_bits,
-            ebx: if hv_bits != 0 { hvcall::MSR } else { 0 },
             ..Default::default()
         },
     ];
@@ -694,17 +677,14 @@ mod tests {
     }
 
     #[test]
-    fn kvm_and_hv_bits_follow_the_set() {
+    fn kvm_bits_follow_the_set() {
         let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,hv-vpindex,hv-tlbflush").unwrap();
         let b = s.kvm_pv_bits();
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_CLOCKSOURCE2), 0);
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_TLB_FLUSH), 0);
         assert_eq!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_SEND_IPI), 0);
-        // No enlightenment offers hv's private hypercall MSR any more: the TLFS replaced it.
-        assert_eq!(s.hv_bits(), 0);
         assert!(s.hyperv_features().any());
         assert_eq!(EnlightenmentSet::NONE.kvm_pv_bits(), 0);
-        assert_eq!(EnlightenmentSet::NONE.hv_bits(), 0);
         assert_eq!(
             EnlightenmentSet::parse("idle-no-exit")
                 .unwrap()

@@ -202,12 +202,6 @@ pub fn supports(req: &RunRequest) -> Result<(), String> {
         ));
     }
     let e = &req.enlightenments;
-    if e.hv_bits() != 0 {
-        return Err(format!(
-            "enlightenments {}: hv's own hypercall interface does not exist under QEMU",
-            e.names().join(",")
-        ));
-    }
     if e.hyperv_features().any() {
         let kvm = kvm_ioctls::Kvm::new().map_err(|err| {
             format!(
