@@ -592,3 +592,71 @@ fn idle_no_exit_keeps_hlt_in_the_guest_where_the_host_executes_it() {
         );
     }
 }
+
+/// hv-time over a span: the TSC page never goes back across vCPUs, and the reference time the
+/// guest saw between the phase's markers matches the host's CLOCK_MONOTONIC between them (the
+/// phase's `wall_ns`) within `HV_TIME_TOLERANCE_PPM`, once the markers' own latency (measured
+/// by the guest's span-less edge phases) is taken off.
+#[test]
+fn hv_time_is_monotonic_across_vcpus_and_tracks_the_host_clock() {
+    let kvm = kvm();
+    const SPAN_MS: u64 = 1000;
+    let o = boot_workload(
+        &kvm,
+        &format!("clock iters=1 sources=hv-page span-ms={SPAN_MS}"),
+        2,
+        "hv-time",
+    );
+    assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
+    // (host ns - guest ns) of a phase, and its guest ns.
+    let gap = |phase: &str| {
+        let m = |k| metric(&o, phase, k).unwrap_or_else(|| panic!("{phase} {k}\n{}", o.console));
+        assert_eq!(
+            m("backwards"),
+            0,
+            "{phase}: the TSC page went back across vCPUs"
+        );
+        let h = host_phase(&o, phase).expect("host phase");
+        // 0 exits per TSC-page read: no userspace exit inside the phase.
+        assert_eq!(
+            h.exits.get("total").copied().unwrap_or(0),
+            0,
+            "{phase}: {:?}",
+            h.exits
+        );
+        let guest_ns = (m("ref_end") - m("ref_start")) as f64 * 100.0;
+        (
+            h.wall_ns as f64 - guest_ns,
+            guest_ns,
+            m("ref_start"),
+            m("ref_end"),
+        )
+    };
+    let edges: Vec<f64> = (0..5)
+        .map(|i| gap(&format!("clock-hv-edge{i}")).0)
+        .collect();
+    // Preemption only adds to an edge; the smallest is the markers' own latency.
+    let latency = edges.iter().copied().fold(f64::INFINITY, f64::min);
+    let (span_gap, guest_ns, start, end) = gap("clock-hv-span");
+    let reads = metric(&o, "clock-hv-span", "reads").unwrap_or(0);
+    let bsp_reads = metric(&o, "clock-hv-span", "bsp_reads").unwrap_or(0);
+    assert!(
+        reads > bsp_reads,
+        "the AP read the page too: {reads} vs {bsp_reads}"
+    );
+    assert!(guest_ns >= (SPAN_MS * 1_000_000) as f64, "{start}..{end}");
+    let host_ns = guest_ns + span_gap;
+    let raw_ppm = -span_gap / host_ns * 1e6;
+    let ppm = -(span_gap - latency) / (host_ns - latency) * 1e6;
+    eprintln!(
+        "hv-time span: guest {guest_ns:.0} ns (ref {start}..{end}), host CLOCK_MONOTONIC {host_ns:.0} ns: {raw_ppm:+.1} ppm raw; marker latency (min of {edges:.0?}) {latency:.0} ns; {ppm:+.1} ppm without it"
+    );
+    assert!(
+        ppm.abs() <= HV_TIME_TOLERANCE_PPM,
+        "{ppm:+.1} ppm off the host's clock"
+    );
+}
+
+/// The bound, on the rate: the markers' latency (tens of µs here, about 100 ppm of a
+/// 1 s span on its own) is measured and taken off first.
+const HV_TIME_TOLERANCE_PPM: f64 = 100.0;
