@@ -12,6 +12,15 @@
 //! Per phase: `changes` (reads whose value differed from the previous one: the clock's
 //! resolution at this read rate) and `backwards` (reads that went back, wraps excluded: must
 //! be 0 for the monotonic sources).
+//!
+//! `span-ms=N` (with hv-time and the hv-page source) adds the phase `clock-hv-span`: for N ms
+//! of reference time every vCPU reads the TSC page in a loop and checks it against the largest
+//! value any vCPU has published (`backwards`: reads below a value published before the read
+//! began, so time is monotonic across vCPUs), and the BSP reports the reference time right
+//! after the phase's begin marker and right before its end marker (`ref_start`, `ref_end`,
+//! 100 ns units), which the host compares with the phase's wall time on its CLOCK_MONOTONIC.
+//! The phases `clock-hv-edge0`..`4` do the same with no span (two reads back to back): what the
+//! host measures there is the marker exits' latency, which the host subtracts from the span.
 
 use crate::{Param, WorkloadInfo};
 
@@ -28,6 +37,11 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
             key: "sources",
             default: "all",
             help: "comma list of tsc, kvm-clock, pit, pm-timer, rtc, hv-page, hv-msr",
+        },
+        Param {
+            key: "span-ms",
+            default: "0",
+            help: "with hv-page: ms of reference time in phase clock-hv-span (every vCPU reads the TSC page; cross-vCPU monotonic check; ref_start/ref_end for the host), 0 = off",
         },
     ],
     min_vcpus: 1,
@@ -51,9 +65,11 @@ pub use guest::run;
 
 #[cfg(target_os = "none")]
 mod guest {
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
     use hvlab_guest_rt::cpu::{self, inb, inl, outb};
     use hvlab_guest_rt::pv::{self, hyperv, kvmclock};
-    use hvlab_guest_rt::{Ctx, Fail, phase};
+    use hvlab_guest_rt::{Ctx, Fail, phase, smp};
     use hvlab_protocol::kvm_pv;
 
     use super::SOURCES;
@@ -123,6 +139,70 @@ mod guest {
             .report(&[("changes", changes), ("backwards", backwards)], None);
     }
 
+    /// Largest reference time any vCPU has read in `clock-hv-span`.
+    static SPAN_MAX: AtomicU64 = AtomicU64::new(0);
+    /// Reads below a value published before they began (time going back across vCPUs).
+    static SPAN_BACK: AtomicU64 = AtomicU64::new(0);
+    static SPAN_READS: AtomicU64 = AtomicU64::new(0);
+    static SPAN_STOP: AtomicBool = AtomicBool::new(false);
+
+    /// One checked read: `prev` is loaded before the page is read, so a correct clock can
+    /// never return less than it, whichever vCPU published it.
+    fn span_read() -> u64 {
+        let prev = SPAN_MAX.load(Ordering::Acquire);
+        let t = hyperv::tsc_page_time().unwrap_or(0);
+        if t < prev {
+            SPAN_BACK.fetch_add(1, Ordering::Relaxed);
+        }
+        SPAN_MAX.fetch_max(t, Ordering::AcqRel);
+        SPAN_READS.fetch_add(1, Ordering::Relaxed);
+        t
+    }
+
+    fn span_ap(_cpu: u32, _: usize) {
+        while !SPAN_STOP.load(Ordering::Acquire) {
+            span_read();
+        }
+    }
+
+    /// Phases without a span: the same reads back to back, so the host sees the markers' cost.
+    const EDGES: [&str; 5] = [
+        "clock-hv-edge0",
+        "clock-hv-edge1",
+        "clock-hv-edge2",
+        "clock-hv-edge3",
+        "clock-hv-edge4",
+    ];
+
+    /// Phase `name`: `ms` of reference time read by every vCPU (see the module docs).
+    fn span(name: &'static str, ms: u64) {
+        let span = ms.saturating_mul(10_000); // 100 ns units
+        SPAN_STOP.store(false, Ordering::Release);
+        SPAN_READS.store(0, Ordering::Relaxed);
+        smp::post_aps(span_ap, 0);
+        let p = phase::begin(name);
+        let start = span_read();
+        let mut end = span_read();
+        let mut own = 2u64;
+        while end.wrapping_sub(start) < span {
+            end = span_read();
+            own += 1;
+        }
+        let f = p.end(own);
+        SPAN_STOP.store(true, Ordering::Release);
+        smp::wait_aps();
+        f.report(
+            &[
+                ("ref_start", start),
+                ("ref_end", end),
+                ("backwards", SPAN_BACK.load(Ordering::Relaxed)),
+                ("reads", SPAN_READS.load(Ordering::Relaxed)),
+                ("bsp_reads", own),
+            ],
+            None,
+        );
+    }
+
     /// Two reads a little apart that differ, the second not all-ones: the device is there.
     fn present(read: impl Fn() -> u64, ones: u64) -> bool {
         let a = read();
@@ -137,6 +217,7 @@ mod guest {
     pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         let iters = ctx.args.u64_or("iters", 200)?;
         let filter = ctx.args.str_or("sources", "all");
+        let span_ms = ctx.args.u64_or("span-ms", 0)?;
         for t in filter.split(',') {
             if t != "all" && !SOURCES.contains(&t) {
                 return Err(Fail::BadArg("sources"));
@@ -171,6 +252,12 @@ mod guest {
                     measure("clock-hv-page", iters, Dir::Up(63), || {
                         hyperv::tsc_page_time().unwrap_or(0)
                     });
+                    if span_ms > 0 {
+                        for edge in EDGES {
+                            span(edge, 0);
+                        }
+                        span("clock-hv-span", span_ms);
+                    }
                 }
             }
         }

@@ -4,11 +4,11 @@
 //!
 //! How an IPI is sent (`mode=`) follows what is exposed: `apic` (the ICR, through xAPIC MMIO
 //! or x2APIC MSRs, whichever the runtime chose at boot: `--enlighten` without `x2apic` means
-//! xAPIC), `pv-ipi` (KVM_HC_SEND_IPI: one hypercall for a set of APIC IDs), `hypercall` (hv's
-//! CALL_SEND_IPI: one MSR exit to hv, which sends one KVM_SIGNAL_MSI per target), `hv-ipi`
-//! (Hyper-V HvCallSendSyntheticClusterIpi, fast form, through the hypercall page: likewise one
-//! exit and one MSI per target). `auto` picks hypercall, then pv-ipi, then apic. A multicast through the APIC is one ICR write with the
-//! all-but-self shorthand (`multicast=shorthand`) or one ICR write per target (`loop`).
+//! xAPIC), `pv-ipi` (KVM_HC_SEND_IPI: one hypercall for a set of APIC IDs), `hv-ipi`
+//! (Hyper-V HvCallSendSyntheticClusterIpi, fast form, through the hypercall page: one exit to
+//! hv, which sends one KVM_SIGNAL_MSI per target). `auto` picks hv-ipi, then pv-ipi, then
+//! apic. A multicast through the APIC is one ICR write with the all-but-self shorthand
+//! (`multicast=shorthand`) or one ICR write per target (`loop`).
 //!
 //! Per phase it reports `ipis` (sends: ICR writes or calls), `targets` (interrupts meant),
 //! `received` (handler runs), `halts` (AP halts entered) and `failed` (calls that returned an
@@ -18,7 +18,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "ipi",
-    summary: "unicast and multicast IPIs to halted vCPUs: xAPIC MMIO, x2APIC MSR, pv-ipi, ipi-hypercall (hv)",
+    summary: "unicast and multicast IPIs to halted vCPUs: xAPIC MMIO, x2APIC MSR, pv-ipi, hv-ipi",
     params: &[
         Param {
             key: "iters",
@@ -28,7 +28,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, apic, pv-ipi, hypercall, hv-ipi",
+            help: "auto, apic, pv-ipi, hv-ipi",
         },
         Param {
             key: "multicast",
@@ -55,9 +55,9 @@ mod guest {
 
     use hvlab_guest_rt::entry::MAX_CPUS;
     use hvlab_guest_rt::phase::{self, Histogram};
-    use hvlab_guest_rt::pv::{self, hvcall, hypercall, hyperv};
+    use hvlab_guest_rt::pv::{self, hypercall, hyperv};
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, smp};
-    use hvlab_protocol::{hvcall as proto, kvm_pv};
+    use hvlab_protocol::kvm_pv;
 
     use crate::common::{not_exposed, wait_count};
 
@@ -73,7 +73,6 @@ mod guest {
         Xapic,
         X2apic,
         PvIpi,
-        Hypercall,
         HvIpi,
     }
 
@@ -127,11 +126,6 @@ mod guest {
                         self.failed += 1;
                     }
                 }
-                Mode::Hypercall => {
-                    if hvcall::send_ipi(1 << (id % 64), IPI_VECTOR) != proto::STATUS_OK {
-                        self.failed += 1;
-                    }
-                }
                 Mode::HvIpi => {
                     if !hv_send(1 << (id % 64)) {
                         self.failed += 1;
@@ -160,12 +154,6 @@ mod guest {
                         self.failed += 1;
                     }
                 },
-                Mode::Hypercall => {
-                    if hvcall::send_ipi(self.mask, IPI_VECTOR) != proto::STATUS_OK {
-                        self.failed += 1;
-                    }
-                    self.sends += 1;
-                }
                 Mode::HvIpi => {
                     if !hv_send(self.mask) {
                         self.failed += 1;
@@ -231,29 +219,22 @@ mod guest {
         if n < 2 {
             return Err(Fail::Unsupported("ipi needs cpus>=2"));
         }
-        let has_hv = pv::hv_has(proto::FEATURE_IPI);
+        let has_hv = hyperv::detect()
+            .is_some_and(|i| i.recommendations & hvlab_protocol::hyperv::REC_CLUSTER_IPI != 0);
         let has_pv = pv::kvm_has(kvm_pv::FEATURE_PV_SEND_IPI);
         let apic_mode = match apic::mode() {
             apic::Mode::X2apic => Mode::X2apic,
             apic::Mode::Xapic => Mode::Xapic,
         };
         let mode = match ctx.args.str_or("mode", "auto") {
-            "auto" if has_hv => Mode::Hypercall,
-            "auto" if has_pv => Mode::PvIpi,
-            "auto" | "apic" => apic_mode,
-            "hypercall" if has_hv => Mode::Hypercall,
-            "pv-ipi" if has_pv => Mode::PvIpi,
-            "hypercall" => return Err(not_exposed!("ipi-hypercall", "ipi-hypercall")),
-            "hv-ipi" => {
-                let ok = hyperv::detect().is_some_and(|i| {
-                    i.recommendations & hvlab_protocol::hyperv::REC_CLUSTER_IPI != 0
-                });
-                if !ok {
-                    return Err(not_exposed!("ipi-hv-ipi", "hv-ipi"));
-                }
+            "auto" | "hv-ipi" if has_hv => {
                 hyperv::enable_hypercalls();
                 Mode::HvIpi
             }
+            "auto" if has_pv => Mode::PvIpi,
+            "auto" | "apic" => apic_mode,
+            "pv-ipi" if has_pv => Mode::PvIpi,
+            "hv-ipi" => return Err(not_exposed!("ipi-hv-ipi", "hv-ipi")),
             "pv-ipi" => return Err(not_exposed!("ipi-pv-ipi", "pv-ipi")),
             _ => return Err(Fail::BadArg("mode")),
         };

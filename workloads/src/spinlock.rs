@@ -3,16 +3,15 @@
 //!
 //! Waiting (`mode=`): `spin` (bare loop), `pause` (PAUSE in the loop), `pv-unhalt` (after
 //! `spins` tries the waiter halts; the releaser wakes waiters with KVM_HC_KICK_CPU),
-//! `notify` (after `spins` tries the waiter asks hv to park it: long-spin-notify; the releaser
-//! signals a release when someone waits), `hv-spinlocks` (after `spins` tries the waiter makes
-//! a Hyper-V HvCallNotifyLongSpinWait through the hypercall page; hv yields its host thread).
-//! `auto`: notify, then pv-unhalt, then pause.
+//! `hv-spinlocks` (after `spins` tries the waiter makes a Hyper-V HvCallNotifyLongSpinWait
+//! through the hypercall page; hv yields its host thread, as the TLFS describes, and does not
+//! park it until a release). `auto`: hv-spinlocks, then pv-unhalt, then pause.
 
 use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "spinlock",
-    summary: "contended lock on every CPU: spin, pause, pv-unhalt, long-spin-notify (hv)",
+    summary: "contended lock on every CPU: spin, pause, pv-unhalt, hv-spinlocks",
     params: &[
         Param {
             key: "iters",
@@ -22,7 +21,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, spin, pause, pv-unhalt, notify, hv-spinlocks",
+            help: "auto, spin, pause, pv-unhalt, hv-spinlocks",
         },
         Param {
             key: "spins",
@@ -47,15 +46,13 @@ pub use guest::run;
 mod guest {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    use hvlab_guest_rt::pv::{self, hvcall, hypercall, hyperv};
+    use hvlab_guest_rt::pv::{self, hypercall, hyperv};
     use hvlab_guest_rt::{Ctx, Fail, cpu, idt, phase, smp};
-    use hvlab_protocol::{hvcall as proto, kvm_pv};
+    use hvlab_protocol::kvm_pv;
 
     use crate::common::not_exposed;
 
     const KICK_VECTOR: u8 = 0xe2;
-    /// Bound of one long-spin wait, µs.
-    const NOTIFY_BOUND_US: u64 = 2000;
 
     #[derive(Clone, Copy, PartialEq, Eq)]
     #[repr(usize)]
@@ -63,12 +60,10 @@ mod guest {
         Spin,
         Pause,
         PvUnhalt,
-        Notify,
         HvSpin,
     }
 
     static LOCK: AtomicU32 = AtomicU32::new(0);
-    static WAITERS: AtomicU32 = AtomicU32::new(0);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SLOW_WAITS: AtomicU64 = AtomicU64::new(0);
     static WAKE_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -91,22 +86,13 @@ mod guest {
             match mode {
                 Mode::Spin => {}
                 Mode::Pause => cpu::pause(),
-                Mode::PvUnhalt | Mode::Notify | Mode::HvSpin if tries < spins => cpu::pause(),
+                Mode::PvUnhalt | Mode::HvSpin if tries < spins => cpu::pause(),
                 Mode::HvSpin => {
                     use hvlab_protocol::hyperv as tlfs;
                     SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
                     let input = tlfs::input(tlfs::CALL_NOTIFY_LONG_SPIN_WAIT, true, 0, 0, 0);
                     hyperv::hypercall_fast(input, tries, 0);
                     tries = 0;
-                }
-                Mode::Notify => {
-                    tries = 0;
-                    SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
-                    WAITERS.fetch_add(1, Ordering::SeqCst);
-                    if LOCK.load(Ordering::SeqCst) == 1 {
-                        hvcall::spin_wait(LOCK.as_ptr(), 1, NOTIFY_BOUND_US);
-                    }
-                    WAITERS.fetch_sub(1, Ordering::SeqCst);
                 }
                 Mode::PvUnhalt => {
                     tries = 0;
@@ -126,10 +112,6 @@ mod guest {
     fn release(mode: Mode) {
         LOCK.store(0, Ordering::SeqCst);
         match mode {
-            Mode::Notify if WAITERS.load(Ordering::SeqCst) != 0 => {
-                WAKE_CALLS.fetch_add(1, Ordering::Relaxed);
-                hvcall::spin_release(LOCK.as_ptr());
-            }
             Mode::PvUnhalt => {
                 let h = HALTED.load(Ordering::SeqCst);
                 if h != 0 {
@@ -147,7 +129,6 @@ mod guest {
             0 => Mode::Spin,
             1 => Mode::Pause,
             2 => Mode::PvUnhalt,
-            3 => Mode::Notify,
             _ => Mode::HvSpin,
         };
         cpu::sti();
@@ -169,26 +150,20 @@ mod guest {
         ITERS.store(iters, Ordering::Relaxed);
         SPINS.store(ctx.args.u64_or("spins", 64)?, Ordering::Relaxed);
         HOLD.store(ctx.args.u64_or("hold", 20)?, Ordering::Relaxed);
-        let notify = pv::hv_has(proto::FEATURE_LONG_SPIN_NOTIFY);
+        let hv_spin =
+            hyperv::detect().is_some_and(|i| i.spin_retries != hvlab_protocol::hyperv::SPIN_NEVER);
         let unhalt = pv::kvm_has(kvm_pv::FEATURE_PV_UNHALT);
         let mode = match ctx.args.str_or("mode", "auto") {
-            "auto" if notify => Mode::Notify,
-            "auto" if unhalt => Mode::PvUnhalt,
-            "auto" | "pause" => Mode::Pause,
-            "spin" => Mode::Spin,
-            "notify" if notify => Mode::Notify,
-            "pv-unhalt" if unhalt => Mode::PvUnhalt,
-            "notify" => return Err(not_exposed!("acquire", "long-spin-notify")),
-            "pv-unhalt" => return Err(not_exposed!("acquire", "pv-unhalt")),
-            "hv-spinlocks" => {
-                let ok = hyperv::detect()
-                    .is_some_and(|i| i.spin_retries != hvlab_protocol::hyperv::SPIN_NEVER);
-                if !ok {
-                    return Err(not_exposed!("acquire", "hv-spinlocks"));
-                }
+            "auto" | "hv-spinlocks" if hv_spin => {
                 hyperv::enable_hypercalls();
                 Mode::HvSpin
             }
+            "auto" if unhalt => Mode::PvUnhalt,
+            "auto" | "pause" => Mode::Pause,
+            "spin" => Mode::Spin,
+            "pv-unhalt" if unhalt => Mode::PvUnhalt,
+            "pv-unhalt" => return Err(not_exposed!("acquire", "pv-unhalt")),
+            "hv-spinlocks" => return Err(not_exposed!("acquire", "hv-spinlocks")),
             _ => return Err(Fail::BadArg("mode")),
         };
         idt::register(KICK_VECTOR, on_kick);

@@ -5,12 +5,12 @@
 //!
 //! Methods (`mode=`): `ipi` (IPI + INVLPG in the handler, Linux's native path), `pv-tlb-flush`
 //! (preempted targets get KVM_VCPU_FLUSH_TLB in their steal-time record, running ones an
-//! IPI), `hypercall` (hv's CALL_FLUSH_TLB: one exit, no interrupt to the targets), `none` (no
-//! shootdown at all: a control that shows whether stale translations are observable on this
-//! host; it never fails), and the Hyper-V (TLFS) flushes through the hypercall page:
-//! `hv-space` (HvCallFlushVirtualAddressSpace, processor mask), `hv-list`
-//! (HvCallFlushVirtualAddressList, one GVA), `hv-ex` (HvCallFlushVirtualAddressSpaceEx, sparse
-//! VP set). `auto` picks the best exposed one: hypercall, then pv-tlb-flush, then ipi.
+//! IPI), `none` (no shootdown at all: a control that shows whether stale translations are
+//! observable on this host; it never fails), and the Hyper-V (TLFS) flushes through the
+//! hypercall page, one exit and no interrupt to the targets: `hv-space`
+//! (HvCallFlushVirtualAddressSpace, processor mask), `hv-list` (HvCallFlushVirtualAddressList,
+//! one GVA), `hv-ex` (HvCallFlushVirtualAddressSpaceEx, sparse VP set). `auto` picks the best
+//! exposed one: hv-ex (hv-tlbflush-ext), hv-space (hv-tlbflush), pv-tlb-flush, then ipi.
 //!
 //! Readers (`reader=`): `cpl0` (the APs' kernel code) or `cpl3`. On nested hosts (kvm_pvm) CPL0
 //! code is emulated and walks the guest page tables on every access, so it never sees a stale
@@ -26,7 +26,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "tlb-shootdown",
-    summary: "remap a page other vCPUs use, then shoot down their TLBs: ipi, pv-tlb-flush, hypercall (hv), none",
+    summary: "remap a page other vCPUs use, then shoot down their TLBs: ipi, pv-tlb-flush, hv-tlbflush (space, list, ex), none",
     params: &[
         Param {
             key: "iters",
@@ -36,7 +36,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, ipi, pv-tlb-flush, hypercall, hv-space, hv-list, hv-ex, none",
+            help: "auto, ipi, pv-tlb-flush, hv-space, hv-list, hv-ex, none",
         },
         Param {
             key: "reader",
@@ -57,9 +57,9 @@ mod guest {
     use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
     use hvlab_guest_rt::entry::{window_entry, window_map, window_va};
-    use hvlab_guest_rt::pv::{self, hvcall, hyperv, steal};
+    use hvlab_guest_rt::pv::{self, hyperv, steal};
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, phase, smp, user};
-    use hvlab_protocol::{hvcall as proto, kvm_pv};
+    use hvlab_protocol::kvm_pv;
 
     use crate::common::{not_exposed, wait_count};
 
@@ -95,7 +95,6 @@ mod guest {
     enum Mode {
         Ipi,
         PvTlbFlush,
-        Hypercall,
         /// A Hyper-V flush hypercall: its input value and input page contents.
         Hyperv(u64),
         None,
@@ -227,20 +226,22 @@ mod guest {
         if n < 2 {
             return Err(Fail::Unsupported("tlb-shootdown needs cpus>=2"));
         }
-        let has_hv = pv::hv_has(proto::FEATURE_TLB_FLUSH);
         let has_pv =
             pv::kvm_has(kvm_pv::FEATURE_PV_TLB_FLUSH) && pv::kvm_has(kvm_pv::FEATURE_STEAL_TIME);
+        let auto_hv = || {
+            hyperv_flush("hv-ex", smp::ap_apic_mask())
+                .or_else(|| hyperv_flush("hv-space", smp::ap_apic_mask()))
+        };
         let mode = match ctx.args.str_or("mode", "auto") {
-            "auto" if has_hv => Mode::Hypercall,
-            "auto" if has_pv => Mode::PvTlbFlush,
-            "auto" | "ipi" => Mode::Ipi,
+            "auto" => match auto_hv() {
+                Some(m) => m,
+                None if has_pv => Mode::PvTlbFlush,
+                None => Mode::Ipi,
+            },
+            "ipi" => Mode::Ipi,
             "pv-tlb-flush" if has_pv => Mode::PvTlbFlush,
             "pv-tlb-flush" => {
                 return Err(not_exposed!("shootdown", "pv-tlb-flush"));
-            }
-            "hypercall" if has_hv => Mode::Hypercall,
-            "hypercall" => {
-                return Err(not_exposed!("shootdown", "tlb-flush-hypercall"));
             }
             "none" => Mode::None,
             kind @ ("hv-space" | "hv-list" | "hv-ex") => {
@@ -265,7 +266,6 @@ mod guest {
         cpu::flush_tlb();
         EXPECT.store(1, Ordering::SeqCst);
         let targets = n - 1;
-        let mask = smp::ap_apic_mask();
         smp::post_aps(if cpl3 { ap_job_user } else { ap_job }, 0);
         let (mut ipis, mut local_invlpg, mut pv_flagged, mut hvcalls, mut timeouts) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -304,12 +304,6 @@ mod guest {
                     }
                     ipis += u64::from(sent);
                     wait_for(&FLUSH_ACKS, before + sent)?;
-                }
-                Mode::Hypercall => {
-                    hvcalls += 1;
-                    if hvcall::flush_tlb(mask) != proto::STATUS_OK {
-                        timeouts += 1;
-                    }
                 }
                 Mode::Hyperv(input) => {
                     hvcalls += 1;

@@ -1,7 +1,6 @@
-//! hv's side of the enlightenments while a partition runs: the hypercall MSR
-//! (`hvlab_protocol::hvcall`), the Hyper-V synthetic MSRs and hypercalls (`super::hyperv`),
-//! TLB flushes of other vCPUs, parked spinners, multicast IPIs, and the counters that show
-//! each in the phase records.
+//! hv's side of the enlightenments while a partition runs: the Hyper-V synthetic MSRs and
+//! hypercalls (`super::hyperv`), TLB flushes of other vCPUs, multicast IPIs, spin-wait yields,
+//! and the counters that show each in the phase records.
 //!
 //! Every value here comes from the guest: bad calls get a #GP or an error status, never a
 //! panic, and every wait is bounded.
@@ -10,10 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use hvlab_protocol::hvcall::{self, Block};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::{VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::EnlightenmentSet;
 use super::hyperv::{self, Features, calls, msr::Msrs};
@@ -21,11 +19,8 @@ use crate::counters::CounterSource;
 use crate::vcpu::RunControl;
 
 /// How long a flush caller waits for its targets to leave the guest before it gives up (with
-/// `STATUS_TIMEOUT` and a note). Generous: a kicked vCPU leaves KVM_RUN in microseconds.
+/// HV_STATUS_TIMEOUT and a note). Generous: a kicked vCPU leaves KVM_RUN in microseconds.
 const FLUSH_WAIT_LIMIT: Duration = Duration::from_millis(500);
-/// While parked, a spinner re-reads its lock word at this interval (a release hv is not told
-/// about still ends the wait promptly).
-const SPIN_RECHECK: Duration = Duration::from_micros(200);
 /// CR4.PGE: toggling it through KVM_SET_SREGS makes KVM reset the vCPU's MMU context, which
 /// drops its cached translations (and flushes the hardware TLB on the next entry).
 const CR4_PGE: u64 = 1 << 7;
@@ -57,16 +52,10 @@ macro_rules! counters {
 counters! {
     calls_flush_tlb: "hvcall_flush_tlb",
     calls_send_ipi: "hvcall_send_ipi",
-    calls_spin_wait: "hvcall_spin_wait",
-    calls_spin_release: "hvcall_spin_release",
-    calls_bad: "hvcall_bad",
     flush_targets: "flush_targets",
     flushes_done: "tlb_flushes_done",
     kicks: "kicks",
     msis: "msis_sent",
-    spin_waits_parked: "spin_waits_parked",
-    spin_wait_us: "spin_wait_us",
-    spin_wakes: "spin_wakes",
     hyperv_calls: "hyperv_hypercalls",
     hyperv_call_errors: "hyperv_hypercall_errors",
     hyperv_spin_yields: "hyperv_spin_yields",
@@ -95,9 +84,6 @@ pub struct EnlightenmentHost {
     /// Signalled when a flush completes or a vCPU leaves KVM_RUN.
     flush_lock: Mutex<()>,
     flush_cv: Condvar,
-    /// Spin releases so far; parked spinners wake when it moves.
-    spin_gen: Mutex<u64>,
-    spin_cv: Condvar,
     counters: Arc<EnlightenmentCounters>,
     notes: Mutex<Vec<String>>,
     /// The Hyper-V interface, when a Hyper-V enlightenment is on.
@@ -147,8 +133,6 @@ impl EnlightenmentHost {
             in_guest: (0..vcpus).map(flags).collect(),
             flush_lock: Mutex::new(()),
             flush_cv: Condvar::new(),
-            spin_gen: Mutex::new(0),
-            spin_cv: Condvar::new(),
             counters: Arc::new(EnlightenmentCounters::default()),
             notes: Mutex::new(notes),
             hyperv,
@@ -208,11 +192,10 @@ impl EnlightenmentHost {
     }
 
     /// True when the vCPU loops must call [`Self::before_entry`] / [`Self::after_exit`]:
-    /// only the TLB-flush hypercall tracks who is in the guest and defers flushes to entry.
+    /// only the TLB-flush hypercalls track who is in the guest and defer flushes to entry.
     /// Other sets keep those calls (two SeqCst stores and a scan) off the exit path.
     pub(crate) fn needs_entry_hooks(&self) -> bool {
-        self.set.hv_bits() & hvcall::FEATURE_TLB_FLUSH != 0
-            || self.set.hyperv_features().has(Features::TLBFLUSH)
+        self.set.hyperv_features().has(Features::TLBFLUSH)
     }
 
     /// Called by vCPU `index`'s loop right after KVM_RUN returns.
@@ -244,19 +227,17 @@ impl EnlightenmentHost {
         });
         match result {
             Ok(()) => bump(&self.counters.flushes_done, 1),
-            Err(e) => self.note(format!("tlb-flush-hypercall: KVM_SET_SREGS failed: {e}")),
+            Err(e) => self.note(format!("hv-tlbflush: KVM_SET_SREGS failed: {e}")),
         }
     }
 
     /// Handles a guest RDMSR that hv filters. `None` = raise #GP.
     pub(crate) fn on_rdmsr(&self, index: u32, msr: u32) -> Option<u64> {
-        if let Some(h) = &self.hyperv {
-            if Msrs::filtered(msr) {
-                return h.msrs.read(index, msr).ok();
-            }
+        let h = self.hyperv.as_ref()?;
+        if Msrs::filtered(msr) {
+            return h.msrs.read(index, msr).ok();
         }
-        // Reading the hypercall MSR returns the enabled features (a cheap presence check).
-        (msr == hvcall::MSR && self.set.hv_bits() != 0).then(|| u64::from(self.set.hv_bits()))
+        None
     }
 
     /// Handles a guest WRMSR that hv filters. `false` = raise #GP.
@@ -277,29 +258,7 @@ impl EnlightenmentHost {
                 return true;
             }
         }
-        if msr != hvcall::MSR || self.set.hv_bits() == 0 {
-            return false;
-        }
-        let Some((code, gpa)) = hvcall::decode(value) else {
-            bump(&self.counters.calls_bad, 1);
-            return false;
-        };
-        let Ok(block) = self.mem.read_obj::<[u64; 8]>(GuestAddress(gpa)) else {
-            bump(&self.counters.calls_bad, 1);
-            return false;
-        };
-        let b = Block {
-            args: [block[0], block[1], block[2], block[3], block[4], block[5]],
-            status: 0,
-            reserved: 0,
-        };
-        let status = self.call(index, code, &b);
-        // Status is the block's seventh word; the block was readable, so this write fits.
-        if self.mem.write_obj(status, GuestAddress(gpa + 48)).is_err() {
-            bump(&self.counters.calls_bad, 1);
-            return false;
-        }
-        true
+        false
     }
 
     /// True when vCPU `index`'s last exit was a Hyper-V hypercall that
@@ -341,7 +300,7 @@ impl EnlightenmentHost {
             match action {
                 calls::Action::Flush(mask) => {
                     bump(&self.counters.calls_flush_tlb, 1);
-                    if self.flush_tlbs(index, mask) == hvcall::STATUS_TIMEOUT {
+                    if !self.flush_tlbs(index, mask) {
                         outcome.status = hvlab_protocol::hyperv::STATUS_TIMEOUT;
                     }
                 }
@@ -364,54 +323,12 @@ impl EnlightenmentHost {
         }
     }
 
-    fn call(&self, caller: u32, code: u64, b: &Block) -> u64 {
-        let hv = self.set.hv_bits();
-        let enabled = |f: u32| hv & f != 0;
-        match code {
-            hvcall::CALL_FLUSH_TLB if enabled(hvcall::FEATURE_TLB_FLUSH) => {
-                bump(&self.counters.calls_flush_tlb, 1);
-                let mask = if b.args[1] & 1 != 0 {
-                    !(1u64 << caller)
-                } else {
-                    b.args[0]
-                };
-                self.flush_tlbs(caller, mask & self.all_vcpus())
-            }
-            hvcall::CALL_SEND_IPI if enabled(hvcall::FEATURE_IPI) => {
-                bump(&self.counters.calls_send_ipi, 1);
-                self.send_ipi(b.args[0], b.args[1])
-            }
-            hvcall::CALL_LONG_SPIN_WAIT if enabled(hvcall::FEATURE_LONG_SPIN_NOTIFY) => {
-                bump(&self.counters.calls_spin_wait, 1);
-                self.spin_wait(b.args[0], b.args[1], b.args[2])
-            }
-            hvcall::CALL_SPIN_RELEASE if enabled(hvcall::FEATURE_LONG_SPIN_NOTIFY) => {
-                bump(&self.counters.calls_spin_release, 1);
-                let mut g = lock(&self.spin_gen);
-                *g = g.wrapping_add(1);
-                self.spin_cv.notify_all();
-                hvcall::STATUS_OK
-            }
-            _ => {
-                bump(&self.counters.calls_bad, 1);
-                hvcall::STATUS_NOT_ENABLED
-            }
-        }
-    }
-
-    fn all_vcpus(&self) -> u64 {
-        if self.vcpus >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.vcpus) - 1
-        }
-    }
-
-    /// CALL_FLUSH_TLB from `caller`: mark every target, kick it out of KVM_RUN, and wait until
-    /// each target has either flushed or is outside KVM_RUN (then it flushes in
+    /// A flush hypercall from `caller`: mark every target, kick it out of KVM_RUN, and wait
+    /// until each target has either flushed or is outside KVM_RUN (then it flushes in
     /// `before_entry`, before it runs guest code again). A target that is itself in a
     /// hypercall is outside KVM_RUN, so two vCPUs flushing each other cannot deadlock.
-    fn flush_tlbs(&self, caller: u32, mask: u64) -> u64 {
+    /// `false` when targets did not leave the guest within [`FLUSH_WAIT_LIMIT`].
+    fn flush_tlbs(&self, caller: u32, mask: u64) -> bool {
         let targets: Vec<usize> = (0..self.vcpus as usize)
             .filter(|&t| mask & (1 << t) != 0)
             .collect();
@@ -420,7 +337,7 @@ impl EnlightenmentHost {
             self.flush_pending[t].store(true, Ordering::SeqCst);
         }
         let Some(control) = self.control.get() else {
-            return hvcall::STATUS_OK; // not started: nobody runs guest code yet
+            return true; // not started: nobody runs guest code yet
         };
         for &t in &targets {
             if t != caller as usize {
@@ -437,15 +354,15 @@ impl EnlightenmentHost {
                     && self.in_guest[t].load(Ordering::SeqCst)
             });
             if !busy || self.stopping() {
-                return hvcall::STATUS_OK;
+                return true;
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(g);
                 self.note(format!(
-                    "tlb-flush-hypercall: targets {mask:#x} did not leave the guest within {FLUSH_WAIT_LIMIT:?}"
+                    "hv-tlbflush: targets {mask:#x} did not leave the guest within {FLUSH_WAIT_LIMIT:?}"
                 ));
-                return hvcall::STATUS_TIMEOUT;
+                return false;
             }
             let wait = (deadline - now).min(Duration::from_millis(1));
             g = self
@@ -454,15 +371,6 @@ impl EnlightenmentHost {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-    }
-
-    /// CALL_SEND_IPI: one MSI (physical destination = APIC ID = vCPU index) per target.
-    fn send_ipi(&self, mask: u64, vector: u64) -> u64 {
-        if !(32..=254).contains(&vector) || mask & !self.all_vcpus() != 0 || mask == 0 {
-            return hvcall::STATUS_INVALID;
-        }
-        self.signal_msis(mask, vector as u32);
-        hvcall::STATUS_OK
     }
 
     /// One MSI (physical destination = APIC ID = vCPU index) per vCPU in `mask`.
@@ -483,46 +391,35 @@ impl EnlightenmentHost {
             }
         }
     }
+}
 
-    /// CALL_LONG_SPIN_WAIT: park while the word at `gpa` still holds `seen`, until a release,
-    /// the bound, or the run's end.
-    fn spin_wait(&self, gpa: u64, seen: u64, bound_us: u64) -> u64 {
-        let read = || self.mem.read_obj::<u32>(GuestAddress(gpa)).ok();
-        if gpa % 4 != 0 || read().is_none() {
-            return hvcall::STATUS_INVALID;
-        }
-        let bound = Duration::from_micros(bound_us.min(hvcall::MAX_SPIN_WAIT_US));
-        let start = Instant::now();
-        let deadline = start + bound;
-        let mut g = lock(&self.spin_gen);
-        let gen0 = *g;
-        if read() != Some(seen as u32) {
-            return hvcall::STATUS_OK;
-        }
-        bump(&self.counters.spin_waits_parked, 1);
-        loop {
-            let now = Instant::now();
-            if now >= deadline || self.stopping() {
-                break;
-            }
-            g = self
-                .spin_cv
-                .wait_timeout(g, (deadline - now).min(SPIN_RECHECK))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            if *g != gen0 {
-                bump(&self.counters.spin_wakes, 1);
-                break;
-            }
-            if read() != Some(seen as u32) {
-                break;
-            }
-        }
-        drop(g);
-        bump(
-            &self.counters.spin_wait_us,
-            u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
-        hvcall::STATUS_OK
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    /// hv's earlier private hypercall MSR is gone: under the seed's old names (now aliases of
+    /// the hv-* enlightenments) a guest writing or reading it gets a #GP, while the Hyper-V
+    /// MSRs answer.
+    #[test]
+    fn the_private_hypercall_msr_is_gone() {
+        // Needs /dev/kvm for a VM fd; without it there is nothing to check here.
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let set =
+            EnlightenmentSet::parse("tlb-flush-hypercall,ipi-hypercall,long-spin-notify").unwrap();
+        let host = EnlightenmentHost::new(set, 2, mem, vm, None);
+        let old = hvlab_protocol::hvcall::MSR;
+        assert_eq!(host.on_rdmsr(0, old), None);
+        assert!(!host.on_wrmsr(0, old, 0x1000));
+        assert!(!host.hypercall_pending(0));
+        // The Hyper-V interface is what those names now switch on.
+        let vp_index = hvlab_protocol::hyperv::MSR_VP_INDEX;
+        assert_eq!(host.on_rdmsr(1, vp_index), Some(1));
+        assert!(host.needs_entry_hooks());
     }
 }

@@ -4,7 +4,7 @@ use kvm_ioctls::Kvm;
 
 use super::{Enlightenment, Mechanism, probe};
 #[allow(unused_imports)]
-use hvlab_protocol::{hvcall, kvm_pv};
+use hvlab_protocol::kvm_pv;
 
 /// See the module documentation.
 #[derive(Debug)]

@@ -6,11 +6,11 @@
 //! list); [`EnlightenmentSet::apply`] turns it into what `Partition::new` needs:
 //!
 //! 1. VM-level setup before any vCPU exists (KVM_CAP_X86_DISABLE_EXITS must precede vCPU
-//!    creation; KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER for hv's hypercall MSR);
+//!    creation; KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER for the Hyper-V MSRs);
 //! 2. CPUID edits per vCPU (KVM's 0x40000001 EAX bits, hv's own leaves at
 //!    [`hvlab_protocol::HV_CPUID_BASE`]);
 //! 3. extra guest command-line words (`apic=xapic` when `x2apic` is off);
-//! 4. the runtime ([`host::EnlightenmentHost`]) that serves hv's own hypercalls on the vCPU
+//! 4. the runtime ([`host::EnlightenmentHost`]) that serves the Hyper-V hypercalls on the vCPU
 //!    threads and flushes TLBs before a vCPU re-enters the guest.
 //!
 //! Adding one: a file with a unit struct implementing [`Enlightenment`], and one line in
@@ -29,9 +29,7 @@ mod hv_tlbflush;
 mod hv_tlbflush_ext;
 mod hv_vpindex;
 mod idle_no_exit;
-mod ipi_hypercall;
 mod kvm_clock;
-mod long_spin_notify;
 mod poll_control;
 mod pv_eoi;
 mod pv_ipi;
@@ -39,7 +37,6 @@ mod pv_sched_yield;
 mod pv_tlb_flush;
 mod pv_unhalt;
 mod steal_time;
-mod tlb_flush_hypercall;
 mod x2apic;
 
 use std::fmt;
@@ -62,8 +59,6 @@ pub enum Mechanism {
     KvmCapability,
     /// The guest uses a hypercall instruction (vmcall / vmmcall).
     Hypercall,
-    /// hv's own interface: a synthetic MSR served by hv in userspace (no hypercall instruction).
-    HvInterface,
     /// The Hyper-V TLFS interface served by hv in userspace: CPUID leaves, synthetic MSRs,
     /// hypercalls through the hypercall page hv fills.
     HypervTlfs,
@@ -77,7 +72,6 @@ impl Mechanism {
             Mechanism::Msr => "msr",
             Mechanism::KvmCapability => "kvm-capability",
             Mechanism::Hypercall => "hypercall",
-            Mechanism::HvInterface => "hv-interface",
             Mechanism::HypervTlfs => "hyperv-tlfs",
         }
     }
@@ -97,10 +91,6 @@ pub trait Enlightenment: Sync + fmt::Debug {
     fn probe(&self, kvm: &Kvm) -> Result<(), String>;
     /// KVM feature bits (CPUID 0x40000001 EAX) exposed when enabled.
     fn kvm_pv_bits(&self) -> u32 {
-        0
-    }
-    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX, `hvlab_protocol::hvcall::FEATURE_*`).
-    fn hv_bits(&self) -> u32 {
         0
     }
     /// Hyper-V features (`hyperv::Features` bits) exposed when enabled.
@@ -133,9 +123,6 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &poll_control::PollControl,
     &x2apic::X2apic,
     &idle_no_exit::IdleNoExit,
-    &long_spin_notify::LongSpinNotify,
-    &tlb_flush_hypercall::TlbFlushHypercall,
-    &ipi_hypercall::IpiHypercall,
     &hv_vpindex::HvVpindex,
     &hv_time::HvTime,
     &hv_frequencies::HvFrequencies,
@@ -145,6 +132,21 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &hv_spinlocks::HvSpinlocks,
     &hv_relaxed::HvRelaxed,
 ];
+
+/// The names of hv's earlier private hypercall interface, kept as aliases of the Hyper-V
+/// (TLFS) enlightenments that replace them. [`EnlightenmentSet::parse`] resolves them, so
+/// records and labels carry the `hv-*` names. (The old `long-spin-notify` parked a waiter until
+/// the lock was released; `hv-spinlocks` yields the host thread instead, as the TLFS says.)
+pub const ALIASES: &[(&str, &[&str])] = &[
+    ("long-spin-notify", &["hv-spinlocks"]),
+    ("tlb-flush-hypercall", &["hv-vpindex", "hv-tlbflush"]),
+    ("ipi-hypercall", &["hv-vpindex", "hv-ipi"]),
+];
+
+/// The `hv-*` names an alias stands for, or `None` when `name` is no alias.
+pub fn alias(name: &str) -> Option<&'static [&'static str]> {
+    ALIASES.iter().find(|(a, _)| *a == name).map(|(_, to)| *to)
+}
 
 /// Every enlightenment hv knows.
 pub fn registry() -> &'static [&'static dyn Enlightenment] {
@@ -208,11 +210,12 @@ pub enum EnlightenmentError {
 }
 
 fn valid_names() -> String {
-    REGISTRY
+    let names = REGISTRY.iter().map(|e| e.name()).collect::<Vec<_>>();
+    let aliases = ALIASES
         .iter()
-        .map(|e| e.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|(a, to)| format!("{a} (= {})", to.join(",")))
+        .collect::<Vec<_>>();
+    format!("{}; aliases: {}", names.join(", "), aliases.join(", "))
 }
 
 /// Members a set chosen as `all` dropped on this host: (name, probe's reason).
@@ -299,13 +302,16 @@ impl EnlightenmentSet {
                     list: s.to_string(),
                 });
             }
-            let Some(i) = REGISTRY.iter().position(|e| e.name() == name) else {
-                return Err(EnlightenmentError::Unknown {
-                    name: name.to_string(),
-                    valid: valid_names(),
-                });
-            };
-            set.bits |= 1 << i;
+            let names = alias(name).unwrap_or(std::slice::from_ref(&name));
+            for &name in names {
+                let Some(i) = REGISTRY.iter().position(|e| e.name() == name) else {
+                    return Err(EnlightenmentError::Unknown {
+                        name: name.to_string(),
+                        valid: valid_names(),
+                    });
+                };
+                set.bits |= 1 << i;
+            }
         }
         set.check_dependencies()?;
         Ok(set)
@@ -384,11 +390,6 @@ impl EnlightenmentSet {
         self.iter().fold(0, |b, e| b | e.kvm_pv_bits())
     }
 
-    /// hv feature bits (CPUID `HV_CPUID_BASE + 1` EAX) the set exposes.
-    pub fn hv_bits(&self) -> u32 {
-        self.iter().fold(0, |b, e| b | e.hv_bits())
-    }
-
     /// Hyper-V features the set exposes (none: no Hyper-V leaves, KVM's stay at 0x40000000).
     pub fn hyperv_features(&self) -> hyperv::Features {
         hyperv::Features(self.iter().fold(0, |b, e| b | e.hyperv_bits()))
@@ -457,8 +458,8 @@ impl EnlightenmentSet {
     }
 
     /// VM-level setup, before any vCPU exists: KVM_CAP_X86_DISABLE_EXITS (KVM refuses it once
-    /// vCPUs exist) and, when an hv enlightenment is on, MSR exits to userspace for hv's
-    /// hypercall MSR (KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs + a filter denying only it).
+    /// vCPUs exist) and, when a Hyper-V enlightenment is on, MSR exits to userspace for the
+    /// Hyper-V MSRs (KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs + a filter denying only them).
     pub fn setup_vm(&self, vm: &kvm_ioctls::VmFd) -> Result<(), String> {
         use kvm_bindings::{
             KVM_CAP_X86_DISABLE_EXITS, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
@@ -476,7 +477,7 @@ impl EnlightenmentSet {
                 .map_err(|e| format!("enabling KVM_CAP_X86_DISABLE_EXITS ({exits:#x}): {e}"))?;
         }
         let hyperv = self.hyperv_features().any();
-        if self.hv_bits() != 0 || hyperv {
+        if hyperv {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_X86_USER_SPACE_MSR,
                 args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -484,9 +485,9 @@ impl EnlightenmentSet {
             };
             vm.enable_cap(&cap)
                 .map_err(|e| format!("enabling KVM_CAP_X86_USER_SPACE_MSR: {e}"))?;
-            // A 0 bit denies the access, which (with the capability) exits to userspace. hv's
-            // hypercall MSR and the Hyper-V transport MSR next to it; with Hyper-V on, the
-            // synthetic MSR ranges too (0x40000000-03, 0x40000020-23, 0x40000073).
+            // A 0 bit denies the access, which (with the capability) exits to userspace: the
+            // transport MSR of hv's hypercall page and the synthetic MSR ranges
+            // (0x40000000-03, 0x40000020-23, 0x40000073).
             let deny = [0u8; 1];
             let range = |base: u32, msr_count: u32| MsrFilterRange {
                 flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
@@ -495,12 +496,12 @@ impl EnlightenmentSet {
                 bitmap: &deny,
             };
             use hvlab_protocol::hyperv as tlfs;
-            let mut ranges = vec![range(hvlab_protocol::hvcall::MSR, 2)];
-            if hyperv {
-                ranges.push(range(tlfs::MSR_GUEST_OS_ID, 4));
-                ranges.push(range(tlfs::MSR_TIME_REF_COUNT, 4));
-                ranges.push(range(tlfs::MSR_VP_ASSIST_PAGE, 1));
-            }
+            let ranges = [
+                range(tlfs::MSR_HV_HYPERCALL_TRANSPORT, 1),
+                range(tlfs::MSR_GUEST_OS_ID, 4),
+                range(tlfs::MSR_TIME_REF_COUNT, 4),
+                range(tlfs::MSR_VP_ASSIST_PAGE, 1),
+            ];
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
                 .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's synthetic MSRs: {e}"))?;
         }
@@ -509,7 +510,7 @@ impl EnlightenmentSet {
 
     /// Edits one vCPU's CPUID: KVM's 0x40000001 EAX keeps only what KVM offers *and* the set
     /// exposes (`extra_kvm_bits` are kept too: `PartitionConfig::kvm_pv_features`); hv's leaves
-    /// at `HV_CPUID_BASE` carry hv's signature, the set's hv feature bits and the hypercall MSR.
+    /// at `HV_CPUID_BASE` carry hv's signature (and no features: hv's hypercalls are Hyper-V's).
     ///
     /// With a Hyper-V enlightenment on, the Hyper-V leaves take 0x40000000-0x40000005, KVM's
     /// move to 0x40000100 (as QEMU does) and hv's private leaves to 0x40000200 (the guest
@@ -526,12 +527,7 @@ impl EnlightenmentSet {
         } else {
             hvlab_protocol::HV_CPUID_BASE
         };
-        edit_cpuid(
-            cpuid,
-            self.kvm_pv_bits() | extra_kvm_bits,
-            self.hv_bits(),
-            hv_base,
-        )?;
+        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, hv_base)?;
         if hyperv.any() {
             hyperv::cpuid::move_kvm_leaves(cpuid.as_mut_slice())?;
             for e in hyperv::cpuid::leaves(hyperv, vcpus) {
@@ -545,8 +541,8 @@ impl EnlightenmentSet {
 }
 
 /// See [`EnlightenmentSet::edit_cpuid`]: hv's private leaves go to `hv_base`.
-fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> Result<(), String> {
-    use hvlab_protocol::{HV_CPUID_SIGNATURE, hvcall};
+fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_base: u32) -> Result<(), String> {
+    use hvlab_protocol::HV_CPUID_SIGNATURE;
     use kvm_bindings::kvm_cpuid_entry2;
     let mut base_seen = false;
     for e in cpuid.as_mut_slice() {
@@ -576,10 +572,10 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> R
             edx: sig(8),
             ..Default::default()
         },
+        // Features 0 and no hypercall MSR: hv's hypercalls are Hyper-V's (the leaf stays
+        // so that guests built for the earlier interface find hv and see it offers nothing).
         kvm_cpuid_entry2 {
             function: hv_base + 1,
-            eax: hv_bits,
-            ebx: if hv_bits != 0 { hvcall::MSR } else { 0 },
             ..Default::default()
         },
     ];
@@ -595,7 +591,7 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_bits: u32, hv_base: u32) -> R
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use hvlab_protocol::{HV_CPUID_BASE, hvcall, kvm_pv};
+    use hvlab_protocol::{HV_CPUID_BASE, kvm_pv};
     use kvm_bindings::kvm_cpuid_entry2;
 
     #[test]
@@ -617,9 +613,10 @@ mod tests {
             "poll-control",
             "x2apic",
             "idle-no-exit",
-            "long-spin-notify",
-            "tlb-flush-hypercall",
-            "ipi-hypercall",
+            "hv-vpindex",
+            "hv-tlbflush",
+            "hv-ipi",
+            "hv-spinlocks",
         ] {
             assert!(find(n).is_some(), "{n} missing");
         }
@@ -660,15 +657,34 @@ mod tests {
     }
 
     #[test]
-    fn kvm_and_hv_bits_follow_the_set() {
-        let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,tlb-flush-hypercall").unwrap();
+    fn old_private_names_are_aliases_of_the_hyperv_ones() {
+        for (old, new) in [
+            ("tlb-flush-hypercall", "hv-vpindex,hv-tlbflush"),
+            ("ipi-hypercall", "hv-vpindex,hv-ipi"),
+            ("long-spin-notify", "hv-spinlocks"),
+        ] {
+            let s = EnlightenmentSet::parse(old).unwrap();
+            assert_eq!(s, EnlightenmentSet::parse(new).unwrap(), "{old}");
+            // Records and labels carry the hv-* names, never the alias.
+            assert_eq!(s.to_string(), new, "{old}");
+            assert!(find(old).is_none(), "{old} is no registry entry");
+        }
+        // An alias combines with the names it stands for without duplicates.
+        let s = EnlightenmentSet::parse("ipi-hypercall,hv-vpindex,tlb-flush-hypercall").unwrap();
+        assert_eq!(s.to_string(), "hv-vpindex,hv-tlbflush,hv-ipi");
+        let all = EnlightenmentSet::parse("all").unwrap();
+        assert!(all.names().iter().all(|n| alias(n).is_none()));
+    }
+
+    #[test]
+    fn kvm_bits_follow_the_set() {
+        let s = EnlightenmentSet::parse("kvm-clock,pv-tlb-flush,hv-vpindex,hv-tlbflush").unwrap();
         let b = s.kvm_pv_bits();
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_CLOCKSOURCE2), 0);
         assert_ne!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_TLB_FLUSH), 0);
         assert_eq!(b & kvm_pv::bit(kvm_pv::FEATURE_PV_SEND_IPI), 0);
-        assert_eq!(s.hv_bits(), hvcall::FEATURE_TLB_FLUSH);
+        assert!(s.hyperv_features().any());
         assert_eq!(EnlightenmentSet::NONE.kvm_pv_bits(), 0);
-        assert_eq!(EnlightenmentSet::NONE.hv_bits(), 0);
         assert_eq!(
             EnlightenmentSet::parse("idle-no-exit")
                 .unwrap()
@@ -700,7 +716,7 @@ mod tests {
             eax: 0xffff_ffff,
             ..Default::default()
         };
-        let s = EnlightenmentSet::parse("steal-time,ipi-hypercall").unwrap();
+        let s = EnlightenmentSet::parse("steal-time").unwrap();
         s.edit_cpuid(&mut c, 0, 1).unwrap();
         assert_eq!(
             leaf(&c, 0x4000_0001).unwrap().eax,
@@ -709,9 +725,9 @@ mod tests {
         let base = leaf(&c, HV_CPUID_BASE).unwrap();
         assert_eq!(&base.ebx.to_le_bytes(), b"hvla");
         assert_eq!(base.eax, HV_CPUID_BASE + 1);
+        // hv's leaves stay (the guest finds hv by them) but offer no private hypercall.
         let feat = leaf(&c, HV_CPUID_BASE + 1).unwrap();
-        assert_eq!(feat.eax, hvcall::FEATURE_IPI);
-        assert_eq!(feat.ebx, hvcall::MSR);
+        assert_eq!((feat.eax, feat.ebx), (0, 0));
         // A second edit refuses rather than duplicating leaves.
         assert!(s.edit_cpuid(&mut c, 0, 1).is_err());
     }
@@ -803,8 +819,7 @@ mod tests {
             eax: 0xffff_ffff,
             ..Default::default()
         };
-        let s = EnlightenmentSet::parse("steal-time,tlb-flush-hypercall,hv-vpindex,hv-tlbflush")
-            .unwrap();
+        let s = EnlightenmentSet::parse("steal-time,hv-vpindex,hv-tlbflush").unwrap();
         s.edit_cpuid(&mut c, 0, 4).unwrap();
         let hv = leaf(&c, 0x4000_0000).unwrap();
         assert_eq!(&hv.ebx.to_le_bytes(), b"Micr");
@@ -821,7 +836,7 @@ mod tests {
         assert_eq!(&own.ebx.to_le_bytes(), b"hvla");
         assert_eq!(
             leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV + 1).unwrap().eax,
-            hvcall::FEATURE_TLB_FLUSH
+            0
         );
     }
 

@@ -27,6 +27,7 @@ use hvlab_protocol::kvm_pv;
 use thiserror::Error;
 
 use crate::devices::emulated::serial::CONSOLE_CAPTURE_LIMIT;
+use crate::enlightenments::EnlightenmentSet;
 use crate::error::HvError;
 use crate::guest_output;
 use crate::record::{RecordStatus, RunRecord};
@@ -201,11 +202,13 @@ pub fn supports(req: &RunRequest) -> Result<(), String> {
         ));
     }
     let e = &req.enlightenments;
-    if e.hv_bits() != 0 {
-        return Err(format!(
-            "enlightenments {}: hv's own hypercall interface does not exist under QEMU",
-            e.names().join(",")
-        ));
+    if e.hyperv_features().any() {
+        let kvm = kvm_ioctls::Kvm::new().map_err(|err| {
+            format!(
+                "cannot open /dev/kvm to check KVM's Hyper-V support for QEMU's hv-* flags: {err}"
+            )
+        })?;
+        hyperv_under_qemu(e, &crate::enlightenments::hyperv::kernel_caps_missing(&kvm))?;
     }
     if e.disable_exits() != 0 {
         return Err(
@@ -219,6 +222,25 @@ pub fn supports(req: &RunRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// QEMU's `hv-*` flags are served by KVM's in-kernel Hyper-V emulation (QEMU has no
+/// userspace TLFS as hv does): `Err` with the reason when KVM lacks what they need (`missing`,
+/// from [`crate::enlightenments::hyperv::kernel_caps_missing`]).
+fn hyperv_under_qemu(e: &EnlightenmentSet, missing: &[&str]) -> Result<(), String> {
+    if !e.hyperv_features().any() || missing.is_empty() {
+        return Ok(());
+    }
+    let hv: Vec<&str> = e
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hv-"))
+        .collect();
+    Err(format!(
+        "enlightenments {}: QEMU's hv-* flags need KVM's in-kernel Hyper-V support, and this host's KVM lacks {}",
+        hv.join(","),
+        missing.join(", ")
+    ))
+}
+
 /// The `-cpu` value for the request: host CPU, `arch-capabilities` off (QEMU refuses it on
 /// nested hosts), and every KVM PV property set as hv would expose it.
 pub fn cpu_option(req: &RunRequest) -> String {
@@ -227,6 +249,17 @@ pub fn cpu_option(req: &RunRequest) -> String {
     for (name, features) in KVM_PV_PROPS {
         let on = features.iter().any(|&f| bits & kvm_pv::bit(f) != 0);
         s.push_str(&format!(",{name}={}", if on { "on" } else { "off" }));
+    }
+    // hv's Hyper-V names are QEMU's `-cpu` flags; hv-spinlocks takes the retry count hv shows.
+    for name in req.enlightenments.names() {
+        match name {
+            "hv-spinlocks" => s.push_str(&format!(
+                ",hv-spinlocks={:#x}",
+                crate::enlightenments::hyperv::cpuid::SPIN_RETRIES
+            )),
+            n if n.starts_with("hv-") => s.push_str(&format!(",{n}=on")),
+            _ => {}
+        }
     }
     s
 }
@@ -619,7 +652,6 @@ impl crate::run::HostCounters for QemuCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enlightenments::EnlightenmentSet;
 
     fn req(workload: &str) -> RunRequest {
         RunRequest {
@@ -660,12 +692,40 @@ mod tests {
         assert!(supports(&r).unwrap_err().contains("partitions"));
         assert!(supports(&req("blk-io")).unwrap_err().contains("block"));
         let mut r = req("exit-floor");
-        r.enlightenments = EnlightenmentSet::parse("ipi-hypercall").unwrap_or_default();
-        assert!(supports(&r).unwrap_err().contains("hypercall"));
         r.enlightenments = EnlightenmentSet::parse("idle-no-exit").unwrap_or_default();
         assert!(supports(&r).unwrap_err().contains("idle-no-exit"));
         r.enlightenments = EnlightenmentSet::parse("kvm-clock,pv-eoi").unwrap_or_default();
         assert_eq!(supports(&r), Ok(()));
+    }
+
+    #[test]
+    fn hyperv_variants_are_skipped_where_kvm_lacks_hyperv() {
+        let hv = EnlightenmentSet::parse("kvm-clock,ipi-hypercall").unwrap_or_default();
+        let why =
+            hyperv_under_qemu(&hv, &["KVM_CAP_HYPERV", "KVM_CAP_HYPERV_SEND_IPI"]).unwrap_err();
+        assert!(why.contains("hv-vpindex,hv-ipi"), "{why}");
+        assert!(why.contains("KVM_CAP_HYPERV_SEND_IPI"), "{why}");
+        assert!(!why.contains("kvm-clock"), "{why}");
+        // Where KVM has Hyper-V, QEMU runs them; without hv-* members nothing is asked.
+        assert_eq!(hyperv_under_qemu(&hv, &[]), Ok(()));
+        let kvm_only = EnlightenmentSet::parse("kvm-clock,pv-ipi").unwrap_or_default();
+        assert_eq!(hyperv_under_qemu(&kvm_only, &["KVM_CAP_HYPERV"]), Ok(()));
+        // supports() asks this host: on one without Hyper-V in KVM (ours), a skip naming it.
+        let mut r = req("exit-floor");
+        r.enlightenments = hv;
+        if let Ok(kvm) = kvm_ioctls::Kvm::new()
+            && !crate::enlightenments::hyperv::kernel_caps_missing(&kvm).is_empty()
+        {
+            assert!(supports(&r).unwrap_err().contains("in-kernel Hyper-V"));
+        }
+        // The -cpu value passes the hv-* names as QEMU's flags.
+        let cpu = cpu_option(&r);
+        assert!(
+            cpu.contains(",hv-vpindex=on") && cpu.contains(",hv-ipi=on"),
+            "{cpu}"
+        );
+        r.enlightenments = EnlightenmentSet::parse("hv-spinlocks").unwrap_or_default();
+        assert!(cpu_option(&r).contains(",hv-spinlocks=0x"));
     }
 
     #[test]

@@ -2,15 +2,14 @@
 //!
 //! Detection follows Linux (`kvm_cpuid_base`, `kvm_para_has_feature`): the CPUID hypervisor
 //! bit, then a search of 0x40000000..0x40010000 in steps of 0x100 for KVM's signature, whose
-//! leaf + 1 EAX holds the feature bits. hv's own interface is found at
-//! `hvlab_protocol::HV_CPUID_BASE` by its signature (see `hvlab_protocol::hvcall`).
+//! leaf + 1 EAX holds the feature bits. hv's own leaves (its signature, no hypercalls: hv's
+//! hypercall ABI is Hyper-V's, see [`hyperv`]) are found at `hvlab_protocol::HV_CPUID_BASE`.
 //!
 //! The BSP calls [`init_bsp`] once; every CPU then calls [`init_cpu`], which registers the
 //! per-CPU areas of what is exposed (kvm-clock, steal time, PV EOI) and turns off host halt
 //! polling when poll-control is exposed.
 
 pub mod eoi;
-pub mod hvcall;
 pub mod hypercall;
 pub mod hyperv;
 pub mod kvmclock;
@@ -23,8 +22,6 @@ use hvlab_protocol::{HV_CPUID_BASE, HV_CPUID_SIGNATURE, kvm_pv};
 use crate::cpu::{cpuid, cpuid_signature, wrmsr};
 
 static KVM_FEATURES: AtomicU32 = AtomicU32::new(0);
-static HV_FEATURES: AtomicU32 = AtomicU32::new(0);
-static HV_MSR: AtomicU32 = AtomicU32::new(0);
 static AMD: AtomicBool = AtomicBool::new(false);
 
 /// KVM's CPUID base as Linux finds it, or `None`.
@@ -61,11 +58,6 @@ pub fn init_bsp() {
     if let Some(base) = kvm_cpuid_base() {
         KVM_FEATURES.store(cpuid(base + 1, 0).eax, Ordering::Relaxed);
     }
-    if let Some(base) = hv_cpuid_base() {
-        let r = cpuid(base + 1, 0);
-        HV_FEATURES.store(r.eax, Ordering::Relaxed);
-        HV_MSR.store(r.ebx, Ordering::Relaxed);
-    }
 }
 
 /// Registers this CPU's paravirtual areas (CPU `index`, 0 = BSP).
@@ -93,16 +85,6 @@ pub fn kvm_features() -> u32 {
 /// True when KVM exposes feature number `feature` (`kvm_pv::FEATURE_*`).
 pub fn kvm_has(feature: u32) -> bool {
     kvm_features() & kvm_pv::bit(feature) != 0
-}
-
-/// hv's feature bits (`hvlab_protocol::hvcall::FEATURE_*`), 0 without hv.
-pub fn hv_features() -> u32 {
-    HV_FEATURES.load(Ordering::Relaxed)
-}
-
-/// True when hv exposes every bit of `feature`.
-pub fn hv_has(feature: u32) -> bool {
-    feature != 0 && hv_features() & feature == feature
 }
 
 /// True on AMD/Hygon, whose hypercall instruction is `vmmcall`.

@@ -78,22 +78,10 @@ impl Backend {
 
     /// `Ok` when this host can run the backend, else the reason (a variant is skipped with it).
     pub fn probe(self, kvm: &Kvm) -> Result<(), String> {
-        use kvm_bindings as kb;
         match self {
             Backend::User => super::probe::hv_interface(kvm),
             Backend::Kernel => {
-                let needs = [
-                    (kb::KVM_CAP_HYPERV, "KVM_CAP_HYPERV"),
-                    (kb::KVM_CAP_HYPERV_VP_INDEX, "KVM_CAP_HYPERV_VP_INDEX"),
-                    (kb::KVM_CAP_HYPERV_TIME, "KVM_CAP_HYPERV_TIME"),
-                    (kb::KVM_CAP_HYPERV_TLBFLUSH, "KVM_CAP_HYPERV_TLBFLUSH"),
-                    (kb::KVM_CAP_HYPERV_SEND_IPI, "KVM_CAP_HYPERV_SEND_IPI"),
-                ];
-                let missing: Vec<&str> = needs
-                    .iter()
-                    .filter(|(c, _)| kvm.check_extension_raw(libc::c_ulong::from(*c)) <= 0)
-                    .map(|(_, n)| *n)
-                    .collect();
+                let missing = kernel_caps_missing(kvm);
                 if missing.is_empty() {
                     Err("the kernel backend is not wired to partitions yet (KVM has the capabilities; hv does not enable them)".into())
                 } else {
@@ -102,6 +90,24 @@ impl Backend {
             }
         }
     }
+}
+
+/// The KVM capabilities of in-kernel Hyper-V emulation (what the kernel backend and QEMU's
+/// `hv-*` flags need) that this host's KVM lacks; empty when it has them all.
+pub fn kernel_caps_missing(kvm: &Kvm) -> Vec<&'static str> {
+    use kvm_bindings as kb;
+    let needs = [
+        (kb::KVM_CAP_HYPERV, "KVM_CAP_HYPERV"),
+        (kb::KVM_CAP_HYPERV_VP_INDEX, "KVM_CAP_HYPERV_VP_INDEX"),
+        (kb::KVM_CAP_HYPERV_TIME, "KVM_CAP_HYPERV_TIME"),
+        (kb::KVM_CAP_HYPERV_TLBFLUSH, "KVM_CAP_HYPERV_TLBFLUSH"),
+        (kb::KVM_CAP_HYPERV_SEND_IPI, "KVM_CAP_HYPERV_SEND_IPI"),
+    ];
+    needs
+        .iter()
+        .filter(|(c, _)| kvm.check_extension_raw(libc::c_ulong::from(*c)) <= 0)
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 /// One `hv-*` registry entry: its QEMU name, what it does, its [`Features`] bit and what it
