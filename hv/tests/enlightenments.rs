@@ -600,9 +600,30 @@ fn idle_no_exit_keeps_hlt_in_the_guest_where_the_host_executes_it() {
 #[test]
 fn hv_time_is_monotonic_across_vcpus_and_tracks_the_host_clock() {
     let kvm = kvm();
+    // Host-side noise (a preemption at a phase edge, other tests on the same cores) only ever
+    // adds host time, so the best of a few spans is the measurement; a clock whose rate is off
+    // by more than the tolerance fails every attempt. Monotonicity and 0 exits must hold in all.
+    const ATTEMPTS: usize = 3;
+    let mut seen = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let ppm = hv_time_span_ppm(&kvm);
+        seen.push(ppm);
+        if ppm.abs() <= HV_TIME_TOLERANCE_PPM {
+            return;
+        }
+    }
+    panic!(
+        "hv-time off the host's clock by more than {HV_TIME_TOLERANCE_PPM} ppm in every span: {seen:+.1?}"
+    );
+}
+
+/// One `clock span-ms` run with hv-time on 2 vCPUs: checks monotonicity across vCPUs and 0
+/// exits in every phase, and returns the reference clock's offset from the host's
+/// CLOCK_MONOTONIC over the span in ppm, with the phase markers' own latency taken off.
+fn hv_time_span_ppm(kvm: &kvm_ioctls::Kvm) -> f64 {
     const SPAN_MS: u64 = 1000;
     let o = boot_workload(
-        &kvm,
+        kvm,
         &format!("clock iters=1 sources=hv-page span-ms={SPAN_MS}"),
         2,
         "hv-time",
@@ -651,10 +672,7 @@ fn hv_time_is_monotonic_across_vcpus_and_tracks_the_host_clock() {
     eprintln!(
         "hv-time span: guest {guest_ns:.0} ns (ref {start}..{end}), host CLOCK_MONOTONIC {host_ns:.0} ns: {raw_ppm:+.1} ppm raw; marker latency (min of {edges:.0?}) {latency:.0} ns; {ppm:+.1} ppm without it"
     );
-    assert!(
-        ppm.abs() <= HV_TIME_TOLERANCE_PPM,
-        "{ppm:+.1} ppm off the host's clock"
-    );
+    ppm
 }
 
 /// The bound, on the rate: the markers' latency (tens of µs here, about 100 ppm of a
