@@ -315,86 +315,6 @@ pub mod kvm_pv {
     }
 }
 
-/// hv's own hypercall interface (hv's enlightenments), which needs no hypercall instruction: the
-/// guest writes [`hvcall::MSR`] (a synthetic MSR that hv filters to userspace with
-/// KVM_X86_SET_MSR_FILTER + KVM_CAP_X86_USER_SPACE_MSR), so it works on any KVM host.
-///
-/// Discovery: CPUID [`HV_CPUID_BASE`] returns the signature and, in EAX, the highest hv leaf;
-/// CPUID `HV_CPUID_BASE + 1` returns the enabled [`hvcall`] feature bits in EAX and the
-/// hypercall MSR index in EBX. A guest uses a call only when its feature bit is set.
-///
-/// Call: the guest fills a 64-byte, 64-byte-aligned [`hvcall::Block`] in its RAM and writes
-/// `hvcall::encode(code, block_gpa)` to the MSR. hv writes the call's status into
-/// `Block::status` before the guest's next instruction runs. A write hv cannot decode (bad code,
-/// misaligned or out-of-RAM block) raises #GP, as a real MSR would.
-pub mod hvcall {
-    /// The synthetic MSR ("HVL" + 0x00), outside KVM's (0x4b564dxx) and Hyper-V's (0x4000xxxx)
-    /// ranges.
-    pub const MSR: u32 = 0x4856_4c00;
-
-    /// Feature bit: [`CALL_LONG_SPIN_WAIT`] and [`CALL_SPIN_RELEASE`] (long-spin-notify).
-    pub const FEATURE_LONG_SPIN_NOTIFY: u32 = 1 << 0;
-    /// Feature bit: [`CALL_FLUSH_TLB`] (tlb-flush-hypercall).
-    pub const FEATURE_TLB_FLUSH: u32 = 1 << 1;
-    /// Feature bit: [`CALL_SEND_IPI`] (ipi-hypercall).
-    pub const FEATURE_IPI: u32 = 1 << 2;
-
-    /// Flush the TLBs of the vCPUs in `args[0]` (bit i = APIC ID i); `args[1]` bit 0 = every vCPU
-    /// but the caller. On return each target has dropped its translations, or will before it
-    /// next runs guest code. No interrupt reaches the targets.
-    pub const CALL_FLUSH_TLB: u64 = 1;
-    /// Send fixed interrupt `args[1]` (vector, 32..=254) to the vCPUs in `args[0]` (bit i =
-    /// APIC ID i) with one exit.
-    pub const CALL_SEND_IPI: u64 = 2;
-    /// The caller has spun long on the 32-bit word at GPA `args[0]`, which still holds
-    /// `args[1]`: hv deschedules the caller until the word changes, a release on it, or
-    /// `args[2]` microseconds pass (hv caps the bound at [`MAX_SPIN_WAIT_US`]).
-    pub const CALL_LONG_SPIN_WAIT: u64 = 3;
-    /// The lock word at GPA `args[0]` was released: wake vCPUs waiting on it.
-    pub const CALL_SPIN_RELEASE: u64 = 4;
-
-    /// Longest wait hv grants one [`CALL_LONG_SPIN_WAIT`].
-    pub const MAX_SPIN_WAIT_US: u64 = 10_000;
-
-    /// `Block::status` values.
-    pub const STATUS_OK: u64 = 0;
-    /// The targets did not acknowledge in time (hv's bound); the call may be retried.
-    pub const STATUS_TIMEOUT: u64 = 1;
-    /// An argument is invalid (vector, empty or out-of-range target set).
-    pub const STATUS_INVALID: u64 = 2;
-    /// The call's feature is not enabled for this partition.
-    pub const STATUS_NOT_ENABLED: u64 = 3;
-
-    /// Call codes occupy the low bits of the MSR value; the block's GPA the rest.
-    pub const CODE_MASK: u64 = 0x3f;
-    /// Size and alignment of a [`Block`].
-    pub const BLOCK_SIZE: u64 = 64;
-
-    /// Parameter block of one call, in guest RAM.
-    #[repr(C, align(64))]
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    pub struct Block {
-        pub args: [u64; 6],
-        /// Written by hv.
-        pub status: u64,
-        pub reserved: u64,
-    }
-
-    /// The MSR value for a call of `code` with its block at `gpa` (64-byte aligned).
-    pub const fn encode(code: u64, gpa: u64) -> u64 {
-        (gpa & !CODE_MASK) | (code & CODE_MASK)
-    }
-
-    /// Splits an MSR value into (code, block GPA); `None` for a code hv does not define.
-    pub const fn decode(v: u64) -> Option<(u64, u64)> {
-        let code = v & CODE_MASK;
-        if code == 0 || code > CALL_SPIN_RELEASE {
-            return None;
-        }
-        Some((code, v & !CODE_MASK))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,23 +354,5 @@ mod tests {
         let (lo, hi, min, next) = kvm_pv::send_ipi_window(&ids, 131).unwrap();
         assert_eq!((lo, hi, min, next), (1, 1 << (200 - 131 - 64), 131, None));
         assert!(kvm_pv::send_ipi_window(&ids, 201).is_none());
-    }
-
-    #[test]
-    fn hvcall_encoding_roundtrips_and_rejects_unknown_codes() {
-        use hvcall::*;
-        assert_eq!(core::mem::size_of::<Block>() as u64, BLOCK_SIZE);
-        assert_eq!(core::mem::align_of::<Block>() as u64, BLOCK_SIZE);
-        for code in [
-            CALL_FLUSH_TLB,
-            CALL_SEND_IPI,
-            CALL_LONG_SPIN_WAIT,
-            CALL_SPIN_RELEASE,
-        ] {
-            let v = encode(code, 0x12_3440);
-            assert_eq!(decode(v), Some((code, 0x12_3440)));
-        }
-        assert_eq!(decode(encode(0, 0x1000)), None);
-        assert_eq!(decode(0x1000 | 0x3f), None);
     }
 }

@@ -793,7 +793,7 @@ mod tests {
             Err(EnlightenmentError::Unknown { .. })
         ));
         // Needs /dev/kvm.
-        let Ok(kvm) = Kvm::new() else { return };
+        let kvm = crate::error::kvm_for_tests();
         match s.resolve(&kvm) {
             Err(EnlightenmentError::Unsupported { name, reason }) => {
                 assert_eq!(name, "hyperv-backend=kernel");
@@ -843,7 +843,7 @@ mod tests {
     #[test]
     fn explicit_unsupported_member_fails_but_all_drops_it() {
         // Probing needs /dev/kvm; without it there is nothing to check here.
-        let Ok(kvm) = Kvm::new() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let all = EnlightenmentSet::all();
         let (kept, dropped) = all.resolve(&kvm).unwrap();
         for (name, reason) in &dropped {

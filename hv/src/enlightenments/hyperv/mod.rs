@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(Backend::parse("kernel"), Ok(Backend::Kernel));
         assert!(Backend::parse("qemu").unwrap_err().contains("user, kernel"));
         // Needs /dev/kvm; without it there is nothing to probe.
-        let Ok(kvm) = Kvm::new() else { return };
+        let kvm = crate::error::kvm_for_tests();
         let why = Backend::Kernel.probe(&kvm).unwrap_err();
         assert!(
             why.contains("KVM_CAP_HYPERV") || why.contains("not wired"),
