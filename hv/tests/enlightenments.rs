@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kvm;
+use common::{field, kvm};
 use hv::enlightenments::{EnlightenmentSet, registry};
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
 
@@ -34,21 +34,6 @@ fn boot_config(kvm: &kvm_ioctls::Kvm, cfg: PartitionConfig) -> PartitionOutcome 
 
 fn boot(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
     boot_config(kvm, config(cmdline, vcpus, set, false))
-}
-
-/// `key=value` of the first guest line containing `rec` and `key=`.
-fn field(o: &PartitionOutcome, rec: &str, key: &str) -> Option<u64> {
-    let line = o
-        .console
-        .lines()
-        .find(|l| l.contains(rec) && l.contains(&format!(" {key}=")))?;
-    let v = line
-        .split_whitespace()
-        .find_map(|t| t.strip_prefix(&format!("{key}=")))?;
-    match v.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => v.parse().ok(),
-    }
 }
 
 fn hv_count(o: &PartitionOutcome, name: &str) -> u64 {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hv::partition::PartitionOutcome;
 use hv::run::RunRequest;
 
 /// /dev/kvm, or a failed test whose message names the fix. Every integration test file that
@@ -24,5 +25,21 @@ pub fn request(workload: &str, args: &[(&str, &str)]) -> RunRequest {
             .collect::<BTreeMap<_, _>>(),
         timeout: Duration::from_secs(30),
         ..RunRequest::default()
+    }
+}
+
+/// The number after `key=` (decimal or 0x-hex) on the first guest console line that contains
+/// `rec` and `key=`.
+pub fn field(o: &PartitionOutcome, rec: &str, key: &str) -> Option<u64> {
+    let line = o
+        .console
+        .lines()
+        .find(|l| l.contains(rec) && l.contains(&format!(" {key}=")))?;
+    let v = line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))?;
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
     }
 }
