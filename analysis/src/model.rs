@@ -191,25 +191,59 @@ fn row(key: GroupKey, variant: &str, rs: &[&RunRecord]) -> Row {
     }
 }
 
-/// The baseline among `rows` (one group): `baselines[experiment]` when that variant is there,
-/// else the variant named `none`, else the one with device `emulated` and no enlightenments,
-/// else the first variant alphabetically.
-pub fn choose_baseline<'a>(
+/// A variant label split into its name and the arguments that vary within its experiment:
+/// `"none reader=cpl3"` -> `("none", "reader=cpl3")`.
+fn split_variant(label: &str) -> (&str, &str) {
+    label.split_once(' ').unwrap_or((label, ""))
+}
+
+/// The baseline `variant` compares with, among `rows` (one group), counting only the rows that
+/// ran the same varying arguments (a CPL3 reader's row with the CPL3 baseline, not the CPL0 one):
+/// `baselines[experiment]` when that variant is there, else the variant named `none`, else the
+/// one with device `emulated` and no enlightenments, else the first variant alphabetically.
+/// Names compare without the varying arguments a label carries, so a spec's
+/// `baseline = "none"` finds `none reader=cpl0`.
+pub fn baseline_for<'a>(
     experiment: &str,
-    rows: &'a [Row],
-    baselines: &'a BTreeMap<String, String>,
+    rows: &[&'a Row],
+    baselines: &BTreeMap<String, String>,
+    variant: &str,
 ) -> Option<&'a str> {
-    let has = |v: &str| rows.iter().any(|r| r.variant == v);
-    if let Some(b) = baselines.get(experiment)
-        && has(b)
-    {
-        return Some(b.as_str());
+    let args = split_variant(variant).1;
+    let same: Vec<&Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| split_variant(&r.variant).1 == args)
+        .collect();
+    pick_baseline(experiment, &same, baselines)
+}
+
+/// The argument names a label carries: `"none reader=cpl3 qd=1"` -> `"reader, qd"`.
+fn varying_keys(label: &str) -> String {
+    split_variant(label)
+        .1
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn pick_baseline<'a>(
+    experiment: &str,
+    rows: &[&'a Row],
+    baselines: &BTreeMap<String, String>,
+) -> Option<&'a str> {
+    let named = |v: &str| {
+        rows.iter()
+            .find(|r| r.variant == v)
+            .or_else(|| rows.iter().find(|r| split_variant(&r.variant).0 == v))
+            .map(|r| r.variant.as_str())
+    };
+    if let Some(found) = baselines.get(experiment).and_then(|b| named(b)) {
+        return Some(found);
     }
-    if has("none") {
-        return rows
-            .iter()
-            .find(|r| r.variant == "none")
-            .map(|r| r.variant.as_str());
+    if let Some(found) = named("none") {
+        return Some(found);
     }
     if let Some(r) = rows
         .iter()
@@ -279,22 +313,40 @@ impl Model {
         }
         let mut baselines = BTreeMap::new();
         for (key, rows) in groups.iter_mut() {
-            let Some(base) =
-                choose_baseline(&key.experiment, rows, &baselines_by_exp).map(str::to_string)
-            else {
-                continue;
+            // Each row's baseline: the one that ran the same varying arguments.
+            let bases: Vec<Option<(String, Vec<Vec<f64>>)>> = {
+                let refs: Vec<&Row> = rows.iter().collect();
+                rows.iter()
+                    .map(|r| {
+                        let b =
+                            baseline_for(&key.experiment, &refs, &baselines_by_exp, &r.variant)?;
+                        let clusters = refs.iter().find(|x| x.variant == b)?.clusters.clone();
+                        Some((b.to_string(), clusters))
+                    })
+                    .collect()
             };
-            let base_clusters = rows
-                .iter()
-                .find(|r| r.variant == base)
-                .map(|r| r.clusters.clone())
-                .unwrap_or_default();
-            for r in rows.iter_mut() {
-                r.is_baseline = r.variant == base;
+            for (r, base) in rows.iter_mut().zip(&bases) {
+                let Some((base, base_clusters)) = base else {
+                    continue;
+                };
+                r.is_baseline = r.variant == *base;
                 let s = seed ^ fnv1a(&format!("{key:?}/{}/{base}", r.variant));
-                r.vs_baseline = bootstrap_ratio(&base_clusters, &r.clusters, resamples, s);
+                r.vs_baseline = bootstrap_ratio(base_clusters, &r.clusters, resamples, s);
             }
-            baselines.insert(key.clone(), base);
+            // The name the report shows: the baseline's name without varying arguments when
+            // rows compare with one baseline per argument set.
+            let mut names: Vec<&str> = bases.iter().flatten().map(|(b, _)| b.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let shown = match names.as_slice() {
+                [] => continue,
+                [one] => (*one).to_string(),
+                many => {
+                    let name = split_variant(many[0]).0;
+                    format!("{name} (with the same {})", varying_keys(many[0]))
+                }
+            };
+            baselines.insert(key.clone(), shown);
         }
         // Peer column: hv vs qemu for the same workload, phase, variant, vCPUs, partitions.
         let peer_key = |k: &GroupKey, v: &str| {
@@ -363,6 +415,15 @@ mod tests {
             .collect()
     }
 
+    fn choose_baseline<'a>(
+        experiment: &str,
+        rows: &'a [Row],
+        baselines: &BTreeMap<String, String>,
+    ) -> Option<&'a str> {
+        let refs: Vec<&Row> = rows.iter().collect();
+        baseline_for(experiment, &refs, baselines, "")
+    }
+
     #[test]
     fn baseline_prefers_manifest_then_none_then_emulated_then_alphabetical() {
         let none = BTreeMap::new();
@@ -388,6 +449,35 @@ mod tests {
             ("alpha", "synthetic", &["pv-ipi"]),
         ]);
         assert_eq!(choose_baseline("exp", &rows, &none), Some("alpha"));
+    }
+
+    #[test]
+    fn variants_with_varying_arguments_compare_with_the_baseline_that_ran_them() {
+        // A spec's baseline names the variant ("none"); labels carry the arguments that vary
+        // within the experiment ("none reader=cpl0"). Each row compares with the baseline that
+        // ran the same arguments.
+        let mut m = BTreeMap::new();
+        m.insert("exp".to_string(), "none".to_string());
+        let rows = rows_of(&[
+            ("hv-tlbflush reader=cpl0", "none", &["hv-tlbflush"]),
+            ("hv-tlbflush reader=cpl3", "none", &["hv-tlbflush"]),
+            ("none reader=cpl0", "none", &[]),
+            ("none reader=cpl3", "none", &[]),
+        ]);
+        let refs: Vec<&Row> = rows.iter().collect();
+        assert_eq!(
+            baseline_for("exp", &refs, &m, "hv-tlbflush reader=cpl3"),
+            Some("none reader=cpl3")
+        );
+        assert_eq!(
+            baseline_for("exp", &refs, &m, "none reader=cpl0"),
+            Some("none reader=cpl0")
+        );
+        // Without a manifest baseline the rules apply to the names, per argument set.
+        assert_eq!(
+            baseline_for("exp", &refs, &BTreeMap::new(), "hv-tlbflush reader=cpl0"),
+            Some("none reader=cpl0")
+        );
     }
 
     #[test]
