@@ -401,6 +401,38 @@ mod tests {
 
     /// The state lock within 5 s, or a failed test (a worker that never lets go of it). Counts
     /// itself in `waiting`, as a vCPU's register access does.
+    /// A worker over `state` without doorbells, and the handles a test drives it with.
+    struct Harness {
+        worker: Worker,
+        wake: EventFd,
+        stop: EventFd,
+        stopping: Arc<AtomicBool>,
+        waiting: Arc<AtomicU32>,
+    }
+
+    fn harness(state: &Arc<Mutex<DeviceState>>, polling: bool) -> Harness {
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let waiting = Arc::new(AtomicU32::new(0));
+        let worker = Worker {
+            state: state.clone(),
+            waiting: waiting.clone(),
+            doorbells: Vec::new(),
+            wake: wake.try_clone().unwrap(),
+            stop: stop.try_clone().unwrap(),
+            stopping: stopping.clone(),
+            polling,
+        };
+        Harness {
+            worker,
+            wake,
+            stop,
+            stopping,
+            waiting,
+        }
+    }
+
     fn within<'a>(
         state: &'a Mutex<DeviceState>,
         waiting: &AtomicU32,
@@ -452,19 +484,13 @@ mod tests {
         mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
         assert!(s.live());
         let state = Arc::new(Mutex::new(s));
-        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let waiting = Arc::new(AtomicU32::new(0));
-        let worker = Worker {
-            state: state.clone(),
-            waiting: waiting.clone(),
-            doorbells: Vec::new(),
-            wake: wake.try_clone().unwrap(),
-            stop: stop.try_clone().unwrap(),
-            stopping: stopping.clone(),
-            polling: false,
-        };
+        let Harness {
+            worker,
+            wake,
+            stop,
+            stopping,
+            waiting,
+        } = harness(&state, false);
         let mut mmio = VirtioMmio {
             state: state.clone(),
             wake: wake.try_clone().unwrap(),
@@ -539,19 +565,13 @@ mod tests {
         assert!(s.live());
         let mem = s.mem.clone();
         let state = Arc::new(Mutex::new(s));
-        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let waiting = Arc::new(AtomicU32::new(0));
-        let worker = Worker {
-            state: state.clone(),
-            waiting: waiting.clone(),
-            doorbells: Vec::new(),
-            wake: wake.try_clone().unwrap(),
-            stop: stop.try_clone().unwrap(),
-            stopping: stopping.clone(),
-            polling: true,
-        };
+        let Harness {
+            worker,
+            wake,
+            stop,
+            stopping,
+            waiting,
+        } = harness(&state, true);
         let t = std::thread::spawn(move || worker.run());
         // A wake with an empty ring (as QUEUE_READY or DRIVER_OK causes).
         wake.write(1).unwrap();
