@@ -1,6 +1,6 @@
 //! Guest helpers shared by the workloads (guest build only).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvlab_guest_rt::{Fail, cpu};
 
@@ -18,6 +18,20 @@ pub fn wait_count(counter: &AtomicU32, target: u32, what: &'static str) -> Resul
         cpu::pause();
     }
     Ok(())
+}
+
+/// An AP's side of an IPI test: halts until an interrupt, again and again, until `quit` is set.
+/// The check runs with interrupts off and `sti; hlt` re-enables them atomically, so no IPI is
+/// lost in between; each halt is counted in `halts`.
+pub fn halt_until(quit: &AtomicBool, halts: &AtomicU64) {
+    loop {
+        cpu::cli();
+        if quit.load(Ordering::Acquire) {
+            break;
+        }
+        halts.fetch_add(1, Ordering::Relaxed);
+        cpu::sti_hlt();
+    }
 }
 
 /// A mode the command line asked for needs an enlightenment that is not exposed: records

@@ -33,14 +33,14 @@ pub use guest::run;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
     use hvlab_guest_rt::cpu::{self, rdmsr, wrmsr};
     use hvlab_guest_rt::pv::hyperv::{self as hyp, HYPERCALL_PAGE};
     use hvlab_guest_rt::{Ctx, Fail, apic, idt, phase, println, smp};
     use hvlab_protocol::hyperv as tlfs;
 
-    use crate::common::wait_count;
+    use crate::common::{halt_until, wait_count};
 
     const IPI_VECTOR: u8 = 0xe4;
     const MAX: usize = 8;
@@ -48,6 +48,7 @@ mod guest {
     static TOTAL: AtomicU32 = AtomicU32::new(0);
     static READY: AtomicU32 = AtomicU32::new(0);
     static QUIT: AtomicBool = AtomicBool::new(false);
+    static HALTS: AtomicU64 = AtomicU64::new(0);
 
     fn on_ipi(_: u8) {
         if let Some(c) = RECEIVED.get(apic::id() as usize) {
@@ -59,13 +60,7 @@ mod guest {
     /// AP side: halt until an IPI, until told to quit (checked with interrupts off).
     fn ap_job(_cpu: u32, _: usize) {
         READY.fetch_add(1, Ordering::AcqRel);
-        loop {
-            cpu::cli();
-            if QUIT.load(Ordering::Acquire) {
-                break;
-            }
-            cpu::sti_hlt();
-        }
+        halt_until(&QUIT, &HALTS);
     }
 
     #[repr(C, align(4096))]

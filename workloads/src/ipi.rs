@@ -59,7 +59,7 @@ mod guest {
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, smp};
     use hvlab_protocol::kvm_pv;
 
-    use crate::common::{not_exposed, wait_count};
+    use crate::common::{halt_until, not_exposed, wait_count};
 
     const IPI_VECTOR: u8 = 0xe3;
 
@@ -91,14 +91,7 @@ mod guest {
     /// interrupts off and `sti; hlt` re-enables them atomically, so no IPI is lost in between.
     fn ap_job(_cpu: u32, _: usize) {
         READY.fetch_add(1, Ordering::AcqRel);
-        loop {
-            cpu::cli();
-            if QUIT.load(Ordering::Acquire) {
-                break;
-            }
-            HALTS.fetch_add(1, Ordering::Relaxed);
-            cpu::sti_hlt();
-        }
+        halt_until(&QUIT, &HALTS);
     }
 
     fn wait_received(target: u32) -> Result<(), Fail> {
