@@ -73,6 +73,10 @@ fn probe_guest_checks_leaves_msrs_status_codes_and_tsc_page() {
     assert_eq!(rec, tlfs::REC_REMOTE_TLB_FLUSH);
     assert_eq!(field(&o, "hyperv=1", "spin_retries"), Some(0xffff_ffff));
     assert_eq!(field(&o, "hyperv=1", "max_vps"), Some(1));
+    // The runtime's boot-time setup (pv::hyperv::init) set GUEST_OS_ID and enabled the
+    // hypercall page and, with hv-time, the TSC page.
+    assert_eq!(field(&o, "rec=info", "boot_hypercall_page"), Some(1));
+    assert_eq!(field(&o, "rec=info", "boot_tsc_page"), Some(1));
     // KVM's leaves moved to 0x40000100 and the runtime still found kvm-clock there.
     let kvm_bits = field(&o, "rec=info", "kvm_features").unwrap() as u32;
     assert_ne!(kvm_bits, 0, "{}", o.console);
@@ -156,4 +160,35 @@ fn ipis_and_flushes_reach_exactly_the_named_vcpus() {
     assert_eq!(enl(p, "flush_targets"), 20);
     assert_eq!(enl(p, "kicks"), 20);
     assert_eq!(enl(p, "hyperv_hypercall_errors"), 0);
+}
+
+#[test]
+fn a_hypercall_from_cpl3_faults_in_the_guest_and_never_reaches_hv() {
+    let kvm = kvm();
+    let o = boot(
+        &kvm,
+        "hyperv-probe fault=cpl3-hypercall",
+        1,
+        "hv-vpindex,hv-tlbflush",
+    );
+    // The page's transport is `wrmsr`, which is privileged: at CPL3 the CPU raises #GP before
+    // any exit (on every x86 host; KVM and the TLFS never see the call). The runtime reports
+    // the fault at the page's wrmsr (offset 11) and ends the run with status 3.
+    assert_eq!(
+        o.status,
+        hv::RunStatus::GuestExit(hvlab_protocol::status::EXCEPTION),
+        "{}",
+        o.console
+    );
+    assert!(o.console.contains("expect_fault=cpl3"), "{}", o.console);
+    assert!(!o.console.contains("cpl3_status="), "{}", o.console);
+    assert_eq!(field(&o, "rec=fault", "vector"), Some(13), "{}", o.console);
+    let page = field(&o, "expect_fault=cpl3", "hypercall_page").unwrap();
+    assert_eq!(
+        field(&o, "rec=fault", "rip"),
+        Some(page + 11),
+        "{}",
+        o.console
+    );
+    assert_eq!(enl(&o.totals, "hyperv_hypercalls"), 0, "{:?}", o.totals);
 }

@@ -5,6 +5,14 @@
 //! Ex form naming only the last AP: only it receives) and flushes of other vCPUs (mask and Ex
 //! forms). `fault=hypercall-reserved` instead writes a reserved bit of MSR_HYPERCALL, which
 //! must #GP (the runtime reports the fault and ends the run with status 3).
+//! `fault=cpl3-hypercall` calls the hypercall page from ring 3: the page's `wrmsr` is
+//! privileged, so the CPU raises #GP at CPL3 before any exit (the host never sees the call; the
+//! runtime reports the fault with its RIP, status 3). Were a CPL3 call ever to reach hv, hv
+//! would answer HV_STATUS_ACCESS_DENIED, which the guest would print (`cpl3_status=`).
+//!
+//! First it checks that the runtime's boot-time setup (`pv::hyperv::init`) enabled the
+//! hypercall page (and the TSC page with hv-time), then resets GUEST_OS_ID and the page to
+//! check the MSR rules from the start.
 
 use crate::{Param, WorkloadInfo};
 
@@ -20,7 +28,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "fault",
             default: "none",
-            help: "none, or hypercall-reserved (write a reserved MSR bit: expect #GP)",
+            help: "none, hypercall-reserved (write a reserved MSR bit: expect #GP), cpl3-hypercall (call the page from ring 3: expect #GP at its wrmsr)",
         },
     ],
     min_vcpus: 1,
@@ -35,9 +43,9 @@ pub use guest::run;
 mod guest {
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-    use hvlab_guest_rt::cpu::{self, rdmsr, wrmsr};
+    use hvlab_guest_rt::cpu::{rdmsr, wrmsr};
     use hvlab_guest_rt::pv::hyperv::{self as hyp, HYPERCALL_PAGE};
-    use hvlab_guest_rt::{Ctx, Fail, apic, idt, phase, println, smp};
+    use hvlab_guest_rt::{Ctx, Fail, apic, idt, phase, println, smp, user};
     use hvlab_protocol::hyperv as tlfs;
 
     use crate::common::{halt_until, wait_count};
@@ -168,6 +176,42 @@ mod guest {
     struct Input([u64; 8]);
     static mut FLUSH_INPUT: Input = Input([0; 8]);
 
+    /// RAX of the CPL3 call, and whether it returned at all.
+    static CPL3_RAX: AtomicU64 = AtomicU64::new(0);
+    static CPL3_DONE: AtomicBool = AtomicBool::new(false);
+
+    /// At CPL3: a flush of the caller through the page, then park until the timer's kick.
+    extern "C" fn cpl3_call(gpa: u64) -> ! {
+        let space = tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0);
+        CPL3_RAX.store(hyp::hypercall(space, gpa, 0), Ordering::Release);
+        CPL3_DONE.store(true, Ordering::Release);
+        user::park()
+    }
+
+    /// Calls the hypercall page from ring 3 (see the module notes).
+    fn cpl3_hypercall(gpa: u64) -> Result<(), Fail> {
+        user::init_this_cpu(0);
+        println!(
+            "HVLAB rec=info expect_fault=cpl3 hypercall_page={:#x}",
+            HYPERCALL_PAGE.gpa()
+        );
+        // The APIC timer brings the BSP back to CPL0 if the call ever returns.
+        for _ in 0..100 {
+            apic::timer_periodic(user::KICK_VECTOR, 50_000);
+            user::enter(0, cpl3_call, gpa);
+            apic::timer_stop();
+            if CPL3_DONE.load(Ordering::Acquire) {
+                let st = tlfs::status(CPL3_RAX.load(Ordering::Acquire));
+                println!("HVLAB rec=info cpl3_status={st:#x}");
+                return check(
+                    st == tlfs::STATUS_ACCESS_DENIED,
+                    "a CPL3 hypercall was not denied",
+                );
+            }
+        }
+        Err(Fail::Check("the CPL3 call neither faulted nor returned"))
+    }
+
     fn check(ok: bool, what: &'static str) -> Result<(), Fail> {
         if ok { Ok(()) } else { Err(Fail::Check(what)) }
     }
@@ -194,8 +238,35 @@ mod guest {
             "hypercall MSRs not offered",
         )?;
 
+        // The runtime's boot-time setup enabled the page (and the TSC page with hv-time).
+        let booted = hyp::hypercalls_enabled();
+        let boot_id = rdmsr(tlfs::MSR_GUEST_OS_ID);
+        let tsc_page_on = info.privileges & tlfs::PRIV_REFERENCE_TSC != 0
+            && rdmsr(tlfs::MSR_REFERENCE_TSC) & tlfs::MSR_ENABLE != 0;
+        println!(
+            "HVLAB rec=info boot_hypercall_page={} boot_guest_os_id={boot_id:#x} boot_tsc_page={}",
+            u8::from(booted),
+            u8::from(tsc_page_on)
+        );
+        check(
+            booted && boot_id == hyp::GUEST_OS_ID,
+            "the runtime did not enable the hypercall page at boot",
+        )?;
+        if fault == "cpl3-hypercall" {
+            // SAFETY: only this CPU touches the input page.
+            unsafe {
+                (*(&raw mut FLUSH_INPUT)).0 = [0, 0, 1, 0, 0, 0, 0, 0];
+            }
+            return cpl3_hypercall((&raw const FLUSH_INPUT) as u64);
+        }
+        // Start over: clearing GUEST_OS_ID disables the page.
+        wrmsr(tlfs::MSR_GUEST_OS_ID, 0);
+        check(
+            !hyp::hypercalls_enabled(),
+            "GUEST_OS_ID 0 disables the page",
+        )?;
         // MSRs before GUEST_OS_ID: the page cannot be enabled.
-        check(rdmsr(tlfs::MSR_GUEST_OS_ID) == 0, "GUEST_OS_ID starts at 0")?;
+        check(rdmsr(tlfs::MSR_GUEST_OS_ID) == 0, "GUEST_OS_ID reads 0")?;
         wrmsr(tlfs::MSR_HYPERCALL, HYPERCALL_PAGE.gpa() | tlfs::MSR_ENABLE);
         check(
             !hyp::hypercalls_enabled(),
@@ -312,6 +383,9 @@ mod guest {
                 "HVLAB rec=info tsc_page_first={first} tsc_page_last={last} time_ref_count={msr} tsc_page_after={after}"
             );
             check(backwards == 0, "TSC page time went backwards")?;
+            // The runtime's one clock API reads the page too (no exit needed to agree).
+            let api = hyp::reference_time().ok_or(Fail::Check("reference_time absent"))?;
+            check(api >= after, "reference_time went back")?;
             // The MSR read lies between two page reads (up to the host's estimate of the
             // guest TSC origin: 1 ms of slack).
             check(

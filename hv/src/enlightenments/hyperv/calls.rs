@@ -595,6 +595,232 @@ mod tests {
         );
     }
 
+    /// Every call that reads guest memory, with hostile GPAs: each gets its TLFS status and no
+    /// action, whatever the call.
+    #[test]
+    fn every_memory_call_rejects_hostile_gpas() {
+        // Valid contents for every call at IN: flushes read [space, flags 0, format sparse,
+        // banks 0b1, bank 0 = VP 0, GVA]; IPIs read [vector 0x40, mask 0] or [vector 0x40,
+        // format sparse, no banks].
+        let mem = mem_with(&[0x40, 0, tlfs::VPSET_SPARSE_4K, 1, 1, 0x1000]);
+        let calls = [
+            ("space", tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0)),
+            ("list", tlfs::input(tlfs::CALL_FLUSH_LIST, false, 0, 1, 0)),
+            (
+                "space-ex",
+                tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 1, 0, 0),
+            ),
+            (
+                "list-ex",
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 1, 0),
+            ),
+            ("ipi", tlfs::input(tlfs::CALL_SEND_IPI, false, 0, 0, 0)),
+            (
+                "ipi-ex",
+                tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 0, 0, 0),
+            ),
+            (
+                "spin",
+                tlfs::input(tlfs::CALL_NOTIFY_LONG_SPIN_WAIT, false, 0, 0, 0),
+            ),
+        ];
+        let gpas = [
+            ("misaligned", IN + 1, tlfs::STATUS_INVALID_ALIGNMENT),
+            ("misaligned by 4", IN + 4, tlfs::STATUS_INVALID_ALIGNMENT),
+            (
+                "page crossing",
+                IN + 4096 - 8,
+                tlfs::STATUS_INVALID_ALIGNMENT,
+            ),
+            (
+                "past the end of RAM",
+                MEM,
+                tlfs::STATUS_INVALID_HYPERCALL_INPUT,
+            ),
+            (
+                "in the MMIO window",
+                0xc000_0000,
+                tlfs::STATUS_INVALID_HYPERCALL_INPUT,
+            ),
+            (
+                "beyond the physical address width",
+                1 << 52,
+                tlfs::STATUS_INVALID_HYPERCALL_INPUT,
+            ),
+            ("wrapping", u64::MAX - 7, tlfs::STATUS_INVALID_ALIGNMENT),
+        ];
+        for (call, input) in calls {
+            // Sanity: the same call at IN succeeds, so the failures below are the GPA's.
+            let ok = call_at(input, IN, &mem);
+            assert_eq!(ok.status, tlfs::STATUS_SUCCESS, "{call} at IN");
+            for (what, gpa, want) in gpas {
+                // The spin notification reads one word: only crossing at the very end counts.
+                if call == "spin" && what == "page crossing" {
+                    continue;
+                }
+                // One word from the last aligned GPA does not wrap: it is just not RAM.
+                let want = if call == "spin" && what == "wrapping" {
+                    tlfs::STATUS_INVALID_HYPERCALL_INPUT
+                } else {
+                    want
+                };
+                let o = call_at(input, gpa, &mem);
+                assert_eq!(o.status, want, "{call} {what}");
+                assert_eq!(o.action, None, "{call} {what}");
+                assert_eq!(o.reps, 0, "{call} {what}");
+            }
+        }
+    }
+
+    fn call_at(input: u64, gpa: u64, mem: &GuestMemoryMmap) -> Outcome {
+        call(input, gpa, 0, mem)
+    }
+
+    /// Header sizes, rep fields and fast bits out of range, per call.
+    #[test]
+    fn every_call_rejects_bad_sizes_reps_and_forms() {
+        let mem = mem_with(&[0x40, 0, tlfs::VPSET_SPARSE_4K, 1, 1, 0x1000]);
+        let bad_input = tlfs::STATUS_INVALID_HYPERCALL_INPUT;
+        let cases: &[(&str, u64, u16)] = &[
+            (
+                "list-ex with 0 reps",
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 0, 0),
+                bad_input,
+            ),
+            (
+                "list-ex rep start = count",
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 3, 3),
+                bad_input,
+            ),
+            (
+                "list-ex reps past a page",
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 0x1ff, 0),
+                bad_input,
+            ),
+            (
+                "space-ex header past a page",
+                tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 0x3ff, 0, 0),
+                bad_input,
+            ),
+            (
+                "ipi-ex header past a page",
+                tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 0x3ff, 0, 0),
+                bad_input,
+            ),
+            (
+                "ipi-ex header disagrees with the bank mask",
+                tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 2, 0, 0),
+                bad_input,
+            ),
+            (
+                "ipi with reps",
+                tlfs::input(tlfs::CALL_SEND_IPI, false, 0, 1, 0),
+                bad_input,
+            ),
+            (
+                "ipi with a header",
+                tlfs::input(tlfs::CALL_SEND_IPI, false, 1, 0, 0),
+                bad_input,
+            ),
+            (
+                "spin with reps",
+                tlfs::input(tlfs::CALL_NOTIFY_LONG_SPIN_WAIT, false, 0, 2, 1),
+                bad_input,
+            ),
+            (
+                "spin with a header",
+                tlfs::input(tlfs::CALL_NOTIFY_LONG_SPIN_WAIT, false, 1, 0, 0),
+                bad_input,
+            ),
+            (
+                "fast list",
+                tlfs::input(tlfs::CALL_FLUSH_LIST, true, 0, 1, 0),
+                bad_input,
+            ),
+            (
+                "fast list-ex",
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, true, 1, 1, 0),
+                bad_input,
+            ),
+            (
+                "fast space-ex",
+                tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, true, 1, 0, 0),
+                bad_input,
+            ),
+            (
+                "list reps past a page",
+                tlfs::input(tlfs::CALL_FLUSH_LIST, false, 0, 0x1fe, 0),
+                bad_input,
+            ),
+            (
+                "an extended call code",
+                tlfs::input(0x8001, false, 0, 0, 0),
+                tlfs::STATUS_INVALID_HYPERCALL_CODE,
+            ),
+            (
+                "call code 0",
+                tlfs::input(0, false, 0, 0, 0),
+                tlfs::STATUS_INVALID_HYPERCALL_CODE,
+            ),
+            (
+                "a TLFS call hv does not offer (HvCallPostMessage)",
+                tlfs::input(0x005c, false, 0, 0, 0),
+                tlfs::STATUS_INVALID_HYPERCALL_CODE,
+            ),
+        ];
+        for &(what, input, want) in cases {
+            let o = call(input, IN, 0, &mem);
+            assert_eq!(o.status, want, "{what}");
+            assert_eq!(o.action, None, "{what}");
+        }
+        // A rep call resumed at a start index completes all its reps.
+        let o = call(
+            tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 3, 2),
+            IN,
+            0,
+            &mem,
+        );
+        assert_eq!(o, Outcome::ok(3, Action::Flush(1)));
+        // Bad IPI vectors in the Ex form's memory input, and a reserved half.
+        for v in [0u64, 0xf, 0x100, 0x40 | 1 << 32] {
+            let mem = mem_with(&[v, tlfs::VPSET_SPARSE_4K, 1, 1]);
+            let o = call(
+                tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 1, 0, 0),
+                IN,
+                0,
+                &mem,
+            );
+            assert_eq!(o.status, tlfs::STATUS_INVALID_PARAMETER, "{v:#x}");
+        }
+        // Unknown VP set format in the IPI Ex form.
+        let mem = mem_with(&[0x40, 2, 0, 0]);
+        let o = call(
+            tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 0, 0, 0),
+            IN,
+            0,
+            &mem,
+        );
+        assert_eq!(o.status, tlfs::STATUS_INVALID_PARAMETER);
+        // Every call at CPL 1, 2 and 3 is denied before anything else is looked at (even an
+        // unknown code or reserved bits).
+        for cpl in 1..=3 {
+            for input in [
+                tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0),
+                tlfs::input(tlfs::CALL_SEND_IPI, true, 0, 0, 0),
+                tlfs::input(0x1234, false, 0, 0, 0) | 1 << 63,
+            ] {
+                let regs = Regs {
+                    input,
+                    rdx: IN,
+                    r8: 0,
+                };
+                let o = decode(all(), 4, cpl, regs, &mem);
+                assert_eq!(o.status, tlfs::STATUS_ACCESS_DENIED, "cpl {cpl}");
+                assert_eq!(o.action, None);
+            }
+        }
+    }
+
     #[test]
     fn calls_of_enlightenments_that_are_off_are_unknown_codes() {
         let mem = mem_with(&[0, 0, 1, 0]);
