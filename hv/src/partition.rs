@@ -319,6 +319,9 @@ impl Partition {
             }
             fd.set_cpuid2(&cpuid)
                 .map_err(HvError::kvm("KVM_SET_CPUID2"))?;
+            if let Some(set) = &enl_set {
+                set.setup_vcpu(kvm, &fd, i).map_err(HvError::Setup)?;
+            }
             if i == 0 {
                 let mut sregs = fd.get_sregs().map_err(HvError::kvm("KVM_GET_SREGS"))?;
                 let regs = boot::pvh_entry_state(&mut sregs, entry.pvh_entry);

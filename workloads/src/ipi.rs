@@ -6,7 +6,9 @@
 //! or x2APIC MSRs, whichever the runtime chose at boot: `--enlighten` without `x2apic` means
 //! xAPIC), `pv-ipi` (KVM_HC_SEND_IPI: one hypercall for a set of APIC IDs), `hv-ipi`
 //! (Hyper-V HvCallSendSyntheticClusterIpi, fast form, through the hypercall page: one exit to
-//! hv, which sends one KVM_SIGNAL_MSI per target). `auto` picks hv-ipi, then pv-ipi, then
+//! hv, which sends one KVM_SIGNAL_MSI per target), `hv-ipi-ex` (HvCallSendSyntheticClusterIpiEx:
+//! the targets as a sparse VP set in an input page, one exit all the same). `auto` picks
+//! hv-ipi, then pv-ipi, then
 //! apic. A multicast through the APIC is one ICR write with the all-but-self shorthand
 //! (`multicast=shorthand`) or one ICR write per target (`loop`).
 //!
@@ -18,7 +20,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "ipi",
-    summary: "unicast and multicast IPIs to halted vCPUs: xAPIC MMIO, x2APIC MSR, pv-ipi, hv-ipi",
+    summary: "unicast and multicast IPIs to halted vCPUs: xAPIC MMIO, x2APIC MSR, pv-ipi, hv-ipi (mask and Ex)",
     params: &[
         Param {
             key: "iters",
@@ -28,7 +30,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, apic, pv-ipi, hv-ipi",
+            help: "auto, apic, pv-ipi, hv-ipi, hv-ipi-ex",
         },
         Param {
             key: "multicast",
@@ -74,13 +76,31 @@ mod guest {
         X2apic,
         PvIpi,
         HvIpi,
+        HvIpiEx,
     }
+
+    #[repr(C, align(4096))]
+    struct ExInput([u64; 4]);
+    static mut EX_INPUT: ExInput = ExInput([0; 4]);
 
     /// Hyper-V cluster IPI (fast form) of `IPI_VECTOR` to the VPs in `mask`; true on success.
     fn hv_send(mask: u64) -> bool {
         use hvlab_protocol::hyperv as tlfs;
         let input = tlfs::input(tlfs::CALL_SEND_IPI, true, 0, 0, 0);
         tlfs::status(hyperv::hypercall_fast(input, u64::from(IPI_VECTOR), mask)) == 0
+    }
+
+    /// Hyper-V cluster IPI, Ex form (memory input: vector, sparse VP set with bank 0 = `mask`);
+    /// true on success. Only the BSP sends.
+    fn hv_send_ex(mask: u64) -> bool {
+        use hvlab_protocol::hyperv as tlfs;
+        let input = &raw mut EX_INPUT;
+        // SAFETY: only the BSP touches the input page, between calls.
+        unsafe {
+            (*input).0 = [u64::from(IPI_VECTOR), tlfs::VPSET_SPARSE_4K, 1, mask];
+        }
+        let call = tlfs::input(tlfs::CALL_SEND_IPI_EX, false, 1, 0, 0);
+        tlfs::status(hyperv::hypercall(call, input as u64, 0)) == 0
     }
 
     fn on_ipi(_: u8) {
@@ -124,6 +144,11 @@ mod guest {
                         self.failed += 1;
                     }
                 }
+                Mode::HvIpiEx => {
+                    if !hv_send_ex(1 << (id % 64)) {
+                        self.failed += 1;
+                    }
+                }
             }
             self.sends += 1;
         }
@@ -147,8 +172,13 @@ mod guest {
                         self.failed += 1;
                     }
                 },
-                Mode::HvIpi => {
-                    if !hv_send(self.mask) {
+                Mode::HvIpi | Mode::HvIpiEx => {
+                    let ok = if self.mode == Mode::HvIpi {
+                        hv_send(self.mask)
+                    } else {
+                        hv_send_ex(self.mask)
+                    };
+                    if !ok {
                         self.failed += 1;
                     }
                     self.sends += 1;
@@ -212,8 +242,9 @@ mod guest {
         if n < 2 {
             return Err(Fail::Unsupported("ipi needs cpus>=2"));
         }
-        let has_hv = hyperv::detect()
-            .is_some_and(|i| i.recommendations & hvlab_protocol::hyperv::REC_CLUSTER_IPI != 0);
+        let rec = hyperv::detect().map_or(0, |i| i.recommendations);
+        let has_hv = rec & hvlab_protocol::hyperv::REC_CLUSTER_IPI != 0;
+        let has_hv_ex = has_hv && rec & hvlab_protocol::hyperv::REC_EX_PROCESSOR_MASKS != 0;
         let has_pv = pv::kvm_has(kvm_pv::FEATURE_PV_SEND_IPI);
         let apic_mode = match apic::mode() {
             apic::Mode::X2apic => Mode::X2apic,
@@ -224,10 +255,14 @@ mod guest {
                 hyperv::enable_hypercalls();
                 Mode::HvIpi
             }
+            "hv-ipi-ex" if has_hv_ex => {
+                hyperv::enable_hypercalls();
+                Mode::HvIpiEx
+            }
             "auto" if has_pv => Mode::PvIpi,
             "auto" | "apic" => apic_mode,
             "pv-ipi" if has_pv => Mode::PvIpi,
-            "hv-ipi" => return Err(not_exposed!("ipi-hv-ipi", "hv-ipi")),
+            "hv-ipi" | "hv-ipi-ex" => return Err(not_exposed!("ipi-hv-ipi", "hv-ipi")),
             "pv-ipi" => return Err(not_exposed!("ipi-pv-ipi", "pv-ipi")),
             _ => return Err(Fail::BadArg("mode")),
         };

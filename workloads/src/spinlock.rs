@@ -5,13 +5,16 @@
 //! `spins` tries the waiter halts; the releaser wakes waiters with KVM_HC_KICK_CPU),
 //! `hv-spinlocks` (after `spins` tries the waiter makes a Hyper-V HvCallNotifyLongSpinWait
 //! through the hypercall page; hv yields its host thread, as the TLFS describes, and does not
-//! park it until a release). `auto`: hv-spinlocks, then pv-unhalt, then pause.
+//! park it until a release), `pv-sched-yield` (after `spins` tries the waiter makes
+//! KVM_HC_SCHED_YIELD naming the lock holder's vCPU, as Linux's `kvm_smp_send_call_func_ipi`
+//! does for preempted targets; needs the pv-sched-yield enlightenment, so it is skipped where
+//! KVM hypercalls do not run). `auto`: hv-spinlocks, then pv-unhalt, then pause.
 
 use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "spinlock",
-    summary: "contended lock on every CPU: spin, pause, pv-unhalt, hv-spinlocks",
+    summary: "contended lock on every CPU: spin, pause, pv-unhalt, pv-sched-yield, hv-spinlocks",
     params: &[
         Param {
             key: "iters",
@@ -21,7 +24,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, spin, pause, pv-unhalt, hv-spinlocks",
+            help: "auto, spin, pause, pv-unhalt, pv-sched-yield, hv-spinlocks",
         },
         Param {
             key: "spins",
@@ -61,6 +64,7 @@ mod guest {
         Pause,
         PvUnhalt,
         HvSpin,
+        PvYield,
     }
 
     static LOCK: AtomicU32 = AtomicU32::new(0);
@@ -72,6 +76,8 @@ mod guest {
     static HOLD: AtomicU64 = AtomicU64::new(0);
     /// Halted waiters (pv-unhalt), by CPU index bit.
     static HALTED: AtomicU64 = AtomicU64::new(0);
+    /// CPU index of the lock holder (pv-sched-yield names it).
+    static OWNER: AtomicU32 = AtomicU32::new(0);
 
     fn on_kick(_: u8) {}
 
@@ -80,13 +86,23 @@ mod guest {
         let mut tries = 0u64;
         loop {
             if LOCK.load(Ordering::Relaxed) == 0 && LOCK.swap(1, Ordering::Acquire) == 0 {
+                OWNER.store(me, Ordering::Relaxed);
                 return;
             }
             tries += 1;
             match mode {
                 Mode::Spin => {}
                 Mode::Pause => cpu::pause(),
-                Mode::PvUnhalt | Mode::HvSpin if tries < spins => cpu::pause(),
+                Mode::PvUnhalt | Mode::HvSpin | Mode::PvYield if tries < spins => cpu::pause(),
+                Mode::PvYield => {
+                    SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
+                    let owner = OWNER.load(Ordering::Relaxed);
+                    if owner != me {
+                        WAKE_CALLS.fetch_add(1, Ordering::Relaxed);
+                        hypercall::sched_yield(smp::apic_id(owner));
+                    }
+                    tries = 0;
+                }
                 Mode::HvSpin => {
                     use hvlab_protocol::hyperv as tlfs;
                     SLOW_WAITS.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +145,8 @@ mod guest {
             0 => Mode::Spin,
             1 => Mode::Pause,
             2 => Mode::PvUnhalt,
-            _ => Mode::HvSpin,
+            3 => Mode::HvSpin,
+            _ => Mode::PvYield,
         };
         cpu::sti();
         let hold = HOLD.load(Ordering::Relaxed);
@@ -153,6 +170,7 @@ mod guest {
         let hv_spin =
             hyperv::detect().is_some_and(|i| i.spin_retries != hvlab_protocol::hyperv::SPIN_NEVER);
         let unhalt = pv::kvm_has(kvm_pv::FEATURE_PV_UNHALT);
+        let yield_ = pv::kvm_has(kvm_pv::FEATURE_PV_SCHED_YIELD);
         let mode = match ctx.args.str_or("mode", "auto") {
             "auto" | "hv-spinlocks" if hv_spin => {
                 hyperv::enable_hypercalls();
@@ -163,6 +181,8 @@ mod guest {
             "spin" => Mode::Spin,
             "pv-unhalt" if unhalt => Mode::PvUnhalt,
             "pv-unhalt" => return Err(not_exposed!("acquire", "pv-unhalt")),
+            "pv-sched-yield" if yield_ => Mode::PvYield,
+            "pv-sched-yield" => return Err(not_exposed!("acquire", "pv-sched-yield")),
             "hv-spinlocks" => return Err(not_exposed!("acquire", "hv-spinlocks")),
             _ => return Err(Fail::BadArg("mode")),
         };

@@ -9,7 +9,8 @@
 //! observable on this host; it never fails), and the Hyper-V (TLFS) flushes through the
 //! hypercall page, one exit and no interrupt to the targets: `hv-space`
 //! (HvCallFlushVirtualAddressSpace, processor mask), `hv-list` (HvCallFlushVirtualAddressList,
-//! one GVA), `hv-ex` (HvCallFlushVirtualAddressSpaceEx, sparse VP set). `auto` picks the best
+//! one GVA), `hv-ex` (HvCallFlushVirtualAddressSpaceEx, sparse VP set), `hv-list-ex`
+//! (HvCallFlushVirtualAddressListEx: sparse VP set, one GVA). `auto` picks the best
 //! exposed one: hv-ex (hv-tlbflush-ext), hv-space (hv-tlbflush), pv-tlb-flush, then ipi.
 //!
 //! Readers (`reader=`): `cpl0` (the APs' kernel code) or `cpl3`. On nested hosts (kvm_pvm) CPL0
@@ -26,7 +27,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "tlb-shootdown",
-    summary: "remap a page other vCPUs use, then shoot down their TLBs: ipi, pv-tlb-flush, hv-tlbflush (space, list, ex), none",
+    summary: "remap a page other vCPUs use, then shoot down their TLBs: ipi, pv-tlb-flush, hv-tlbflush (space, list, ex, list-ex), none",
     params: &[
         Param {
             key: "iters",
@@ -36,7 +37,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mode",
             default: "auto",
-            help: "auto, ipi, pv-tlb-flush, hv-space, hv-list, hv-ex, none",
+            help: "auto, ipi, pv-tlb-flush, hv-space, hv-list, hv-ex, hv-list-ex, none",
         },
         Param {
             key: "reader",
@@ -104,8 +105,9 @@ mod guest {
     struct HvInput([u64; 8]);
     static mut HV_INPUT: HvInput = HvInput([0; 8]);
 
-    /// Sets up a Hyper-V flush of the VPs in `mask` (`kind`: hv-space, hv-list, hv-ex): enables
-    /// the hypercall page and fills the input page. `None` when the guest lacks what it needs.
+    /// Sets up a Hyper-V flush of the VPs in `mask` (`kind`: hv-space, hv-list, hv-ex,
+    /// hv-list-ex): enables the hypercall page and fills the input page. `None` when the guest
+    /// lacks what it needs.
     fn hyperv_flush(kind: &str, mask: u64) -> Option<Mode> {
         use hvlab_protocol::hyperv as tlfs;
         let info = hyperv::detect()?;
@@ -115,27 +117,28 @@ mod guest {
         let (input, words) = match kind {
             "hv-space" => (
                 tlfs::input(tlfs::CALL_FLUSH_SPACE, false, 0, 0, 0),
-                [0, 0, mask, 0, 0],
+                [0, 0, mask, 0, 0, 0],
             ),
             "hv-list" => (
                 tlfs::input(tlfs::CALL_FLUSH_LIST, false, 0, 1, 0),
-                [0, 0, mask, window_va(PAGE), 0],
+                [0, 0, mask, window_va(PAGE), 0, 0],
             ),
-            _ => {
-                if info.recommendations & tlfs::REC_EX_PROCESSOR_MASKS == 0 {
-                    return None;
-                }
-                (
-                    tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 1, 0, 0),
-                    [0, 0, tlfs::VPSET_SPARSE_4K, 1, mask],
-                )
-            }
+            _ if info.recommendations & tlfs::REC_EX_PROCESSOR_MASKS == 0 => return None,
+            // [space, flags, VP set format, valid banks, bank 0] (+ one GVA for the list form).
+            "hv-list-ex" => (
+                tlfs::input(tlfs::CALL_FLUSH_LIST_EX, false, 1, 1, 0),
+                [0, 0, tlfs::VPSET_SPARSE_4K, 1, mask, window_va(PAGE)],
+            ),
+            _ => (
+                tlfs::input(tlfs::CALL_FLUSH_SPACE_EX, false, 1, 0, 0),
+                [0, 0, tlfs::VPSET_SPARSE_4K, 1, mask, 0],
+            ),
         };
         hyperv::enable_hypercalls();
         // SAFETY: only the BSP touches the input page, before and between the calls.
         unsafe {
             let page = &mut (*(&raw mut HV_INPUT)).0;
-            page[..5].copy_from_slice(&words);
+            page[..6].copy_from_slice(&words);
         }
         Some(Mode::Hyperv(input))
     }
@@ -244,7 +247,7 @@ mod guest {
                 return Err(not_exposed!("shootdown", "pv-tlb-flush"));
             }
             "none" => Mode::None,
-            kind @ ("hv-space" | "hv-list" | "hv-ex") => {
+            kind @ ("hv-space" | "hv-list" | "hv-ex" | "hv-list-ex") => {
                 match hyperv_flush(kind, smp::ap_apic_mask()) {
                     Some(m) => m,
                     None => return Err(not_exposed!("shootdown", "hv-tlbflush")),

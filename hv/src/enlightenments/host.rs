@@ -111,12 +111,17 @@ impl EnlightenmentHost {
     ) -> Self {
         let flags = |_| AtomicBool::new(false);
         let features = set.hyperv_features();
-        let hyperv = features.any().then(|| HypervState {
+        // hv serves the Hyper-V MSRs and calls only with the user backend (else KVM does).
+        let kernel = set.hyperv_backend() == hyperv::Backend::Kernel;
+        let hyperv = (features.any() && !kernel).then(|| HypervState {
             features,
             msrs: Msrs::new(features, vcpus, clock),
             pending: (0..vcpus).map(flags).collect(),
         });
         let mut notes = Vec::new();
+        if features.any() && kernel {
+            notes.push("hyperv backend: kernel (KVM serves the MSRs, its own hypercall page and the calls)".into());
+        }
         if hyperv.is_some() {
             notes.push(format!("hyperv transport: {}", hyperv::page::TRANSPORT));
             if clock.is_none() {

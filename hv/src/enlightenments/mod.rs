@@ -415,12 +415,13 @@ impl EnlightenmentSet {
     pub fn resolve(&self, kvm: &Kvm) -> Result<(EnlightenmentSet, Dropped), EnlightenmentError> {
         if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
             // The kernel backend serves every Hyper-V member or none: refused as a whole.
-            hyperv::Backend::Kernel.probe(kvm).map_err(|reason| {
-                EnlightenmentError::Unsupported {
+            let features = self.hyperv_features();
+            hyperv::Backend::Kernel
+                .probe(kvm, features)
+                .map_err(|reason| EnlightenmentError::Unsupported {
                     name: hyperv::Backend::KERNEL_TOKEN.to_string(),
                     reason,
-                }
-            })?;
+                })?;
         }
         let mut kept = *self;
         let mut dropped = Vec::new();
@@ -476,7 +477,8 @@ impl EnlightenmentSet {
             vm.enable_cap(&cap)
                 .map_err(|e| format!("enabling KVM_CAP_X86_DISABLE_EXITS ({exits:#x}): {e}"))?;
         }
-        let hyperv = self.hyperv_features().any();
+        // With the kernel backend KVM serves the Hyper-V MSRs itself: no filter.
+        let hyperv = self.hyperv_features().any() && self.backend == hyperv::Backend::User;
         if hyperv {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -508,9 +510,19 @@ impl EnlightenmentSet {
         Ok(())
     }
 
+    /// vCPU-level setup after KVM_SET_CPUID2: with the kernel Hyper-V backend, what KVM needs
+    /// per vCPU ([`hyperv::kernel::setup_vcpu`]: enforce-CPUID, VP_INDEX); nothing otherwise.
+    pub fn setup_vcpu(&self, kvm: &Kvm, fd: &kvm_ioctls::VcpuFd, index: u32) -> Result<(), String> {
+        if self.backend == hyperv::Backend::Kernel && self.hyperv_features().any() {
+            hyperv::kernel::setup_vcpu(kvm, fd, index)?;
+        }
+        Ok(())
+    }
+
     /// Edits one vCPU's CPUID: KVM's 0x40000001 EAX keeps only what KVM offers *and* the set
     /// exposes (`extra_kvm_bits` are kept too: `PartitionConfig::kvm_pv_features`); hv's leaves
-    /// at `HV_CPUID_BASE` carry hv's signature (and no features: hv's hypercalls are Hyper-V's).
+    /// at `HV_CPUID_BASE` carry hv's signature and, at base + 1, what hv serves (see
+    /// [`hv_leaf`]; no private hypercall: hv's hypercalls are Hyper-V's).
     ///
     /// With a Hyper-V enlightenment on, the Hyper-V leaves take 0x40000000-0x40000005, KVM's
     /// move to 0x40000100 (as QEMU does) and hv's private leaves to 0x40000200 (the guest
@@ -527,7 +539,8 @@ impl EnlightenmentSet {
         } else {
             hvlab_protocol::HV_CPUID_BASE
         };
-        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, hv_base)?;
+        let own = hv_leaf(hyperv, self.backend);
+        edit_cpuid(cpuid, self.kvm_pv_bits() | extra_kvm_bits, hv_base, own)?;
         if hyperv.any() {
             hyperv::cpuid::move_kvm_leaves(cpuid.as_mut_slice())?;
             for e in hyperv::cpuid::leaves(hyperv, vcpus) {
@@ -540,8 +553,28 @@ impl EnlightenmentSet {
     }
 }
 
-/// See [`EnlightenmentSet::edit_cpuid`]: hv's private leaves go to `hv_base`.
-fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_base: u32) -> Result<(), String> {
+/// hv's leaf at its base + 1 (EAX, EBX): EAX = the Hyper-V enlightenments switched on
+/// ([`hyperv::Features`] bits: 0 hv-vpindex, 1 hv-time, 2 hv-frequencies, 3 hv-tlbflush,
+/// 4 hv-tlbflush-ext, 5 hv-ipi, 6 hv-spinlocks, 7 hv-relaxed), EBX = the MSR that hv's hypercall
+/// page writes when hv serves the interface in userspace (0 when no Hyper-V enlightenment is on
+/// or KVM serves it). A guest (or a person reading a CPUID dump) sees who answers its calls.
+pub fn hv_leaf(features: hyperv::Features, backend: hyperv::Backend) -> (u32, u32) {
+    let transport = if features.any() && backend == hyperv::Backend::User {
+        hvlab_protocol::hyperv::MSR_HV_HYPERCALL_TRANSPORT
+    } else {
+        0
+    };
+    (features.0, transport)
+}
+
+/// See [`EnlightenmentSet::edit_cpuid`]: hv's private leaves go to `hv_base`, `own` = base + 1
+/// (EAX, EBX) from [`hv_leaf`].
+fn edit_cpuid(
+    cpuid: &mut CpuId,
+    kvm_bits: u32,
+    hv_base: u32,
+    own: (u32, u32),
+) -> Result<(), String> {
     use hvlab_protocol::HV_CPUID_SIGNATURE;
     use kvm_bindings::kvm_cpuid_entry2;
     let mut base_seen = false;
@@ -572,10 +605,10 @@ fn edit_cpuid(cpuid: &mut CpuId, kvm_bits: u32, hv_base: u32) -> Result<(), Stri
             edx: sig(8),
             ..Default::default()
         },
-        // Features 0 and no hypercall MSR: hv's hypercalls are Hyper-V's (the leaf stays
-        // so that guests built for the earlier interface find hv and see it offers nothing).
         kvm_cpuid_entry2 {
             function: hv_base + 1,
+            eax: own.0,
+            ebx: own.1,
             ..Default::default()
         },
     ];
@@ -725,7 +758,8 @@ mod tests {
         let base = leaf(&c, HV_CPUID_BASE).unwrap();
         assert_eq!(&base.ebx.to_le_bytes(), b"hvla");
         assert_eq!(base.eax, HV_CPUID_BASE + 1);
-        // hv's leaves stay (the guest finds hv by them) but offer no private hypercall.
+        // hv's leaves stay (the guest finds hv by them); no Hyper-V member, so hv serves
+        // nothing there (no private hypercall).
         let feat = leaf(&c, HV_CPUID_BASE + 1).unwrap();
         assert_eq!((feat.eax, feat.ebx), (0, 0));
         // A second edit refuses rather than duplicating leaves.
@@ -834,9 +868,19 @@ mod tests {
         );
         let own = leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV).unwrap();
         assert_eq!(&own.ebx.to_le_bytes(), b"hvla");
+        // hv's leaf says which Hyper-V enlightenments it serves and through which MSR.
+        let what = leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV + 1).unwrap();
         assert_eq!(
-            leaf(&c, tlfs::HV_CPUID_BASE_BEHIND_HYPERV + 1).unwrap().eax,
-            0
+            (what.eax, what.ebx),
+            (
+                hyperv::Features::VPINDEX | hyperv::Features::TLBFLUSH,
+                tlfs::MSR_HV_HYPERCALL_TRANSPORT
+            )
+        );
+        // With the kernel backend KVM answers: no hv transport.
+        assert_eq!(
+            hv_leaf(s.hyperv_features(), hyperv::Backend::Kernel),
+            (hyperv::Features::VPINDEX | hyperv::Features::TLBFLUSH, 0)
         );
     }
 

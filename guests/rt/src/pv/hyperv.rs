@@ -3,9 +3,15 @@
 //! through that page (RCX input value, RDX input GPA or fast parameter, R8 output GPA or fast
 //! parameter, status in RAX), and time from the reference TSC page.
 //!
+//! At boot ([`init`], from `pv::init_bsp`) the runtime does what Linux's `hyperv_init` does
+//! when the leaves are there: GUEST_OS_ID, then the hypercall page, then (with the reference
+//! TSC privilege) the TSC page, so workloads only call. [`reference_time`] is the one clock
+//! API: the TSC page while it is valid, TIME_REF_COUNT when it is not.
+//!
 //! The runtime identity-maps RAM, so a static's address is its GPA.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use hvlab_protocol::hyperv as tlfs;
 
@@ -72,6 +78,24 @@ pub fn detect() -> Option<Info> {
         spin_retries: r.ebx,
         max_vps: cpuid(tlfs::CPUID_LIMITS, 0).eax,
     })
+}
+
+/// Leaf 0x40000003 EAX seen by [`init`] (0: no Hyper-V, or `init` not run).
+static PRIVILEGES: AtomicU32 = AtomicU32::new(0);
+
+/// Boot-time setup (BSP, once): with the Hyper-V leaves present, sets GUEST_OS_ID and enables
+/// the hypercall page when the hypercall MSRs are offered, and enables the TSC page when the
+/// reference TSC is. Returns what [`detect`] found.
+pub fn init() -> Option<Info> {
+    let info = detect()?;
+    PRIVILEGES.store(info.privileges, Ordering::Relaxed);
+    if info.privileges & tlfs::PRIV_HYPERCALL_MSRS != 0 {
+        enable_hypercalls();
+    }
+    if info.privileges & tlfs::PRIV_REFERENCE_TSC != 0 {
+        enable_tsc_page();
+    }
+    Some(info)
 }
 
 /// Sets GUEST_OS_ID and enables the hypercall page (as Linux's `hyperv_init`).
@@ -149,6 +173,22 @@ pub fn tsc_page_time() -> Option<u64> {
             return Some(tlfs::tsc_page_time(tsc, scale, offset));
         }
     }
+}
+
+/// Reference time (100 ns units) as Linux's Hyper-V clocksource reads it: the TSC page (no
+/// exit) while its sequence is valid, else TIME_REF_COUNT (one exit). `None` when hv-time is
+/// not exposed (no TIME_REF_COUNT privilege seen by [`init`]).
+pub fn reference_time() -> Option<u64> {
+    let privs = PRIVILEGES.load(Ordering::Relaxed);
+    if privs & tlfs::PRIV_TIME_REF_COUNT == 0 {
+        return None;
+    }
+    if privs & tlfs::PRIV_REFERENCE_TSC != 0 {
+        if let Some(t) = tsc_page_time() {
+            return Some(t);
+        }
+    }
+    Some(time_ref_count())
 }
 
 /// Reference time from TIME_REF_COUNT (one MSR exit).

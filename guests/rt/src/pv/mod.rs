@@ -5,7 +5,8 @@
 //! leaf + 1 EAX holds the feature bits. hv's own leaves (its signature, no hypercalls: hv's
 //! hypercall ABI is Hyper-V's, see [`hyperv`]) are found at `hvlab_protocol::HV_CPUID_BASE`.
 //!
-//! The BSP calls [`init_bsp`] once; every CPU then calls [`init_cpu`], which registers the
+//! The BSP calls [`init_bsp`] once (which also runs [`hyperv::init`] when Hyper-V's leaves
+//! are shown); every CPU then calls [`init_cpu`], which registers the
 //! per-CPU areas of what is exposed (kvm-clock, steal time, PV EOI) and turns off host halt
 //! polling when poll-control is exposed.
 
@@ -58,6 +59,7 @@ pub fn init_bsp() {
     if let Some(base) = kvm_cpuid_base() {
         KVM_FEATURES.store(cpuid(base + 1, 0).eax, Ordering::Relaxed);
     }
+    hyperv::init();
 }
 
 /// Registers this CPU's paravirtual areas (CPU `index`, 0 = BSP).

@@ -10,6 +10,7 @@
 pub(crate) mod calls;
 pub(crate) mod cpuid;
 pub(crate) mod hypercall;
+pub mod kernel;
 pub mod msr;
 pub(crate) mod page;
 pub(crate) mod tsc_page;
@@ -76,18 +77,13 @@ impl Backend {
         }
     }
 
-    /// `Ok` when this host can run the backend, else the reason (a variant is skipped with it).
-    pub fn probe(self, kvm: &Kvm) -> Result<(), String> {
+    /// `Ok` when this host can run the backend for `features`, else the reason (a variant is
+    /// skipped with it). The kernel backend checks the capabilities each flag needs and the
+    /// Hyper-V CPUID bits KVM reports ([`kernel::probe`]).
+    pub fn probe(self, kvm: &Kvm, features: Features) -> Result<(), String> {
         match self {
             Backend::User => super::probe::hv_interface(kvm),
-            Backend::Kernel => {
-                let missing = kernel_caps_missing(kvm);
-                if missing.is_empty() {
-                    Err("the kernel backend is not wired to partitions yet (KVM has the capabilities; hv does not enable them)".into())
-                } else {
-                    Err(format!("KVM lacks {}", missing.join(", ")))
-                }
-            }
+            Backend::Kernel => kernel::probe(kvm, features, 1),
         }
     }
 }
@@ -132,7 +128,8 @@ macro_rules! hyperv_enlightenment {
                 $host
             }
             fn probe(&self, kvm: &kvm_ioctls::Kvm) -> Result<(), String> {
-                $crate::enlightenments::hyperv::Backend::User.probe(kvm)
+                $crate::enlightenments::hyperv::Backend::User
+                    .probe(kvm, $crate::enlightenments::hyperv::Features($bit))
             }
             fn hyperv_bits(&self) -> u32 {
                 $bit
@@ -156,10 +153,10 @@ mod tests {
         assert!(Backend::parse("qemu").unwrap_err().contains("user, kernel"));
         // Needs /dev/kvm; without it there is nothing to probe.
         let kvm = crate::error::kvm_for_tests();
-        let why = Backend::Kernel.probe(&kvm).unwrap_err();
-        assert!(
-            why.contains("KVM_CAP_HYPERV") || why.contains("not wired"),
-            "{why}"
-        );
+        let f = Features(Features::VPINDEX);
+        match Backend::Kernel.probe(&kvm, f) {
+            Ok(()) => assert!(kernel_caps_missing(&kvm).is_empty()),
+            Err(why) => assert!(why.contains("KVM"), "{why}"),
+        }
     }
 }
