@@ -8,7 +8,8 @@
 //! park it until a release), `pv-sched-yield` (after `spins` tries the waiter makes
 //! KVM_HC_SCHED_YIELD naming the lock holder's vCPU, as Linux's `kvm_smp_send_call_func_ipi`
 //! does for preempted targets; needs the pv-sched-yield enlightenment, so it is skipped where
-//! KVM hypercalls do not run). `auto`: hv-spinlocks, then pv-unhalt, then pause.
+//! KVM hypercalls do not run). `auto`: hv-spinlocks, then pv-unhalt, then pv-sched-yield,
+//! then pause.
 
 use crate::{Param, WorkloadInfo};
 
@@ -177,6 +178,7 @@ mod guest {
                 Mode::HvSpin
             }
             "auto" if unhalt => Mode::PvUnhalt,
+            "auto" if yield_ => Mode::PvYield,
             "auto" | "pause" => Mode::Pause,
             "spin" => Mode::Spin,
             "pv-unhalt" if unhalt => Mode::PvUnhalt,
