@@ -30,11 +30,12 @@ pub fn enable(index: u32) {
 pub fn eoi() {
     if ENABLED.load(Ordering::Relaxed) {
         let cpu = crate::entry::this_cpu() as usize;
-        if let Some(f) = FLAGS.get(cpu) {
-            if f.0.swap(0, Ordering::AcqRel) & 1 != 0 {
-                SKIPPED.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        if FLAGS
+            .get(cpu)
+            .is_some_and(|f| f.0.swap(0, Ordering::AcqRel) & 1 != 0)
+        {
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+            return;
         }
     }
     crate::apic::eoi();

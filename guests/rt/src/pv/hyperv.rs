@@ -183,12 +183,12 @@ pub fn reference_time() -> Option<u64> {
     if privs & tlfs::PRIV_TIME_REF_COUNT == 0 {
         return None;
     }
-    if privs & tlfs::PRIV_REFERENCE_TSC != 0 {
-        if let Some(t) = tsc_page_time() {
-            return Some(t);
-        }
-    }
-    Some(time_ref_count())
+    let page = if privs & tlfs::PRIV_REFERENCE_TSC != 0 {
+        tsc_page_time()
+    } else {
+        None
+    };
+    Some(page.unwrap_or_else(time_ref_count))
 }
 
 /// Reference time from TIME_REF_COUNT (one MSR exit).
