@@ -295,9 +295,9 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
             }
             if peer {
                 // Where QEMU runs the same guest code through a different mechanism, the ratio
-                // says so (hv::peer::qemu::phase_caveat; also in the QEMU record's notes).
+                // says so (bench::peer::qemu::phase_caveat; also in the QEMU record's notes).
                 c.push(
-                    match hv::peer::qemu::phase_caveat(&r.key.workload, &r.key.phase) {
+                    match bench::peer::qemu::phase_caveat(&r.key.workload, &r.key.phase) {
                         Some(why) => format!("{} ({why})", est(r.vs_qemu)),
                         None => est(r.vs_qemu),
                     },

@@ -1,8 +1,20 @@
-//! Shared pieces of hvlab's criterion benches: a minimal raw kvm-ioctls loop that runs the same
-//! tiny guest code as hv, so hv's own overhead can be measured against it in one process.
+//! hvlab's experiment machinery, beside the specs and benches it serves: experiment specs and
+//! their matrix, the suite runner with its shards and results files, and the QEMU peer
+//! (`suite`, `peer`); plus the shared pieces of the criterion benches: a minimal raw kvm-ioctls
+//! loop that runs the same tiny guest code as hv, so hv's own overhead can be measured against it
+//! in one process.
+//!
+//! The hypervisor itself (partitions, vCPUs, buses, devices, enlightenments, counters, caps) is
+//! the `hv` crate; `analysis` turns results into tables, plots and reports; `hv-cli` ties them
+//! together.
 
+pub mod error;
+pub mod peer;
+pub mod suite;
 pub mod variants;
 pub mod virtqueue;
+
+pub use error::BenchError;
 
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@ pub enum OpsArg {
 pub struct Variant {
     /// Label in criterion's output and in the summary.
     pub label: &'static str,
-    /// Device variant for `hv::suite::device_options` (`none`, `emulated`, `synthetic`).
+    /// Device variant for `crate::suite::device_options` (`none`, `emulated`, `synthetic`).
     pub device: &'static str,
     /// Enlightenment set for `EnlightenmentSet::parse`.
     pub enlighten: &'static str,
@@ -144,7 +144,7 @@ impl Comparison {
             cpus: self.cpus.map(<[usize]>::to_vec),
             timeout: Duration::from_secs(60),
             tracepoints: false,
-            devices: hv::suite::device_options(v.device),
+            devices: crate::suite::device_options(v.device),
             enlightenments: set,
             ..RunRequest::default()
         })

@@ -63,9 +63,6 @@ pub enum HvError {
     /// The request needs more than the host has (memory, vCPUs, file descriptors).
     #[error("host limit: {0}")]
     Limit(#[from] crate::limits::LimitError),
-    /// QEMU, the peer VMM, could not be run (its guest's failures are run statuses instead).
-    #[error("QEMU peer: {0}")]
-    Qemu(#[from] crate::peer::QemuError),
     /// Writing results failed.
     #[error("I/O error on {path}: {source}")]
     Io {

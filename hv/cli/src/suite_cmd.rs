@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
+use bench::suite::matrix::Shard;
+use bench::suite::spec::Spec;
+use bench::suite::{Progress, SuiteOptions};
 use clap::Args;
 use hv::record::{Manifest, RecordStatus};
-use hv::suite::matrix::Shard;
-use hv::suite::spec::Spec;
-use hv::suite::{Progress, SuiteOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The default suite, built in so `hv suite` works from any directory.
@@ -121,7 +121,7 @@ fn tracepoints_line(availability: &Result<(), String>, tracefs: Option<String>) 
 pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
     let (specs, mut manifest, dir, resume) = match &a.resume {
         Some(dir) => {
-            let m = hv::suite::results::read_manifest(dir)?;
+            let m = bench::suite::results::read_manifest(dir)?;
             let specs = m
                 .specs
                 .iter()
@@ -136,7 +136,7 @@ pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
         None => {
             let specs = load_specs(&a.specs)?;
             if a.dry_run {
-                let mut runs = hv::suite::matrix::plan(&specs);
+                let mut runs = bench::suite::matrix::plan(&specs);
                 if let Some(s) = a.shard {
                     runs = s.select(runs);
                 }
@@ -180,41 +180,42 @@ pub fn cmd_suite(a: SuiteArgs) -> Result<ExitCode> {
         .progress_chars("=> "),
     );
     let mut failures = Vec::new();
-    let summary = hv::suite::run_suite(
-        &kvm,
-        &specs,
-        &opts,
-        &mut manifest,
-        &STOP,
-        &mut |p| match p {
-            Progress::Planned { todo, already_done } => {
-                if already_done > 0 {
-                    eprintln!(
-                        "resuming {}: {already_done} runs already recorded, {todo} to go",
-                        dir.display()
-                    );
-                } else {
-                    eprintln!(
-                        "suite {}: {todo} runs → {}",
-                        manifest_name(&specs),
-                        dir.display()
-                    );
+    let summary =
+        bench::suite::run_suite(
+            &kvm,
+            &specs,
+            &opts,
+            &mut manifest,
+            &STOP,
+            &mut |p| match p {
+                Progress::Planned { todo, already_done } => {
+                    if already_done > 0 {
+                        eprintln!(
+                            "resuming {}: {already_done} runs already recorded, {todo} to go",
+                            dir.display()
+                        );
+                    } else {
+                        eprintln!(
+                            "suite {}: {todo} runs → {}",
+                            manifest_name(&specs),
+                            dir.display()
+                        );
+                    }
+                    bar.set_length(todo as u64);
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 }
-                bar.set_length(todo as u64);
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            Progress::Started(run) => bar.set_message(run.key.clone()),
-            Progress::Finished(run, records) => {
-                bar.inc(1);
-                for r in records {
-                    if let RecordStatus::Failed(why) = &r.status {
-                        failures.push(format!("{} [{}]: {why}", run.key, r.phase));
-                        break;
+                Progress::Started(run) => bar.set_message(run.key.clone()),
+                Progress::Finished(run, records) => {
+                    bar.inc(1);
+                    for r in records {
+                        if let RecordStatus::Failed(why) = &r.status {
+                            failures.push(format!("{} [{}]: {why}", run.key, r.phase));
+                            break;
+                        }
                     }
                 }
-            }
-        },
-    )?;
+            },
+        )?;
     bar.finish_and_clear();
     eprintln!(
         "{} runs: {} ok, {} skipped, {} failed{}",
@@ -276,11 +277,11 @@ fn write_report(_dirs: &[PathBuf], out: &Path) -> Result<()> {
 
 pub fn cmd_report(a: ReportArgs) -> Result<ExitCode> {
     for d in &a.dirs {
-        if !d.join(hv::suite::results::RUNS).exists() {
+        if !d.join(bench::suite::results::RUNS).exists() {
             bail!(
                 "{} has no {}: not a results directory",
                 d.display(),
-                hv::suite::results::RUNS
+                bench::suite::results::RUNS
             );
         }
     }

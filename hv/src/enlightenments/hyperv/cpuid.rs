@@ -12,7 +12,7 @@ use super::Features;
 const VERSION_MAJOR_MINOR: u32 = 6 << 16;
 
 /// Leaf 0x40000004 EBX when hv-spinlocks is on: the guest notifies after this many retries.
-pub(crate) const SPIN_RETRIES: u32 = 0x1000;
+pub const SPIN_RETRIES: u32 = 0x1000;
 
 fn sig(b: &[u8; 12], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])

@@ -8,7 +8,7 @@
 //! that contributes a [`Features`] bit; dependencies are checked as QEMU checks them.
 
 pub(crate) mod calls;
-pub(crate) mod cpuid;
+pub mod cpuid;
 pub(crate) mod hypercall;
 pub mod kernel;
 pub mod msr;

@@ -25,7 +25,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::enlightenments::EnlightenmentSet;
+use hv::enlightenments::EnlightenmentSet;
 
 /// Errors in a spec file.
 #[derive(Debug, Error)]
@@ -314,7 +314,7 @@ impl Spec {
                 e.seed_values().map_err(|m| bad(e, m))?;
             }
             if let Some(n) = &e.neighbour {
-                crate::neighbour::Neighbour::parse(n).map_err(|err| bad(e, err.to_string()))?;
+                hv::neighbour::Neighbour::parse(n).map_err(|err| bad(e, err.to_string()))?;
             }
             if e.devices.is_empty()
                 || e.enlighten.is_empty()

@@ -16,11 +16,11 @@ use kvm_ioctls::Kvm;
 use self::matrix::{PlannedRun, Shard};
 use self::results::RunsWriter;
 use self::spec::Spec;
-use crate::devices::{DeviceOptions, DeviceVariant};
-use crate::enlightenments::EnlightenmentSet;
-use crate::error::HvError;
-use crate::record::{Manifest, RecordStatus, RunRecord, SCHEMA_VERSION};
-use crate::run::{RecordContext, RunRequest};
+use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::enlightenments::EnlightenmentSet;
+use hv::error::HvError;
+use hv::record::{Manifest, RecordStatus, RunRecord, SCHEMA_VERSION};
+use hv::run::{RecordContext, RunRequest};
 
 /// How to run a suite.
 #[derive(Debug, Clone)]
@@ -77,13 +77,13 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
     let enlightenments =
         EnlightenmentSet::parse(&run.enlighten).map_err(|err| HvError::Config(err.to_string()))?;
     let mem_bytes = match &e.mem {
-        Some(m) => crate::units::parse_size(m)?,
+        Some(m) => hv::units::parse_size(m)?,
         None => RunRequest::default().mem_bytes,
     };
     let cpus = e
         .cpus
         .as_deref()
-        .map(crate::units::parse_cpu_list)
+        .map(hv::units::parse_cpu_list)
         .transpose()?;
     Ok(RunRequest {
         workload: e.workload.clone(),
@@ -100,7 +100,7 @@ pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
         neighbour: e
             .neighbour
             .as_deref()
-            .map(crate::neighbour::Neighbour::parse)
+            .map(hv::neighbour::Neighbour::parse)
             .transpose()?,
         ..RunRequest::default()
     })
@@ -116,7 +116,7 @@ fn run_record(
     RunRecord {
         schema: SCHEMA_VERSION,
         run_id: ctx.run_id.clone(),
-        timestamp: crate::run::rfc3339_now(),
+        timestamp: hv::run::rfc3339_now(),
         git_rev: ctx.git_rev.clone(),
         hv_version: ctx.hv_version.clone(),
         host: ctx.host.clone(),
@@ -160,7 +160,7 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
     let ctx = RecordContext {
         experiment: run.experiment.name.clone(),
         repetition: run.repetition,
-        timestamp: crate::run::rfc3339_now(),
+        timestamp: hv::run::rfc3339_now(),
         ..base.clone()
     };
     let req = match request_for(run) {
@@ -192,7 +192,7 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             RecordStatus::Skipped(why),
         )]
     } else {
-        match crate::run::run(kvm, &req, &ctx) {
+        match hv::run::run(kvm, &req, &ctx) {
             Ok(r) => r.records,
             Err(e) => vec![run_record(
                 run,
@@ -243,7 +243,7 @@ pub fn run_suite(
     manifest: &mut Manifest,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<SuiteSummary, HvError> {
+) -> Result<SuiteSummary, crate::BenchError> {
     let mut planned = matrix::plan(specs);
     if let Some(s) = opts.shard {
         planned = s.select(planned);

@@ -36,7 +36,7 @@ fn main() {
         vcpus,
         ..RunRequest::default()
     };
-    let records = match hv::peer::run_qemu(&req, &RecordContext::adhoc()) {
+    let records = match bench::peer::run_qemu(&req, &RecordContext::adhoc()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

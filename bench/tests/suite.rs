@@ -1,6 +1,7 @@
 //! `hv suite` through real guests: results files, resume after a kill, shards.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../hv/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -8,10 +9,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use bench::suite::matrix::Shard;
+use bench::suite::spec::Spec;
+use bench::suite::{SuiteOptions, run_suite};
 use hv::record::{Manifest, RunRecord};
-use hv::suite::matrix::Shard;
-use hv::suite::spec::Spec;
-use hv::suite::{SuiteOptions, run_suite};
 
 const SPEC: &str = r#"
 name = "t"
@@ -43,7 +44,7 @@ fn records(dir: &Path) -> Vec<RunRecord> {
         .collect()
 }
 
-fn suite(dir: &Path, shard: Option<Shard>, resume: bool) -> hv::suite::SuiteSummary {
+fn suite(dir: &Path, shard: Option<Shard>, resume: bool) -> bench::suite::SuiteSummary {
     let kvm = common::kvm();
     let spec = Spec::parse(SPEC, "t").unwrap();
     let opts = SuiteOptions {
@@ -136,7 +137,7 @@ fn two_shards_cover_the_matrix_exactly_once() {
                 .or_default() += 1;
         }
     }
-    let plan = hv::suite::matrix::plan(&[Spec::parse(SPEC, "t").unwrap()]);
+    let plan = bench::suite::matrix::plan(&[Spec::parse(SPEC, "t").unwrap()]);
     let planned: std::collections::BTreeSet<_> = plan.iter().map(|p| p.key.clone()).collect();
     assert_eq!(planned.len(), plan.len(), "plan keys are unique");
     let ran: std::collections::BTreeSet<_> = shards.keys().cloned().collect();

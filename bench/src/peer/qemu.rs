@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use hvlab_protocol::kvm_pv;
 use thiserror::Error;
 
-use crate::devices::emulated::serial::CONSOLE_CAPTURE_LIMIT;
-use crate::enlightenments::EnlightenmentSet;
-use crate::error::HvError;
-use crate::guest_output;
-use crate::record::{RecordStatus, RunRecord};
-use crate::run::{RecordContext, RunRequest, effective_args, guest_cmdline, validate};
-use crate::status::RunStatus;
-use crate::vcpu::UnmappedPolicy;
+use hv::devices::emulated::serial::CONSOLE_CAPTURE_LIMIT;
+use hv::enlightenments::EnlightenmentSet;
+use hv::error::HvError;
+use hv::guest_output;
+use hv::record::{RecordStatus, RunRecord};
+use hv::run::{RecordContext, RunRequest, effective_args, guest_cmdline, validate};
+use hv::status::RunStatus;
+use hv::vcpu::UnmappedPolicy;
 
 /// Environment variable naming the QEMU binary to use instead of the one on `PATH`.
 pub const QEMU_ENV: &str = "HVLAB_QEMU";
@@ -208,7 +208,7 @@ pub fn supports(req: &RunRequest) -> Result<(), String> {
                 "cannot open /dev/kvm to check KVM's Hyper-V support for QEMU's hv-* flags: {err}"
             )
         })?;
-        hyperv_under_qemu(e, &crate::enlightenments::hyperv::kernel_caps_missing(&kvm))?;
+        hyperv_under_qemu(e, &hv::enlightenments::hyperv::kernel_caps_missing(&kvm))?;
     }
     if e.disable_exits() != 0 {
         return Err(
@@ -224,7 +224,7 @@ pub fn supports(req: &RunRequest) -> Result<(), String> {
 
 /// QEMU's `hv-*` flags are served by KVM's in-kernel Hyper-V emulation (QEMU has no
 /// userspace TLFS as hv does): `Err` with the reason when KVM lacks what they need (`missing`,
-/// from [`crate::enlightenments::hyperv::kernel_caps_missing`]).
+/// from [`hv::enlightenments::hyperv::kernel_caps_missing`]).
 fn hyperv_under_qemu(e: &EnlightenmentSet, missing: &[&str]) -> Result<(), String> {
     if !e.hyperv_features().any() || missing.is_empty() {
         return Ok(());
@@ -255,7 +255,7 @@ pub fn cpu_option(req: &RunRequest) -> String {
         match name {
             "hv-spinlocks" => s.push_str(&format!(
                 ",hv-spinlocks={:#x}",
-                crate::enlightenments::hyperv::cpuid::SPIN_RETRIES
+                hv::enlightenments::hyperv::cpuid::SPIN_RETRIES
             )),
             n if n.starts_with("hv-") => s.push_str(&format!(",{n}=on")),
             _ => {}
@@ -326,7 +326,7 @@ fn tsc_khz() -> Result<Option<u32>, HvError> {
     if let Some(v) = CACHE.get() {
         return Ok(*v);
     }
-    let kvm = crate::error::open_kvm()?;
+    let kvm = hv::error::open_kvm()?;
     let khz = kvm
         .create_vm()
         .ok()
@@ -467,7 +467,7 @@ fn map_exit(status: ExitStatus, console_empty: bool, stderr: &str) -> RunStatus 
 /// Boots the request's image under QEMU once and waits (at most `req.timeout`; QEMU is killed
 /// then). `qemu` is the binary from [`qemu_binary`].
 pub fn boot(qemu: &Path, req: &RunRequest) -> Result<QemuOutcome, QemuError> {
-    let image = TempImage::write(req.image.as_deref().unwrap_or(crate::GUEST_IMAGE))?;
+    let image = TempImage::write(req.image.as_deref().unwrap_or(hv::GUEST_IMAGE))?;
     let mut cmd = Command::new(qemu);
     cmd.args(command_line(req, &image.0)?)
         .stdin(Stdio::null())
@@ -558,10 +558,13 @@ fn pin_to(cmd: &mut Command, cpus: &[usize]) {
 /// Validation is hv's (unknown workloads and arguments are errors). When QEMU is missing, or
 /// cannot run the request meaningfully ([`supports`]), the answer is one `run` record with
 /// status skipped and the reason; numbers are never made up.
-pub fn run_qemu(req: &RunRequest, ctx: &RecordContext) -> Result<Vec<RunRecord>, HvError> {
+pub fn run_qemu(
+    req: &RunRequest,
+    ctx: &RecordContext,
+) -> Result<Vec<RunRecord>, crate::BenchError> {
     let info = validate(req)?;
     let params = effective_args(info, req);
-    let mut base = crate::run::base_record(req, ctx, &params, "qemu", 0);
+    let mut base = hv::run::base_record(req, ctx, &params, "qemu", 0);
     let skipped = |why: String| {
         let mut r = base.clone();
         r.phase = "run".into();
@@ -610,7 +613,7 @@ pub fn run_qemu(req: &RunRequest, ctx: &RecordContext) -> Result<Vec<RunRecord>,
     }
     base.tsc_khz = u64::from(tsc_khz.unwrap_or(0));
     base.notes = notes;
-    let mut records = crate::run::guest_records(
+    let mut records = hv::run::guest_records(
         base,
         &outcome.status,
         &report,
@@ -641,7 +644,7 @@ pub fn phase_caveat(workload: &str, phase: &str) -> Option<&'static str> {
 /// exist there, and are never estimated).
 struct QemuCounters(Duration);
 
-impl crate::run::HostCounters for QemuCounters {
+impl hv::run::HostCounters for QemuCounters {
     fn phase(&self, _r: &mut RunRecord) {}
 
     fn whole_run(&self, r: &mut RunRecord) {
@@ -714,7 +717,7 @@ mod tests {
         let mut r = req("exit-floor");
         r.enlightenments = hv;
         if let Ok(kvm) = kvm_ioctls::Kvm::new()
-            && !crate::enlightenments::hyperv::kernel_caps_missing(&kvm).is_empty()
+            && !hv::enlightenments::hyperv::kernel_caps_missing(&kvm).is_empty()
         {
             assert!(supports(&r).unwrap_err().contains("in-kernel Hyper-V"));
         }

@@ -3,13 +3,14 @@
 //! run is one skipped record with the reason. The missing-QEMU branch is also exercised on hosts
 //! that have QEMU, by re-running one test of this binary with a `PATH` that lacks it.
 
+#[path = "../../hv/tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench::peer::{self, qemu_binary, run_qemu};
 use common::request;
-use hv::peer::{self, qemu_binary, run_qemu};
 use hv::record::{RecordStatus, RunRecord};
 use hv::run::{RecordContext, RunRequest};
 

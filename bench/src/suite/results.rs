@@ -13,8 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::error::HvError;
-use crate::record::{Manifest, RunRecord};
+use hv::error::HvError;
+use hv::record::{Manifest, RunRecord};
 
 /// File names inside a results directory.
 pub const RUNS: &str = "runs.jsonl";
