@@ -4,13 +4,14 @@
 //! and the platform's absence for workloads that do not ask for it.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../hv/tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
+use bench::peer::{qemu_binary, run_qemu};
 use common::request;
 use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
-use hv::peer::{qemu_binary, run_qemu};
 use hv::record::{RecordStatus, RunRecord};
 use hv::run::{RecordContext, RunRequest};
 use hv::status::RunStatus;
@@ -187,7 +188,7 @@ fn qemu_resets_end_its_run_too() {
     };
     // Under -no-reboot a reset ends QEMU with status 0, before the guest's "ignored" check.
     for how in ["i8042", "cf9"] {
-        let o = hv::peer::qemu::boot(&qemu, &platform_request(1, &[("reset", how)])).unwrap();
+        let o = bench::peer::qemu::boot(&qemu, &platform_request(1, &[("reset", how)])).unwrap();
         match &o.status {
             RunStatus::Stopped(why) => assert!(why.contains("guest reset"), "{how}: {why}"),
             other => panic!("{how}: {other}\n{}", o.console),
