@@ -174,8 +174,8 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             )];
         }
     };
-    let mut records = if run.vmm == "qemu" {
-        match crate::peer::run_qemu(&req, &ctx) {
+    let mut records = if crate::peer::qemu::PEER_VMMS.contains(&run.vmm.as_str()) {
+        match crate::peer::qemu::run_qemu_as(&run.vmm, &req, &ctx) {
             Ok(r) => r,
             Err(e) => vec![run_record(
                 run,
