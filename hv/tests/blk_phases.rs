@@ -81,3 +81,22 @@ fn reads_that_do_not_fit_the_arena_are_read_back_to_verify() {
     );
     assert_eq!(phase(&records, "blk-read").ops, 160);
 }
+
+#[test]
+fn write_buffers_are_filled_before_the_measured_phase_when_they_fit() {
+    let records = run("synthetic", &[("rw", "write"), ("count", "8")]);
+    let names: Vec<&str> = records.iter().map(|r| r.phase.as_str()).collect();
+    assert_eq!(names, ["blk-write", "blk-verify"]);
+    let write = phase(&records, "blk-write");
+    assert_eq!(write.metrics.get("filled_in_phase"), Some(&0.0));
+    let verify = phase(&records, "blk-verify");
+    assert_eq!((verify.ops, verify.metrics.get("reread")), (8, Some(&1.0)));
+    // Beyond the arena, buffers are filled as they are sent, and the record says so.
+    let records = run(
+        "synthetic",
+        &[("rw", "write"), ("count", "160"), ("qd", "32")],
+    );
+    let write = phase(&records, "blk-write");
+    assert_eq!(write.metrics.get("filled_in_phase"), Some(&1.0));
+    assert_eq!(phase(&records, "blk-verify").ops, 160);
+}

@@ -8,8 +8,10 @@
 //! `blk-read` / `blk-write` / `blk-mixed`, which hold the I/O and nothing else, and
 //! `blk-verify`, which checks every byte: the data the measured reads left in memory when they
 //! all fit in the buffer arena (`reread=0`, no I/O), else what it reads back (`reread=1`,
-//! always after writes). Checking 4 KiB is thousands of guest instructions, which an
-//! emulating host runs one by one, so inside the measured phase it would outweigh the I/O.
+//! always after writes). Checking or filling 4 KiB is hundreds of guest instructions, which
+//! an emulating host runs one by one, so inside the measured phase it would outweigh the I/O:
+//! write buffers are filled before the phase too, when they all fit in the arena (else
+//! `filled_in_phase=1`).
 //! Metrics: bytes, interrupts, kicks (guest notifications), sectors. `how=` runs a
 //! hostile-guest case instead.
 //!
@@ -684,9 +686,23 @@ mod guest {
             "write" => "blk-write",
             _ => "blk-mixed",
         };
-        // Reads keep their data for blk-verify when the whole phase fits in the arena (op k
-        // into slot k); otherwise every batch reuses the first slots and blk-verify reads back.
-        let in_place = rw == "read" && count <= ARENA_BYTES / bs as usize;
+        // When the whole phase fits in the arena, op k uses slot k: write buffers are filled
+        // before the phase and reads keep their data for blk-verify to check in place. When
+        // it does not, batches reuse the first slots, writes are filled just before they are
+        // sent (inside the phase: `filled_in_phase=1`) and blk-verify reads back.
+        let fits = count <= ARENA_BYTES / bs as usize;
+        let in_place = rw == "read" && fits;
+        if fits && rw != "read" {
+            let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+            for b in 0..batches {
+                let (ops, n) = batch_ops(b, &mut r, &mut m);
+                for (i, op) in ops.iter().enumerate().take(n) {
+                    if op.write {
+                        stamp(arena((b * qd + i) * bs as usize), op.lba, per, seed);
+                    }
+                }
+            }
+        }
         let irq0 = IRQS.load(Ordering::Relaxed);
         let kick0 = dev.kicks();
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
@@ -694,10 +710,10 @@ mod guest {
         let mut errors = 0;
         for b in 0..batches {
             let (ops, n) = batch_ops(b, &mut r, &mut m);
-            let slot0 = if in_place { b * qd } else { 0 };
+            let slot0 = if fits { b * qd } else { 0 };
             for (i, op) in ops.iter().enumerate().take(n) {
-                if op.write {
-                    stamp(arena((slot0 + i) * bs as usize), op.lba, per, seed);
+                if op.write && !fits {
+                    stamp(arena(i * bs as usize), op.lba, per, seed);
                 }
             }
             let mask = dev.batch(&ops[..n], bs, slot0, &mut hist)?;
@@ -714,6 +730,7 @@ mod guest {
                 ("kicks", dev.kicks() - kick0),
                 ("qd", qd as u64),
                 ("irq_ack", u64::from(ACK_BASE.load(Ordering::Relaxed) != 0)),
+                ("filled_in_phase", u64::from(!fits && rw != "read")),
             ],
             &[("io_errors", errors)],
             Some(&hist),
