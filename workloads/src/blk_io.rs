@@ -253,6 +253,14 @@ mod guest {
         lba: u64,
     }
 
+    /// The measured phase's operations, generated before it begins (up to this many; a longer
+    /// phase generates each batch as it goes, `planned=0`).
+    const MAX_PLANNED: usize = 4096;
+    static mut PLAN: [Op; MAX_PLANNED] = [Op {
+        write: false,
+        lba: 0,
+    }; MAX_PLANNED];
+
     struct VBlk {
         dev: Mmio,
         q: VirtQueue,
@@ -605,7 +613,10 @@ mod guest {
         // Notes the ops of a batch the device failed: their blocks are never checked again.
         // Without errors=count the first failure ends the run.
         let settle = |ops: &[Op], mask: u64, errors: &mut u64| -> Result<(), Fail> {
-            if mask != 0 && !count_errors {
+            if mask == 0 {
+                return Ok(());
+            }
+            if !count_errors {
                 return Err(Fail::Check(
                     "block I/O request failed (errors=count counts instead)",
                 ));
@@ -703,21 +714,44 @@ mod guest {
                 }
             }
         }
+        // Generating the operations is guest work too: done before the phase when it fits.
+        let planned = count <= MAX_PLANNED;
+        // SAFETY: one vCPU runs the workload and only this function uses PLAN.
+        let plan = unsafe { &mut *core::ptr::addr_of_mut!(PLAN) };
+        let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+        if planned {
+            for b in 0..batches {
+                let (ops, n) = batch_ops(b, &mut r, &mut m);
+                plan[b * qd..b * qd + n].copy_from_slice(&ops[..n]);
+            }
+        }
         let irq0 = IRQS.load(Ordering::Relaxed);
         let kick0 = dev.kicks();
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
+        let mut made = [Op {
+            write: false,
+            lba: 0,
+        }; MAX_SLOTS];
         let p = phase::begin(name);
         let mut errors = 0;
         for b in 0..batches {
-            let (ops, n) = batch_ops(b, &mut r, &mut m);
+            let n = qd.min(count - b * qd);
+            let ops: &[Op] = if planned {
+                &plan[b * qd..b * qd + n]
+            } else {
+                made = batch_ops(b, &mut r, &mut m).0;
+                &made[..n]
+            };
             let slot0 = if fits { b * qd } else { 0 };
-            for (i, op) in ops.iter().enumerate().take(n) {
-                if op.write && !fits {
-                    stamp(arena(i * bs as usize), op.lba, per, seed);
+            if !fits {
+                for (i, op) in ops.iter().enumerate() {
+                    if op.write {
+                        stamp(arena(i * bs as usize), op.lba, per, seed);
+                    }
                 }
             }
-            let mask = dev.batch(&ops[..n], bs, slot0, &mut hist)?;
-            settle(&ops[..n], mask, &mut errors)?;
+            let mask = dev.batch(ops, bs, slot0, &mut hist)?;
+            settle(ops, mask, &mut errors)?;
         }
         let f = p.end(count as u64);
         let irqs = IRQS.load(Ordering::Relaxed) - irq0;
@@ -731,6 +765,7 @@ mod guest {
                 ("qd", qd as u64),
                 ("irq_ack", u64::from(ACK_BASE.load(Ordering::Relaxed) != 0)),
                 ("filled_in_phase", u64::from(!fits && rw != "read")),
+                ("planned", u64::from(planned)),
             ],
             &[("io_errors", errors)],
             Some(&hist),
