@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use hv::record::{Manifest, RunRecord};
 
+mod breakdown;
 mod doc;
 mod ends;
 mod frame;

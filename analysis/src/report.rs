@@ -652,6 +652,7 @@ pub fn write_report(
         }
         b.push(workload_table(rows, m.has_qemu));
     }
+    b.extend(crate::breakdown::blocks(&l.records));
     // Experiments with runs that ended other than ok (chaos): end statuses and device errors.
     let ends = crate::ends::end_tables(&l.records);
     if !ends.is_empty() {

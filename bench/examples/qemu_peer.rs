@@ -1,6 +1,7 @@
 //! Runs one workload under QEMU (the peer column) and prints ns per operation per phase, or the
 //! run records as JSON lines with `--json`.
-//! `cargo run -p hv --release --example qemu_peer -- [--json] [--vcpus N] WORKLOAD [key=value ...]`
+//! `cargo run -p hv --release --example qemu_peer -- [--json] [--vcpus N] [--vmm qemu|qemu-pc]
+//! [--device emulated|synthetic|synthetic-noevidx] WORKLOAD [key=value ...]`
 use std::collections::BTreeMap;
 
 use hv::record::RecordStatus;
@@ -9,6 +10,8 @@ use hv::run::{RecordContext, RunRequest};
 fn main() {
     let mut json = false;
     let mut vcpus = 1;
+    let mut vmm = String::from("qemu");
+    let mut device = String::from("none");
     let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next_if(|a| a.starts_with("--")) {
         match a.as_str() {
@@ -17,6 +20,16 @@ fn main() {
                 Some(n) => vcpus = n,
                 None => usage("--vcpus needs a number"),
             },
+            "--vmm" => {
+                vmm = args
+                    .next()
+                    .unwrap_or_else(|| usage("--vmm needs a peer label"))
+            }
+            "--device" => {
+                device = args
+                    .next()
+                    .unwrap_or_else(|| usage("--device needs a variant"))
+            }
             other => usage(&format!("unknown option {other}")),
         }
     }
@@ -34,9 +47,10 @@ fn main() {
         workload,
         args: kv,
         vcpus,
+        devices: bench::suite::device_options(&device),
         ..RunRequest::default()
     };
-    let records = match bench::peer::run_qemu(&req, &RecordContext::adhoc()) {
+    let records = match bench::peer::qemu::run_qemu_as(&vmm, &req, &RecordContext::adhoc()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -72,6 +86,8 @@ fn main() {
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("{why}\nusage: qemu_peer [--json] [--vcpus N] WORKLOAD [key=value ...]");
+    eprintln!(
+        "{why}\nusage: qemu_peer [--json] [--vcpus N] [--vmm qemu|qemu-pc] [--device VARIANT] WORKLOAD [key=value ...]"
+    );
     std::process::exit(2);
 }

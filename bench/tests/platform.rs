@@ -188,7 +188,12 @@ fn qemu_resets_end_its_run_too() {
     };
     // Under -no-reboot a reset ends QEMU with status 0, before the guest's "ignored" check.
     for how in ["i8042", "cf9"] {
-        let o = bench::peer::qemu::boot(&qemu, &platform_request(1, &[("reset", how)])).unwrap();
+        let o = bench::peer::qemu::boot(
+            &qemu,
+            &platform_request(1, &[("reset", how)]),
+            bench::peer::qemu::Machine::Pc,
+        )
+        .unwrap();
         match &o.status {
             RunStatus::Stopped(why) => assert!(why.contains("guest reset"), "{how}: {why}"),
             other => panic!("{how}: {other}\n{}", o.console),

@@ -169,3 +169,108 @@ fn missing_qemu_gives_one_skipped_record() {
     );
     assert!(text.contains("1 passed"), "{text}");
 }
+
+/// Runs `workload` under the peer label `vmm` with the device variant `device` (a spec label).
+fn run_device(vmm: &str, device: &str, workload: &str, args: &[(&str, &str)]) -> Vec<RunRecord> {
+    let mut req = request(workload, args);
+    req.devices = bench::suite::device_options(device);
+    req.timeout = Duration::from_secs(60);
+    peer::qemu::run_qemu_as(vmm, &req, &RecordContext::adhoc()).expect("the QEMU peer runs")
+}
+
+/// The record of `phase`, which must have run ok.
+fn ok_phase<'a>(records: &'a [RunRecord], phase: &str) -> &'a RunRecord {
+    let r = records
+        .iter()
+        .find(|r| r.phase == phase)
+        .unwrap_or_else(|| panic!("no {phase} record: {records:#?}"));
+    assert_eq!(r.status, RecordStatus::Ok, "{phase}: {:?}", r.notes);
+    assert!(r.ops > 0 && r.guest_tsc > 0 && r.tsc_khz > 0, "{r:#?}");
+    assert!(r.exits.is_empty(), "exits are not measured under QEMU");
+    r
+}
+
+fn notes_say(r: &RunRecord, what: &str) -> bool {
+    r.notes.iter().any(|n| n.contains(what))
+}
+
+/// console-io on QEMU's own consoles: its 16550 on microvm and on pc (with QEMU's loopback
+/// for the read-back), and virtconsole on microvm, found from `virtio_mmio.device=`.
+#[test]
+fn console_io_runs_on_qemus_16550_and_virtconsole() {
+    let args = [("bytes", "128"), ("line", "32")];
+    let records = run_device("qemu", "emulated", "console-io", &args);
+    if let Err(why) = qemu_binary() {
+        assert_skipped_missing(&records, &why);
+        return;
+    }
+    for (vmm, machine) in [("qemu", "-M microvm"), ("qemu-pc", "-M pc")] {
+        let records = run_device(vmm, "emulated", "console-io", &args);
+        let w = ok_phase(&records, "con-write");
+        assert_eq!((w.vmm.as_str(), w.ops), (vmm, 4));
+        assert!(notes_say(w, machine), "{vmm}: {:?}", w.notes);
+        assert!(
+            w.latency
+                .as_ref()
+                .is_some_and(|l| l.count == 4 && l.p50 > 0.0)
+        );
+        let rb = ok_phase(&records, "con-readback");
+        assert_eq!(rb.metrics.get("mismatches"), Some(&0.0), "{vmm}");
+    }
+    let records = run_device("qemu", "synthetic", "console-io", &args);
+    let w = ok_phase(&records, "con-write");
+    assert!(notes_say(w, "-M microvm"), "{:?}", w.notes);
+    // Found on the command line (so interrupts are acknowledged); every line sent went
+    // through the transmit queue, each notification a kick of QEMU's device.
+    assert_eq!(w.metrics.get("irq_ack"), Some(&1.0), "{w:#?}");
+    assert_eq!(w.metrics.get("bytes"), Some(&128.0), "{w:#?}");
+    assert!(w.metrics.get("kicks").is_some_and(|&n| n >= 1.0), "{w:#?}");
+    assert_eq!(w.params.get("readback").map(String::as_str), Some("0"));
+    assert!(records.iter().all(|r| r.phase != "con-readback"));
+    assert!(notes_say(w, "no loopback"), "{:?}", w.notes);
+}
+
+/// blk-io on QEMU's own disks: PIIX IDE on pc for ATA PIO, virtio-blk-device on microvm, with
+/// every byte verified in blk-verify; variants without a QEMU counterpart say why.
+#[test]
+fn blk_io_runs_on_qemus_ide_and_virtio_blk() {
+    let args = [("count", "4"), ("qd", "2")];
+    let records = run_device("qemu", "emulated", "blk-io", &args);
+    if let Err(why) = qemu_binary() {
+        assert_skipped_missing(&records, &why);
+        return;
+    }
+    let r = ok_phase(&records, "blk-read");
+    assert!(notes_say(r, "-M pc"), "{:?}", r.notes);
+    assert_eq!(
+        r.metrics.get("qd"),
+        Some(&1.0),
+        "ATA runs one command at a time"
+    );
+    let v = ok_phase(&records, "blk-verify");
+    assert_eq!((v.ops, v.metrics.get("reread")), (4, Some(&0.0)));
+    for device in ["synthetic", "synthetic-noevidx"] {
+        let records = run_device("qemu", device, "blk-io", &args);
+        let r = ok_phase(&records, "blk-read");
+        assert!(notes_say(r, "-M microvm"), "{:?}", r.notes);
+        assert_eq!(r.metrics.get("qd"), Some(&2.0), "{device}");
+        assert_eq!(r.metrics.get("irq_ack"), Some(&1.0), "{device}");
+        assert!(
+            r.latency
+                .as_ref()
+                .is_some_and(|l| l.count == 4 && l.p50 > 0.0)
+        );
+        assert_eq!(ok_phase(&records, "blk-verify").ops, 4, "{device}");
+    }
+    for (vmm, device, why) in [
+        ("qemu", "synthetic-poll", "polling"),
+        ("qemu-pc", "synthetic", "PCI"),
+    ] {
+        let records = run_device(vmm, device, "blk-io", &args);
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert!(
+            matches!(&records[0].status, RecordStatus::Skipped(s) if s.contains(why)),
+            "{vmm} {device}: {records:#?}"
+        );
+    }
+}

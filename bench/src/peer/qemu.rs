@@ -2,11 +2,20 @@
 //! run records (`vmm = "qemu"`).
 //!
 //! QEMU boots the image exactly as hv does: `-kernel` finds the PVH note and enters the 32-bit
-//! entry with EBX = start info (`-M microvm`). The guest protocol needs nothing else: the
-//! console is QEMU's 16550 at 0x3f8, the exit port 0xf4 is QEMU's `isa-debug-exit` (QEMU exits
-//! with `(status << 1) | 1`), and the phase port is unassigned there, so per-phase numbers are
-//! the guest's own TSC deltas. The exact command line is [`command_line`]; see also
-//! `scripts/qemu-peer.sh`.
+//! entry with EBX = start info (`-M microvm`, or `-M pc` through its PVH option ROM). The guest
+//! protocol needs nothing else: the console is QEMU's 16550 at 0x3f8, the exit port 0xf4 is
+//! QEMU's `isa-debug-exit` (QEMU exits with `(status << 1) | 1`), and the phase port is
+//! unassigned there, so per-phase numbers are the guest's own TSC deltas. The exact command
+//! line is [`command_line`]; see also `scripts/qemu-peer.sh`.
+//!
+//! Devices are QEMU's own, driven by the same guest drivers: the emulated console is QEMU's
+//! 16550 (the boot console, as under hv; its loopback mode is QEMU's), the emulated disk is
+//! the PIIX IDE of `-M pc` (microvm has no IDE), and the synthetic devices are microvm's
+//! virtio-mmio transports with `virtio-blk-device` and `virtio-serial-device` + `virtconsole`,
+//! which the guest finds from the `virtio_mmio.device=` words microvm appends to the command
+//! line (`auto-kernel-cmdline`, which QEMU applies only with `acpi=off`), as Linux does. Two peer labels exist ([`PEER_VMMS`]): `qemu`
+//! runs each device on the machine that has it (microvm; pc for ATA), `qemu-pc` always on
+//! `-M pc`. What has no QEMU counterpart is skipped with the reason ([`supports_on`]).
 //!
 //! What is not measured under QEMU stays empty (exits, KVM stats, tracepoints, per-phase wall
 //! time) and each record says so in its notes. hv-only ports that the exit-floor workload pokes
@@ -26,6 +35,7 @@ use std::time::{Duration, Instant};
 use hvlab_protocol::kvm_pv;
 use thiserror::Error;
 
+use hv::devices::DeviceVariant;
 use hv::devices::emulated::serial::CONSOLE_CAPTURE_LIMIT;
 use hv::enlightenments::EnlightenmentSet;
 use hv::error::HvError;
@@ -77,6 +87,53 @@ const KVM_PV_PROPS: &[(&str, &[u32])] = &[
     ),
 ];
 
+/// Peer VMM labels a spec may name in `vmm = [...]` (records carry them in `vmm`): `qemu` runs
+/// each device on the QEMU machine that has it (microvm; pc for the ATA disk, which microvm
+/// lacks), `qemu-pc` runs everything on `-M pc`.
+pub const PEER_VMMS: &[&str] = &["qemu", "qemu-pc"];
+
+/// The QEMU machine type of a peer run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M microvm`: 16550, virtio-mmio transports, no PCI, no IDE.
+    Microvm,
+    /// `-M pc`: i440FX + PIIX, the 16550 and the IDE controller (virtio only over PCI).
+    Pc,
+}
+
+impl Machine {
+    /// QEMU's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Pc => "pc",
+        }
+    }
+}
+
+/// The device classes the request's workload drives, when it asks for a device variant.
+fn device_classes(req: &RunRequest) -> &'static [&'static str] {
+    match hvlab_workloads::find(&req.workload) {
+        Some(info) if req.devices.variant != DeviceVariant::None => info.devices,
+        _ => &[],
+    }
+}
+
+/// The machine a peer label runs `req` on; `None` when `vmm` is not a QEMU peer label.
+pub fn machine_for(vmm: &str, req: &RunRequest) -> Option<Machine> {
+    let ata =
+        req.devices.variant == DeviceVariant::Emulated && device_classes(req).contains(&"block");
+    // Workloads that check the PC platform (fw_cfg, ACPI, PIC, PCI) need QEMU's `pc`.
+    let pc = hvlab_workloads::find(&req.workload)
+        .is_some_and(|w| w.host_features.contains(&"pc-platform"));
+    match vmm {
+        "qemu" if ata || pc => Some(Machine::Pc),
+        "qemu" => Some(Machine::Microvm),
+        "qemu-pc" => Some(Machine::Pc),
+        _ => None,
+    }
+}
+
 /// Errors from running QEMU itself (the guest's own failures are run statuses, not errors).
 #[derive(Debug, Error)]
 pub enum QemuError {
@@ -100,6 +157,16 @@ pub enum QemuError {
     /// The memory size cannot be expressed to QEMU.
     #[error("guest memory of {0} bytes is not a whole number of KiB")]
     Memory(u64),
+    /// The disk image for QEMU's block device could not be made.
+    #[error("cannot create the disk image {path} for QEMU: {source}")]
+    Disk {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A label that names no QEMU peer.
+    #[error("unknown peer VMM `{0}`; valid: qemu, qemu-pc")]
+    UnknownPeer(String),
 }
 
 /// Finds QEMU: `$HVLAB_QEMU` if set, else `qemu-system-x86_64` on `PATH`; checks that
@@ -183,24 +250,60 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Why QEMU cannot run this request meaningfully, if it cannot. hv-only mechanisms are refused
-/// here (the record says skipped, with this reason) rather than run as something else.
+/// [`supports_on`] for the `qemu` peer label.
 pub fn supports(req: &RunRequest) -> Result<(), String> {
+    supports_on(req, machine_for("qemu", req).unwrap_or(Machine::Microvm))
+}
+
+/// Why QEMU's `machine` has no counterpart of a device the request uses, if it has none.
+fn device_support(req: &RunRequest, machine: Machine) -> Result<(), String> {
+    let d = &req.devices;
+    for &class in device_classes(req) {
+        match (class, d.variant, machine) {
+            (_, DeviceVariant::Synthetic, Machine::Pc) => {
+                return Err(format!(
+                    "synthetic {class} on -M pc: QEMU's pc has virtio only over PCI and the guest drives virtio-mmio; the `qemu` column runs it on microvm"
+                ));
+            }
+            (_, DeviceVariant::Synthetic, _) if d.polling => {
+                return Err(
+                    "synthetic-poll: hv's device worker polls the available ring before it sleeps; QEMU's virtio-mmio devices have no polling mode to compare with"
+                        .into(),
+                );
+            }
+            ("block", DeviceVariant::Emulated, Machine::Microvm) => {
+                return Err(
+                    "ATA PIO on -M microvm: microvm has no IDE controller; the `qemu` and `qemu-pc` columns run it on pc's PIIX IDE"
+                        .into(),
+                );
+            }
+            ("block", _, _) if !d.disk_access.faults.is_empty() => {
+                return Err(
+                    "--disk-fault is hv's fault injection; the QEMU peer injects no faults".into(),
+                );
+            }
+            ("block" | "console", _, _) => {}
+            (other, _, _) => {
+                return Err(format!(
+                    "{other} devices: the QEMU peer has no counterpart wired for them"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why QEMU (`machine`) cannot run this request meaningfully, if it cannot. hv-only mechanisms
+/// are refused here (the record says skipped, with this reason) rather than run as something
+/// else.
+pub fn supports_on(req: &RunRequest, machine: Machine) -> Result<(), String> {
     if req.partitions > 1 {
         return Err(format!(
             "--partitions {}: the QEMU peer runs one VM; co-running partitions are hv's",
             req.partitions
         ));
     }
-    if let Some(info) = hvlab_workloads::find(&req.workload)
-        && !info.devices.is_empty()
-    {
-        return Err(format!(
-            "{} drives {} devices; the QEMU peer provides no device variants yet (only the boot console)",
-            info.name,
-            info.devices.join("+")
-        ));
-    }
+    device_support(req, machine)?;
     let e = &req.enlightenments;
     if e.hyperv_features().any() {
         let kvm = kvm_ioctls::Kvm::new().map_err(|err| {
@@ -264,10 +367,35 @@ pub fn cpu_option(req: &RunRequest) -> String {
     s
 }
 
-/// The guest command line under QEMU: hv's, plus the words hv adds for enlightenments that are
-/// off (`apic=xapic`).
+/// The device words of the guest command line under QEMU: which driver to use (`blk=ata`,
+/// `con=virtio`, ...) without hv's addresses, so virtio devices are found from microvm's
+/// `virtio_mmio.device=` words.
+fn device_words(req: &RunRequest) -> Vec<String> {
+    let classes = device_classes(req);
+    let synthetic = req.devices.variant == DeviceVariant::Synthetic;
+    let mut words: Vec<String> = classes
+        .iter()
+        .filter_map(|&c| match (c, synthetic) {
+            ("block", false) => Some("blk=ata"),
+            ("block", true) => Some("blk=virtio"),
+            ("console", false) => Some("con=uart"),
+            ("console", true) => Some("con=virtio"),
+            _ => None,
+        })
+        .map(String::from)
+        .collect();
+    if synthetic && !classes.is_empty() {
+        words.push(format!("evidx={}", u8::from(req.devices.event_idx)));
+        words.push("poll=0".into());
+    }
+    words
+}
+
+/// The guest command line under QEMU: hv's with QEMU's device words, plus the words hv adds
+/// for enlightenments that are off (`apic=xapic`). microvm appends its `virtio_mmio.device=`
+/// words after these.
 pub fn qemu_guest_cmdline(req: &RunRequest) -> String {
-    let mut line = guest_cmdline(req, 0, &[]);
+    let mut line = guest_cmdline(req, 0, &device_words(req));
     for w in req.enlightenments.cmdline_words() {
         line.push(' ');
         line.push_str(w);
@@ -286,15 +414,84 @@ fn mem_option(bytes: u64) -> Result<String, QemuError> {
     }
 }
 
-/// The arguments after the binary, for `kernel` (the guest ELF on disk).
-pub fn command_line(req: &RunRequest, kernel: &Path) -> Result<Vec<OsString>, QemuError> {
-    // Workloads that check the PC platform get QEMU's `pc` (fw_cfg, ACPI, PIC, PCI); the rest
-    // the lean microvm.
-    let pc = hvlab_workloads::find(&req.workload)
-        .is_some_and(|w| w.host_features.contains(&"pc-platform"));
+/// QEMU's device options for the request on `machine`; `disk` is the image for a block device.
+fn device_options(req: &RunRequest, machine: Machine, disk: Option<&Path>) -> Vec<OsString> {
+    let d = &req.devices;
+    let evidx = if d.event_idx { "on" } else { "off" };
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    let classes = device_classes(req);
+    if d.variant == DeviceVariant::Synthetic && machine == Machine::Microvm {
+        // microvm's transports are legacy (version 1) unless told otherwise; the guest
+        // drives virtio 1.0 (version 2) only, as hv offers.
+        push(&["-global", "virtio-mmio.force-legacy=false"]);
+    }
+    for &class in classes {
+        match (class, d.variant) {
+            ("block", v) => {
+                let Some(disk) = disk else { continue };
+                let mut drive = OsString::from("file=");
+                // QEMU splits options at commas; a comma in the path is doubled.
+                drive.push(disk.to_string_lossy().replace(',', ",,"));
+                drive.push(",format=raw,cache=writeback");
+                if d.disk_access.readonly {
+                    drive.push(",readonly=on");
+                }
+                if v == DeviceVariant::Synthetic {
+                    drive.push(",if=none,id=hvlab-disk");
+                    a.push("-drive".into());
+                    a.push(drive);
+                    a.push("-device".into());
+                    a.push(format!("virtio-blk-device,drive=hvlab-disk,event_idx={evidx}").into());
+                } else {
+                    drive.push(",if=ide,index=0,media=disk");
+                    a.push("-drive".into());
+                    a.push(drive);
+                }
+            }
+            ("console", DeviceVariant::Synthetic) => {
+                a.extend(
+                    [
+                        "-chardev",
+                        "null,id=hvlab-con",
+                        "-device",
+                        &format!("virtio-serial-device,event_idx={evidx}"),
+                        "-device",
+                        "virtconsole,chardev=hvlab-con",
+                    ]
+                    .iter()
+                    .map(OsString::from),
+                );
+            }
+            // The emulated console is the boot console (-serial stdio).
+            _ => {}
+        }
+    }
+    a
+}
+
+/// The `-M` value. microvm without ACPI: only then does it append `virtio_mmio.device=` words
+/// to the command line (with ACPI its DSDT names the transports, and the guest reads no ACPI),
+/// and without its second IOAPIC (the guest programs the first one only, so virtio interrupts
+/// must land on pins below 24).
+fn machine_option(machine: Machine) -> &'static str {
+    match machine {
+        Machine::Microvm => "microvm,acpi=off,ioapic2=off",
+        Machine::Pc => "pc",
+    }
+}
+
+/// The arguments after the binary, for `kernel` (the guest ELF on disk) on `machine`; `disk`
+/// backs a block device when the workload has one.
+pub fn command_line(
+    req: &RunRequest,
+    kernel: &Path,
+    machine: Machine,
+    disk: Option<&Path>,
+) -> Result<Vec<OsString>, QemuError> {
     let mut a: Vec<OsString> = [
         "-M",
-        if pc { "pc" } else { "microvm" },
+        machine_option(machine),
         "-accel",
         "kvm",
         "-cpu",
@@ -312,15 +509,87 @@ pub fn command_line(req: &RunRequest, kernel: &Path) -> Result<Vec<OsString>, Qe
         &mem_option(req.mem_bytes)?,
         "-smp",
         &req.vcpus.to_string(),
-        "-kernel",
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    if machine == Machine::Pc {
+        // qboot (QEMU's microvm firmware, shipped as qboot.rom) boots pc too, in well under a
+        // second; SeaBIOS takes about 10 s where guest kernel code is emulated.
+        a.push("-bios".into());
+        a.push("qboot.rom".into());
+    }
+    a.push("-kernel".into());
     a.push(kernel.as_os_str().to_owned());
     a.push("-append".into());
     a.push(qemu_guest_cmdline(req).into());
+    a.extend(device_options(req, machine, disk));
     Ok(a)
+}
+
+/// The disk image behind QEMU's block device: the request's `--disk` when given (created
+/// sparse at the requested size when missing), else a sparse temporary file on tmpfs
+/// (`/dev/shm`) when there is one, the closest QEMU gets to hv's in-memory default disk.
+/// A temporary image is removed on drop.
+#[derive(Debug)]
+struct PeerDisk {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl PeerDisk {
+    fn for_request(req: &RunRequest) -> Result<Option<PeerDisk>, QemuError> {
+        if !device_classes(req).contains(&"block") {
+            return Ok(None);
+        }
+        let size = match req.devices.disk_size {
+            0 => hv::devices::disk::DEFAULT_DISK_SIZE,
+            n => n,
+        };
+        let (path, temporary) = match &req.devices.disk {
+            Some(p) if p.exists() => {
+                return Ok(Some(PeerDisk {
+                    path: p.clone(),
+                    temporary: false,
+                }));
+            }
+            Some(p) => (p.clone(), false),
+            None => {
+                static SEQ: AtomicU64 = AtomicU64::new(0);
+                let shm = Path::new("/dev/shm");
+                let dir = if shm.is_dir() {
+                    shm.to_path_buf()
+                } else {
+                    std::env::temp_dir()
+                };
+                let name = format!(
+                    "hvlab-qemu-disk-{}-{}.img",
+                    std::process::id(),
+                    SEQ.fetch_add(1, Ordering::Relaxed)
+                );
+                (dir.join(name), true)
+            }
+        };
+        let disk = PeerDisk { path, temporary };
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&disk.path)
+            .and_then(|f| f.set_len(size));
+        made.map_err(|source| QemuError::Disk {
+            path: disk.path.display().to_string(),
+            source,
+        })?;
+        Ok(Some(disk))
+    }
+}
+
+impl Drop for PeerDisk {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Guest TSC frequency as QEMU's guest sees it: KVM_GET_TSC_KHZ of a throwaway vCPU (QEMU sets
@@ -468,15 +737,21 @@ fn map_exit(status: ExitStatus, console_empty: bool, stderr: &str) -> RunStatus 
     }
 }
 
-/// Boots the request's image under QEMU once and waits (at most `req.timeout`; QEMU is killed
-/// then). `qemu` is the binary from [`qemu_binary`].
-pub fn boot(qemu: &Path, req: &RunRequest) -> Result<QemuOutcome, QemuError> {
+/// Boots the request's image under QEMU's `machine` once and waits (at most `req.timeout`;
+/// QEMU is killed then). `qemu` is the binary from [`qemu_binary`].
+pub fn boot(qemu: &Path, req: &RunRequest, machine: Machine) -> Result<QemuOutcome, QemuError> {
     let image = TempImage::write(req.image.as_deref().unwrap_or(hv::GUEST_IMAGE))?;
+    let disk = PeerDisk::for_request(req)?;
     let mut cmd = Command::new(qemu);
-    cmd.args(command_line(req, &image.0)?)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(command_line(
+        req,
+        &image.0,
+        machine,
+        disk.as_ref().map(|d| d.path.as_path()),
+    )?)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(cpus) = &req.cpus {
         pin_to(&mut cmd, cpus);
     }
@@ -566,16 +841,49 @@ pub fn run_qemu(
     req: &RunRequest,
     ctx: &RecordContext,
 ) -> Result<Vec<RunRecord>, crate::BenchError> {
+    run_qemu_as("qemu", req, ctx)
+}
+
+/// The request as QEMU runs it: virtconsole has no loopback, so the read-back phase is off
+/// (with the reason returned for the records' notes).
+fn adjusted(req: &RunRequest) -> (RunRequest, Option<&'static str>) {
+    let mut r = req.clone();
+    let vcon = req.devices.variant == DeviceVariant::Synthetic
+        && device_classes(req).contains(&"console")
+        && hvlab_workloads::find(&req.workload)
+            .is_some_and(|i| i.params.iter().any(|p| p.key == "readback"));
+    if vcon {
+        r.args.insert("readback".into(), "0".into());
+        return (
+            r,
+            Some(
+                "readback=0: QEMU's virtconsole has no loopback (hv's virtio-console returns what the guest sends), so only con-write runs",
+            ),
+        );
+    }
+    (r, None)
+}
+
+/// [`run_qemu`] under the peer label `vmm` (one of [`PEER_VMMS`]), which picks the machine
+/// ([`machine_for`]) and is what the records' `vmm` says.
+pub fn run_qemu_as(
+    vmm: &str,
+    req: &RunRequest,
+    ctx: &RecordContext,
+) -> Result<Vec<RunRecord>, crate::BenchError> {
+    let machine = machine_for(vmm, req).ok_or_else(|| QemuError::UnknownPeer(vmm.into()))?;
+    let (req, adjust_note) = adjusted(req);
+    let req = &req;
     let info = validate(req)?;
     let params = effective_args(info, req);
-    let mut base = hv::run::base_record(req, ctx, &params, "qemu", 0);
+    let mut base = hv::run::base_record(req, ctx, &params, vmm, 0);
     let skipped = |why: String| {
         let mut r = base.clone();
         r.phase = "run".into();
         r.status = RecordStatus::Skipped(why);
         vec![r]
     };
-    if let Err(why) = supports(req) {
+    if let Err(why) = supports_on(req, machine) {
         return Ok(skipped(why));
     }
     let qemu = match qemu_binary() {
@@ -583,12 +891,15 @@ pub fn run_qemu(
         Err(why) => return Ok(skipped(why)),
     };
     let tsc_khz = tsc_khz()?;
-    let outcome = boot(&qemu, req)?;
+    let outcome = boot(&qemu, req, machine)?;
     let report = guest_output::parse(&outcome.console);
     let mut notes = vec![
         version_of(&qemu).unwrap_or_else(|e| e),
         "exits, KVM stats, tracepoints and per-phase wall time are not collected under QEMU; phase timings are the guest's TSC".into(),
+        format!("QEMU machine: -M {}", machine_option(machine)),
     ];
+    notes.extend(device_notes(req, machine).into_iter().map(String::from));
+    notes.extend(adjust_note.map(String::from));
     match tsc_khz {
         Some(_) => notes.push("tsc_khz from KVM_GET_TSC_KHZ of a throwaway vCPU".into()),
         None => notes.push("tsc_khz unknown: KVM_GET_TSC_KHZ failed".into()),
@@ -632,6 +943,27 @@ pub fn run_qemu(
     Ok(records)
 }
 
+/// What differs between QEMU's devices and hv's for this request, for the records' notes.
+fn device_notes(req: &RunRequest, machine: Machine) -> Vec<&'static str> {
+    let classes = device_classes(req);
+    let mut n = Vec::new();
+    let synthetic = req.devices.variant == DeviceVariant::Synthetic;
+    if synthetic && !classes.is_empty() {
+        n.push("virtio-mmio transports found from microvm's virtio_mmio.device= words; QEMU holds the interrupt line until acknowledged, so the guest reads InterruptStatus and writes InterruptAck per interrupt (2 MMIO exits hv's edge-signalled transport does not need)");
+        n.push("QEMU's virtio-mmio QueueNotify goes through an ioeventfd (completed in KVM), as hv's doorbell does");
+    }
+    if classes.contains(&"block") {
+        n.push("disk: QEMU's raw file (sparse, on tmpfs unless --disk names one), cache=writeback; hv's default disk is in memory");
+        if !synthetic && machine == Machine::Pc {
+            n.push("ATA PIO on QEMU's PIIX IDE (-M pc); like hv's, one command at a time (qd=1)");
+        }
+    }
+    if classes.contains(&"console") && !synthetic {
+        n.push("16550: QEMU's, which is also the boot console on stdio; its loopback mode (MCR.LOOP) is QEMU's");
+    }
+    n
+}
+
 /// Why the QEMU row of `workload`/`phase` does not measure what hv's row measures, where the
 /// two run the same guest code through different mechanisms. Shown in the record's notes and
 /// next to the hv/qemu ratio in the report.
@@ -659,6 +991,88 @@ impl hv::run::HostCounters for QemuCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dev(variant: DeviceVariant) -> hv::devices::DeviceOptions {
+        hv::devices::DeviceOptions {
+            variant,
+            event_idx: true,
+            ..Default::default()
+        }
+    }
+
+    fn args_of(r: &RunRequest, m: Machine, disk: Option<&Path>) -> Vec<String> {
+        command_line(r, Path::new("/tmp/g.elf"), m, disk)
+            .unwrap_or_default()
+            .iter()
+            .map(|x| x.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_device_variant_gets_qemus_own_device_or_a_reason() {
+        let mut r = req("blk-io");
+        // ATA: pc's IDE under both labels; microvm has none.
+        r.devices = dev(DeviceVariant::Emulated);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Pc));
+        assert_eq!(machine_for("qemu-pc", &r), Some(Machine::Pc));
+        assert_eq!(machine_for("hv", &r), None);
+        assert!(
+            supports_on(&r, Machine::Microvm)
+                .unwrap_err()
+                .contains("no IDE")
+        );
+        let a = args_of(&r, Machine::Pc, Some(Path::new("/d,x.img")));
+        assert!(
+            a.contains(
+                &"file=/d,,x.img,format=raw,cache=writeback,if=ide,index=0,media=disk".into()
+            ),
+            "{a:?}"
+        );
+        assert!(a.iter().any(|w| w.contains(" blk=ata")), "{a:?}");
+        // virtio-blk: microvm's transport, found by the guest from the command line.
+        r.devices = dev(DeviceVariant::Synthetic);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Microvm));
+        assert!(supports_on(&r, Machine::Pc).unwrap_err().contains("PCI"));
+        let a = args_of(&r, Machine::Microvm, Some(Path::new("/d.img")));
+        assert!(
+            a.contains(&"virtio-blk-device,drive=hvlab-disk,event_idx=on".into()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"virtio-mmio.force-legacy=false".into()),
+            "{a:?}"
+        );
+        let line = qemu_guest_cmdline(&r);
+        assert!(line.contains(" blk=virtio evidx=1 poll=0"), "{line}");
+        assert!(
+            !line.contains("blk_mmio"),
+            "hv's addresses never reach QEMU's guest: {line}"
+        );
+        r.devices.event_idx = false;
+        assert!(
+            args_of(&r, Machine::Microvm, Some(Path::new("/d.img")))
+                .contains(&"virtio-blk-device,drive=hvlab-disk,event_idx=off".into())
+        );
+        r.devices.polling = true;
+        assert!(
+            supports_on(&r, Machine::Microvm)
+                .unwrap_err()
+                .contains("polling")
+        );
+        // Consoles: 16550 on both machines, virtconsole on microvm without read-back.
+        let mut c = req("console-io");
+        c.devices = dev(DeviceVariant::Emulated);
+        assert_eq!(machine_for("qemu", &c), Some(Machine::Microvm));
+        assert_eq!(supports_on(&c, Machine::Pc), Ok(()));
+        assert!(qemu_guest_cmdline(&c).contains(" con=uart"));
+        assert_eq!(adjusted(&c).1, None);
+        c.devices = dev(DeviceVariant::Synthetic);
+        let a = args_of(&c, Machine::Microvm, None);
+        assert!(a.contains(&"virtconsole,chardev=hvlab-con".into()), "{a:?}");
+        let (adj, why) = adjusted(&c);
+        assert_eq!(adj.args.get("readback").map(String::as_str), Some("0"));
+        assert!(why.is_some_and(|w| w.contains("loopback")));
+    }
 
     fn req(workload: &str) -> RunRequest {
         RunRequest {
@@ -697,7 +1111,13 @@ mod tests {
         assert_eq!(supports(&r), Ok(()));
         r.partitions = 2;
         assert!(supports(&r).unwrap_err().contains("partitions"));
-        assert!(supports(&req("blk-io")).unwrap_err().contains("block"));
+        let mut blk = req("blk-io");
+        blk.devices = dev(DeviceVariant::Synthetic);
+        assert_eq!(supports(&blk), Ok(()));
+        if let Ok(f) = "eio@write:3".parse() {
+            blk.devices.disk_access.faults.push(f);
+        }
+        assert!(supports(&blk).unwrap_err().contains("disk-fault"));
         let mut r = req("exit-floor");
         r.enlightenments = EnlightenmentSet::parse("idle-no-exit").unwrap_or_default();
         assert!(supports(&r).unwrap_err().contains("idle-no-exit"));
@@ -753,10 +1173,11 @@ mod tests {
         let mut r = req("exit-floor");
         r.args.insert("iters".into(), "9".into());
         r.vcpus = 2;
-        let a = command_line(&r, Path::new("/tmp/g.elf")).unwrap_or_default();
+        let a =
+            command_line(&r, Path::new("/tmp/g.elf"), Machine::Microvm, None).unwrap_or_default();
         let s: Vec<String> = a.iter().map(|x| x.to_string_lossy().into_owned()).collect();
         let after = |k: &str| s.iter().position(|x| x == k).map(|i| s[i + 1].as_str());
-        assert_eq!(after("-M"), Some("microvm"));
+        assert_eq!(after("-M"), Some("microvm,acpi=off,ioapic2=off"));
         assert_eq!(after("-m"), Some("32M"));
         assert_eq!(after("-smp"), Some("2"));
         assert_eq!(after("-kernel"), Some("/tmp/g.elf"));

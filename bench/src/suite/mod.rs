@@ -16,7 +16,7 @@ use kvm_ioctls::Kvm;
 use self::matrix::{PlannedRun, Shard};
 use self::results::RunsWriter;
 use self::spec::Spec;
-use hv::devices::{DeviceOptions, DeviceVariant};
+use hv::devices::DeviceVariant;
 use hv::enlightenments::EnlightenmentSet;
 use hv::error::HvError;
 use hv::record::{Manifest, RecordStatus, RunRecord, SCHEMA_VERSION};
@@ -54,22 +54,8 @@ pub struct SuiteSummary {
     pub interrupted: bool,
 }
 
-/// Maps a spec's device label onto device options.
-pub fn device_options(label: &str) -> DeviceOptions {
-    let (variant, polling, event_idx) = match label {
-        "emulated" => (DeviceVariant::Emulated, false, true),
-        "synthetic" => (DeviceVariant::Synthetic, false, true),
-        "synthetic-poll" => (DeviceVariant::Synthetic, true, true),
-        "synthetic-noevidx" => (DeviceVariant::Synthetic, false, false),
-        _ => (DeviceVariant::None, false, true),
-    };
-    DeviceOptions {
-        variant,
-        polling,
-        event_idx,
-        ..DeviceOptions::default()
-    }
-}
+/// Device labels (`emulated`, `synthetic-poll`, …) are the hypervisor's vocabulary.
+pub use hv::devices::device_options;
 
 /// The run request for a planned run.
 pub fn request_for(run: &PlannedRun) -> Result<RunRequest, HvError> {
@@ -174,8 +160,8 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             )];
         }
     };
-    let mut records = if run.vmm == "qemu" {
-        match crate::peer::run_qemu(&req, &ctx) {
+    let mut records = if crate::peer::qemu::PEER_VMMS.contains(&run.vmm.as_str()) {
+        match crate::peer::qemu::run_qemu_as(&run.vmm, &req, &ctx) {
             Ok(r) => r,
             Err(e) => vec![run_record(
                 run,

@@ -297,8 +297,11 @@ impl Spec {
                 EnlightenmentSet::parse(s).map_err(|err| bad(e, err.to_string()))?;
             }
             for v in &e.vmm {
-                if v != "hv" && v != "qemu" {
-                    return Err(bad(e, format!("unknown vmm `{v}`; valid: hv, qemu")));
+                if v != "hv" && !crate::peer::qemu::PEER_VMMS.contains(&v.as_str()) {
+                    return Err(bad(
+                        e,
+                        format!("unknown vmm `{v}`; valid: hv, qemu, qemu-pc"),
+                    ));
                 }
             }
             if e.vcpus.iter().chain(&e.partitions).any(|&n| n == 0) {

@@ -234,6 +234,23 @@ fn attach_virtio(
     Ok(())
 }
 
+/// Maps a spec's device label onto device options.
+pub fn device_options(label: &str) -> DeviceOptions {
+    let (variant, polling, event_idx) = match label {
+        "emulated" => (DeviceVariant::Emulated, false, true),
+        "synthetic" => (DeviceVariant::Synthetic, false, true),
+        "synthetic-poll" => (DeviceVariant::Synthetic, true, true),
+        "synthetic-noevidx" => (DeviceVariant::Synthetic, false, false),
+        _ => (DeviceVariant::None, false, true),
+    };
+    DeviceOptions {
+        variant,
+        polling,
+        event_idx,
+        ..DeviceOptions::default()
+    }
+}
+
 #[cfg(test)]
 mod note_sink_tests {
     use super::*;

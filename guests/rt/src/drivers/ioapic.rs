@@ -3,6 +3,8 @@
 use crate::cpu::{mmio_read32, mmio_write32, outb};
 
 const IOAPIC_BASE: u64 = 0xfec0_0000;
+/// Redirection entries (pins) of the IOAPIC this driver programs (82093AA: 24).
+pub const PINS: u8 = 24;
 const IOREGSEL: u64 = IOAPIC_BASE;
 const IOWIN: u64 = IOAPIC_BASE + 0x10;
 

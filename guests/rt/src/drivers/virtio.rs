@@ -4,8 +4,11 @@
 //! Notification: the driver publishes the available index, then notifies only when the device
 //! asks for it (VRING_USED_F_NO_NOTIFY, or the avail_event index with VIRTIO_F_EVENT_IDX);
 //! completions are found on the used ring, either after an interrupt (`sti; hlt`) or by
-//! polling. Interrupts are edge-triggered IOAPIC pins, so the driver never reads or
-//! acknowledges InterruptStatus (each would be an exit).
+//! polling. hv signals interrupts as edges on IOAPIC pins, so a driver of hv's devices never
+//! reads or acknowledges InterruptStatus (each would be an exit). Transports found through
+//! `virtio_mmio.device=` on the command line ([`find_on_cmdline`], as Linux and QEMU's
+//! microvm name them) hold their line until acknowledged: their drivers call
+//! [`ack_interrupt`] in the interrupt handler, as Linux's `vm_interrupt` does.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -26,6 +29,8 @@ pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
 pub const REG_QUEUE_NUM: u64 = 0x038;
 pub const REG_QUEUE_READY: u64 = 0x044;
 pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub const REG_INTERRUPT_ACK: u64 = 0x064;
 pub const REG_STATUS: u64 = 0x070;
 pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
 pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
@@ -245,6 +250,25 @@ impl VirtQueue {
         };
         self.last_used = self.last_used.wrapping_add(1);
         Some(r)
+    }
+}
+
+/// The first transport named by a `virtio_mmio.device=` word of `cmdline` whose device has
+/// `device_id`, with its interrupt line. Only windows inside the uncached MMIO region of the
+/// identity map (3-4 GiB) are probed, one magic and one device-ID read each.
+pub fn find_on_cmdline(cmdline: &str, device_id: u32) -> Option<(Mmio, u32)> {
+    hvlab_protocol::virtio_mmio::devices(cmdline)
+        .filter(|d| d.base >= hvlab_protocol::MMIO_WINDOW_BASE && d.base + d.size <= 1 << 32)
+        .map(|d| (Mmio(d.base), d.irq))
+        .find(|(m, _)| m.read(REG_MAGIC) == MAGIC && m.read(REG_DEVICE_ID) == device_id)
+}
+
+/// Reads InterruptStatus and acknowledges what it holds, so a level-style transport lowers
+/// its line (two exits; hv's transports never need it).
+pub fn ack_interrupt(dev: Mmio) {
+    let pending = dev.read(REG_INTERRUPT_STATUS);
+    if pending != 0 {
+        dev.write(REG_INTERRUPT_ACK, pending);
     }
 }
 
