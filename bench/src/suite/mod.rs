@@ -16,7 +16,6 @@ use kvm_ioctls::Kvm;
 use self::matrix::{PlannedRun, Shard};
 use self::results::RunsWriter;
 use self::spec::Spec;
-use hv::devices::DeviceVariant;
 use hv::enlightenments::EnlightenmentSet;
 use hv::error::HvError;
 use hv::record::{Manifest, RecordStatus, RunRecord, SCHEMA_VERSION};
@@ -295,6 +294,7 @@ pub fn run_suite(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hv::devices::DeviceVariant;
 
     #[test]
     fn device_labels_map_to_options() {
