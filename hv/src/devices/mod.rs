@@ -5,6 +5,7 @@
 pub mod disk;
 pub mod emulated;
 pub mod hv_ports;
+pub mod switch;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub const fn virtio_gsi(n: u32) -> u32 {
 pub const BLK_SLOT: u32 = 0;
 /// Slot of the virtio-console device.
 pub const CONSOLE_SLOT: u32 = 1;
+/// Slot of the virtio-net device.
+pub const NET_SLOT: u32 = 2;
 
 /// Which model backs a workload's device classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,6 +131,12 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
                 ));
                 words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
             }
+            ("net", DeviceVariant::Emulated) => words.push("net=ne2k".into()),
+            ("net", _) => {
+                words.push("net=virtio".into());
+                words.push(format!("net_mmio={:#x}", virtio_mmio_base(NET_SLOT.into())));
+                words.push(format!("net_irq={}", virtio_gsi(NET_SLOT)));
+            }
             _ => {}
         }
     }
@@ -183,14 +192,46 @@ pub fn attach(
                     Box::new(backend),
                 )?;
             }
+            ("net", _) => {} // attach_net: the NIC needs the run's switch
             (other, _) => {
                 return Err(HvError::Setup(format!(
-                    "unknown device class `{other}` (known: block, console)"
+                    "unknown device class `{other}` (known: block, console, net)"
                 )));
             }
         }
     }
     Ok(())
+}
+
+/// Attaches the NIC of the `net` class (if `classes` has it) in the chosen variant to
+/// `partition`, on a new port of `switch` (one switch per run joins its partitions).
+pub fn attach_net(
+    partition: &mut Partition,
+    opts: &DeviceOptions,
+    classes: &[&str],
+    switch: &Arc<switch::Switch>,
+) -> Result<(), HvError> {
+    if !classes.contains(&"net") || opts.variant == DeviceVariant::None {
+        return Ok(());
+    }
+    let mac = switch::port_mac(partition.config().index);
+    let port = switch
+        .add_port(mac)
+        .ok_or_else(|| HvError::Setup(format!("switch has {} ports already", switch::MAX_PORTS)))?;
+    match opts.variant {
+        DeviceVariant::Emulated => Err(HvError::Setup(
+            "the emulated NIC (NE2000) is not built yet; use --device synthetic".into(),
+        )),
+        _ => {
+            let backend =
+                synthetic::net::Net::new(switch.clone(), port.clone(), partition.device_notes());
+            let dev = attach_virtio(partition, opts, "virtio-net", NET_SLOT, Box::new(backend))?;
+            let waker =
+                synthetic::net::waker(&dev).map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
+            port.set_waker(waker);
+            Ok(())
+        }
+    }
 }
 
 fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {
@@ -205,7 +246,7 @@ fn attach_virtio(
     name: &str,
     slot: u32,
     backend: Box<dyn synthetic::VirtioBackend>,
-) -> Result<(), HvError> {
+) -> Result<Arc<Mutex<synthetic::VirtioMmio>>, HvError> {
     let irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
     let state = DeviceState::new(
@@ -224,13 +265,13 @@ fn attach_virtio(
     let vm = partition.vm().clone();
     let filter = partition.seccomp_target(format!("{name} worker"));
     let attached = synthetic::create(&vm, name, base, virtio_gsi(slot), state, &irq, filter)?;
-    partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device)?;
+    partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device.clone())?;
     if let Some(c) = attached.clock {
         partition.add_worker_clock(c);
     }
     partition.keep_alive(Box::new(attached.worker));
     partition.keep_alive(Box::new(irq));
-    Ok(())
+    Ok(attached.bus_device)
 }
 
 #[cfg(test)]
