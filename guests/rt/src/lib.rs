@@ -17,6 +17,7 @@ pub mod drivers;
 pub mod entry;
 pub mod hv;
 pub mod idt;
+pub mod net;
 pub mod phase;
 pub mod pv;
 pub mod smp;

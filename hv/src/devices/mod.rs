@@ -131,7 +131,10 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
                 ));
                 words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
             }
-            ("net", DeviceVariant::Emulated) => words.push("net=ne2k".into()),
+            ("net", DeviceVariant::Emulated) => {
+                words.push("net=ne2k".into());
+                words.push(format!("net_irq={}", emulated::ne2000::NE2000_GSI));
+            }
             ("net", _) => {
                 words.push("net=virtio".into());
                 words.push(format!("net_mmio={:#x}", virtio_mmio_base(NET_SLOT.into())));
@@ -219,9 +222,7 @@ pub fn attach_net(
         .add_port(mac)
         .ok_or_else(|| HvError::Setup(format!("switch has {} ports already", switch::MAX_PORTS)))?;
     match opts.variant {
-        DeviceVariant::Emulated => Err(HvError::Setup(
-            "the emulated NIC (NE2000) is not built yet; use --device synthetic".into(),
-        )),
+        DeviceVariant::Emulated => emulated::ne2000::attach(partition, switch.clone(), port),
         _ => {
             let backend =
                 synthetic::net::Net::new(switch.clone(), port.clone(), partition.device_notes());
