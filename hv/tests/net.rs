@@ -24,15 +24,21 @@ fn run(req: &RunRequest) -> RunResult {
     hv::run::run(&kvm, req, &hv::run::RecordContext::default()).expect("run")
 }
 
+/// Fails with every partition's status, console and notes unless partition `part` is ok (a
+/// partition that waits for ever usually waits for one that failed).
 fn assert_ok(r: &RunResult, part: usize) {
-    let o = &r.partitions[part].outcome;
-    assert!(
-        o.status.is_ok(),
-        "partition {part}: status {}\nconsole:\n{}\nnotes: {:?}",
-        o.status,
-        o.console,
-        o.notes
-    );
+    if r.partitions[part].outcome.status.is_ok() {
+        return;
+    }
+    let mut all = String::new();
+    for (i, p) in r.partitions.iter().enumerate() {
+        let o = &p.outcome;
+        all.push_str(&format!(
+            "--- partition {i}: status {}\nconsole:\n{}\nnotes: {:?}\n",
+            o.status, o.console, o.notes
+        ));
+    }
+    panic!("partition {part} failed\n{all}");
 }
 
 /// `key` on partition `part`'s `rec=phase` line of phase `name`.

@@ -151,10 +151,12 @@ impl Ne2000 {
         for i in 0..8 {
             outb(BASE + 8 + i, 0);
         }
-        outb(CR, CR_STA | CR_NODMA);
+        // Receive configuration before the start, so no frame meets the set-up filter.
+        outb(CR, CR_STP | CR_NODMA);
         outb(TCR, 0);
         outb(RCR, 0x04); // accept broadcast and our address
         outb(ISR, 0xff);
+        outb(CR, CR_STA | CR_NODMA);
         if let Some(pin) = irq {
             idt::register(VECTOR, on_irq);
             ioapic::mask_pic();

@@ -74,6 +74,8 @@ pub mod isr {
 /// RCR bits.
 mod rcr {
     pub const AB: u8 = 0x04;
+    /// Monitor mode: frames are checked, not buffered; they wait on the wire meanwhile.
+    pub const MON: u8 = 0x20;
     pub const AM: u8 = 0x08;
     pub const PRO: u8 = 0x10;
 }
@@ -92,7 +94,7 @@ const RSR_MULTI: u8 = 0x20;
 pub struct Ne2000Stats {
     pub register_reads: u64,
     pub register_writes: u64,
-    /// Data-port accesses (each a byte or a word of remote DMA).
+    /// Data-port exits (one per `in`/`out`; a `rep` string access is one exit of many words).
     pub data_accesses: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
@@ -106,9 +108,9 @@ pub struct Ne2000Stats {
     pub ring_full: u64,
     /// Frames lost because the ring stayed full (the switch dropped them): the missed tally.
     pub missed: u64,
-    /// Remote DMA accesses outside the card's memory or past the byte count.
+    /// Remote DMA bytes outside the card's memory, or transfers past the byte count.
     pub dma_bad: u64,
-    /// Malformed ring setups refused at start (PSTART/PSTOP/CURR out of RAM or inverted).
+    /// Pulls that found a frame waiting and PSTART/PSTOP/CURR not a ring in RAM.
     pub bad_ring: u64,
 }
 
@@ -267,10 +269,17 @@ impl Core {
             self.tally[2] = self.tally[2].saturating_add(n.min(255) as u8);
             self.raise(isr::OVW);
         }
-        if !self.started() {
+        if !self.started() || self.rcr & rcr::MON != 0 {
             return;
         }
         let Some((start, stop)) = self.ring() else {
+            if self.port.pending() {
+                self.stats.bad_ring += 1;
+                self.notes.note(format!(
+                    "ne2000: receive ring PSTART {:#x} PSTOP {:#x} CURR {:#x} is not a ring in RAM; not receiving",
+                    self.pstart, self.pstop, self.curr
+                ));
+            }
             return;
         };
         // At most one frame per ring page per pull.
@@ -368,13 +377,6 @@ impl Core {
             if v & cr::TXP != 0 {
                 out = self.transmit();
             }
-            if v & cr::STA != 0 && self.ring().is_none() && self.pstart != 0 {
-                self.stats.bad_ring += 1;
-                self.notes.note(format!(
-                    "ne2000: receive ring PSTART {:#x} PSTOP {:#x} CURR {:#x} outside RAM; not receiving",
-                    self.pstart, self.pstop, self.curr
-                ));
-            }
             self.pull();
         } else {
             self.raise(isr::RST);
@@ -434,7 +436,10 @@ impl Core {
             (0, 0x09) => self.rsar = (self.rsar & 0x00ff) | (u16::from(v) << 8),
             (0, 0x0a) => self.rbcr = (self.rbcr & 0xff00) | u16::from(v),
             (0, 0x0b) => self.rbcr = (self.rbcr & 0x00ff) | (u16::from(v) << 8),
-            (0, 0x0c) => self.rcr = v,
+            (0, 0x0c) => {
+                self.rcr = v;
+                self.pull();
+            }
             (0, 0x0d) => self.tcr = v,
             (0, 0x0e) => self.dcr = v,
             (0, 0x0f) => {
@@ -479,38 +484,50 @@ impl Core {
         }
     }
 
+    /// Width of one data-port transfer: a word in word mode (DCR.WTS), else a byte. A string
+    /// access (`rep insw`) arrives as one buffer of many transfers, served one by one.
+    fn width(&self, len: usize) -> usize {
+        if self.dcr & DCR_WTS != 0 && len >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
     fn data_read(&mut self, data: &mut [u8]) {
         self.stats.data_accesses += 1;
         data.fill(0xff);
-        if self.rbcr == 0 {
-            self.stats.dma_bad += 1;
-            return;
+        let w = self.width(data.len());
+        for chunk in data.chunks_mut(w) {
+            if self.rbcr == 0 {
+                self.stats.dma_bad += 1;
+                return;
+            }
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = self.mem_read(usize::from(self.rsar) + i);
+            }
+            self.dma_step(w as u16);
         }
-        let wide = self.dcr & DCR_WTS != 0 && data.len() >= 2;
-        let n = if wide { 2 } else { 1 };
-        for (i, b) in data.iter_mut().take(n).enumerate() {
-            *b = self.mem_read(usize::from(self.rsar) + i);
-        }
-        self.dma_step(n as u16);
     }
 
     fn data_write(&mut self, data: &[u8]) {
         self.stats.data_accesses += 1;
-        if self.rbcr == 0 {
-            self.stats.dma_bad += 1;
-            return;
-        }
-        let wide = self.dcr & DCR_WTS != 0 && data.len() >= 2;
-        let n = if wide { 2 } else { 1 };
-        for (i, &b) in data.iter().take(n).enumerate() {
-            let a = usize::from(self.rsar) + i;
-            if (RAM_START..MEM_SIZE).contains(&a) {
-                self.mem[a] = b;
-            } else {
+        let w = self.width(data.len());
+        for chunk in data.chunks(w) {
+            if self.rbcr == 0 {
                 self.stats.dma_bad += 1;
+                return;
             }
+            for (i, &b) in chunk.iter().enumerate() {
+                let a = usize::from(self.rsar) + i;
+                if (RAM_START..MEM_SIZE).contains(&a) {
+                    self.mem[a] = b;
+                } else {
+                    self.stats.dma_bad += 1;
+                }
+            }
+            self.dma_step(w as u16);
         }
-        self.dma_step(n as u16);
     }
 
     fn summary(&self) -> String {
