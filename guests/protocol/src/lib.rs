@@ -4,6 +4,8 @@
 //! The README's "Guest protocol" section is the prose version of this file.
 #![no_std]
 
+pub mod net;
+
 /// COM1: a 16550 UART. Line-oriented console text; result lines are printed here too.
 pub const CONSOLE_PORT: u16 = 0x3f8;
 
