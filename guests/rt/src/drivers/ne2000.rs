@@ -300,7 +300,7 @@ impl Nic for Ne2000 {
         self.dma_read(u16::from(self.next) << 8, &mut hdr, 4);
         let next = hdr[1];
         let total = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
-        if !(RX_START..RX_STOP).contains(&next) || total < 4 + 14 || total > 4 + MAX_FRAME {
+        if !(RX_START..RX_STOP).contains(&next) || !(4 + 14..=4 + MAX_FRAME).contains(&total) {
             // A corrupt header: start over from the card's current page.
             self.next = curr;
             let b = if curr == RX_START {

@@ -191,7 +191,7 @@ impl Nic for VirtioNet {
             cpu::pause();
             self.reap_tx();
             spins += 1;
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 self.broken()?;
                 if spins > 50_000_000 {
                     return Err(NicError::Timeout);
@@ -244,7 +244,7 @@ impl Nic for VirtioNet {
     fn wait(&mut self) -> Result<(), NicError> {
         self.waits += 1;
         // The status read is an exit: look only now and then.
-        if self.waits % 1024 == 0 {
+        if self.waits.is_multiple_of(1024) {
             self.broken()?;
         }
         if self.poll {

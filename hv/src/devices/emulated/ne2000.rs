@@ -719,13 +719,12 @@ mod tests {
         outb(d, 0x0a, 32);
         outb(d, 0x0b, 0);
         outb(d, 0, cr::RD_READ | cr::STA);
+        let prom: Vec<u16> = (0..16).map(|_| inw(d)).collect();
         let mut mac = [0u8; 6];
-        for i in 0..16 {
-            let w = inw(d);
-            if i < 6 {
-                mac[i] = w as u8;
-            }
+        for (m, w) in mac.iter_mut().zip(&prom) {
+            *m = *w as u8;
         }
+        assert_eq!(prom[14], 0x5757, "NE2000 signature");
         assert_ne!(inb(d, 7) & isr::RDC, 0);
         outb(d, 0, 0x40 | cr::STP | cr::RD_ABORT);
         for (i, b) in mac.iter().enumerate() {
