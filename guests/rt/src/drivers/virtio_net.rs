@@ -146,11 +146,7 @@ impl VirtioNet {
     /// Hostile tests: puts one transmit descriptor of `len` bytes at `addr` (0: the next
     /// slot's own buffer) on the ring, as no honest driver would.
     pub fn send_raw(&mut self, addr: u64, len: u32) -> Result<(), NicError> {
-        self.reap_tx();
-        if self.tx_inflight >= TX_SLOTS {
-            return Err(NicError::Timeout);
-        }
-        let slot = self.tx_next % TX_SLOTS;
+        let slot = self.free_slot()?;
         let addr = if addr == 0 { tx_buf(slot) as u64 } else { addr };
         self.tx.set_desc(slot, addr, len, 0, 0);
         self.tx.push(slot);
@@ -165,6 +161,24 @@ impl VirtioNet {
     /// True when the device reports DEVICE_NEEDS_RESET (one register read: an exit).
     pub fn needs_reset(&self) -> bool {
         self.dev.status() & S_NEEDS_RESET != 0
+    }
+
+    /// The next transmit slot, once the device is done with it (reaping completions).
+    fn free_slot(&mut self) -> Result<u16, NicError> {
+        self.reap_tx();
+        let mut spins = 0u64;
+        while self.tx_inflight >= TX_SLOTS {
+            cpu::pause();
+            self.reap_tx();
+            spins += 1;
+            if spins.is_multiple_of(4096) {
+                self.broken()?;
+                if spins > 50_000_000 {
+                    return Err(NicError::Timeout);
+                }
+            }
+        }
+        Ok(self.tx_next % TX_SLOTS)
     }
 
     fn broken(&self) -> Result<(), NicError> {
@@ -185,20 +199,7 @@ impl Nic for VirtioNet {
         if frame.len() > MAX_FRAME || frame.len() < 14 {
             return Err(NicError::BadFrame);
         }
-        self.reap_tx();
-        let mut spins = 0u64;
-        while self.tx_inflight >= TX_SLOTS {
-            cpu::pause();
-            self.reap_tx();
-            spins += 1;
-            if spins.is_multiple_of(4096) {
-                self.broken()?;
-                if spins > 50_000_000 {
-                    return Err(NicError::Timeout);
-                }
-            }
-        }
-        let slot = self.tx_next % TX_SLOTS;
+        let slot = self.free_slot()?;
         let b = tx_buf(slot);
         let len = frame.len().max(MIN_FRAME);
         // SAFETY: the slot's buffer holds BUF >= HDR_LEN + MAX_FRAME bytes, and the device is

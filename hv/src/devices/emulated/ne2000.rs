@@ -530,27 +530,32 @@ impl Core {
         }
     }
 
-    fn summary(&self) -> String {
+    /// The counters as two notes (each note holds at most 256 bytes).
+    fn summary(&self) -> [String; 2] {
         let s = self.stats;
-        format!(
-            "ne2000: register_reads={} register_writes={} data_accesses={} tx_frames={} \
-             tx_bytes={} tx_bad={} rx_frames={} rx_bytes={} rx_filtered={} ring_full={} \
-             missed={} dma_bad={} bad_ring={} {}",
-            s.register_reads,
-            s.register_writes,
-            s.data_accesses,
-            s.tx_frames,
-            s.tx_bytes,
-            s.tx_bad,
-            s.rx_frames,
-            s.rx_bytes,
-            s.rx_filtered,
-            s.ring_full,
-            s.missed,
-            s.dma_bad,
-            s.bad_ring,
-            self.port.words()
-        )
+        [
+            format!(
+                "ne2000: register_reads={} register_writes={} data_accesses={} tx_frames={} \
+                 tx_bytes={} tx_bad={} rx_frames={} rx_bytes={} dma_bad={}",
+                s.register_reads,
+                s.register_writes,
+                s.data_accesses,
+                s.tx_frames,
+                s.tx_bytes,
+                s.tx_bad,
+                s.rx_frames,
+                s.rx_bytes,
+                s.dma_bad,
+            ),
+            format!(
+                "ne2000 receive: rx_filtered={} ring_full={} missed={} bad_ring={} {}",
+                s.rx_filtered,
+                s.ring_full,
+                s.missed,
+                s.bad_ring,
+                self.port.words()
+            ),
+        ]
     }
 }
 
@@ -613,7 +618,9 @@ pub struct StatsNote(pub Arc<Mutex<Core>>);
 impl Drop for StatsNote {
     fn drop(&mut self) {
         let c = locked(&self.0);
-        c.notes.note(c.summary());
+        for n in c.summary() {
+            c.notes.note(n);
+        }
     }
 }
 

@@ -179,20 +179,22 @@ impl VirtioBackend for Net {
     }
 
     fn stats(&self) -> String {
+        // Short words: the transport's summary and these share one note (256 bytes).
         let s = self.stats;
+        let p = &self.port.stats;
         format!(
-            "tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} tx_short={} tx_long={} \
-             tx_undelivered={} rx_small_buffer={} rx_starved={} {}",
+            "tx={} rx={} tx_short={} tx_long={} tx_undelivered={} rx_small_buffer={} \
+             rx_starved={} sw_rx_dropped={} sw_tx_dropped={} sw_queued={}",
             s.tx_frames,
-            s.tx_bytes,
             s.rx_frames,
-            s.rx_bytes,
             s.tx_short,
             s.tx_long,
             s.tx_undelivered,
             s.rx_small_buffer,
             s.rx_starved,
-            self.port.words()
+            p.rx_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            p.tx_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            self.port.queued()
         )
     }
 }
