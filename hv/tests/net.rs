@@ -78,6 +78,19 @@ fn pingpong_intact(variant: DeviceVariant) {
     assert_eq!(metric(&r, 0, "net-pingpong", "bad"), 0);
     assert_eq!(metric(&r, 0, "net-pingpong", "wrong"), 0);
     assert_eq!(metric(&r, 1, "net-serve", "bad"), 0);
+    // What each NIC costs in userspace exits per packet: the NE2000 moves every word of a
+    // 1514-byte frame through its data port (757 accesses, plus registers); virtio-net's
+    // doorbells and interrupts never leave the kernel.
+    let rec = r
+        .records
+        .iter()
+        .find(|x| x.partition == 0 && x.phase == "net-pingpong")
+        .expect("record of the ping-pong phase");
+    let per_packet = rec.exits.get("total").copied().unwrap_or(0) as f64 / rec.ops as f64;
+    match variant {
+        DeviceVariant::Emulated => assert!(per_packet >= 757.0, "{per_packet} exits/packet"),
+        _ => assert!(per_packet <= 1.0, "{per_packet} exits/packet"),
+    }
     assert!(
         r.partitions[0]
             .outcome

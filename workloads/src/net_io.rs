@@ -14,7 +14,7 @@
 //! Both ends check every frame: IP and UDP checksums, then a payload pattern derived from the
 //! sequence number (`bad=` counts frames that fail, `foreign=` frames for others). At the end
 //! the client sends DONE and the server answers with the data frames it got: `lost=` is what
-//! the client sent and the server never saw. Metrics: `irqs`, `kicks`, `bytes`, `bad`,
+//! the client sent and the server never saw. Metrics: `interrupts`, `kicks`, `bytes`, `bad`,
 //! `foreign`, `lost`, `dropped` (the card's own drop counter).
 //!
 //! Hostile roles (`how=`, partitions 2 and up): `flood` (`flood=` frames: valid, malformed and
@@ -493,7 +493,7 @@ mod guest {
             &[
                 ("size", size as u64),
                 ("bytes", frames * size as u64),
-                ("irqs", irq1 - irq0),
+                ("interrupts", irq1 - irq0),
                 ("kicks", c.kicks - kick0),
                 ("dropped", c.dropped - drop0),
                 ("bad", h.bad - bad0),
@@ -542,7 +542,7 @@ mod guest {
         let c = h.nic.counters();
         f.report(
             &[
-                ("irqs", irqs() - irq0),
+                ("interrupts", irqs() - irq0),
                 ("kicks", c.kicks),
                 ("dropped", c.dropped),
                 ("bad", h.bad),
