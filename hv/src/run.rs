@@ -304,6 +304,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     let mut built = Vec::with_capacity(req.partitions as usize);
     // One wire joins the NICs of this run's partitions.
     let switch = devices::switch::Switch::new();
+    let _tap = devices::tap_backend(&req.devices, info.devices, req.partitions, &switch)?;
     for index in 0..req.partitions {
         // Pin round-robin across all partitions' vCPUs, so `--partitions 2 --cpus 0,1` shares
         // the same two host CPUs between both partitions.

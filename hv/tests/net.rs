@@ -230,3 +230,48 @@ fn emulated_hostile_neighbours_break_only_their_own_card() {
         }
     }
 }
+
+/// The tap backend: one partition's client talks through a tap device in a namespace of its
+/// own to a responder there (ARP answered by the host kernel, checksums by its UDP stack), and
+/// the namespace's threads are gone when the run has ended, also when it failed.
+#[test]
+fn tap_backend_crosses_the_host_kernel_and_cleans_up() {
+    for variant in [DeviceVariant::Synthetic, DeviceVariant::Emulated] {
+        let mut req = request(variant, 1, &[("size", "1514"), ("count", "4")]);
+        req.devices.net_tap = true;
+        let r = run(&req);
+        assert_ok(&r, 0);
+        assert_eq!(metric(&r, 0, "net-pingpong", "wrong"), 0);
+        assert_eq!(metric(&r, 0, "net-pingpong", "bad"), 0);
+        assert_eq!(netns_threads(), 0, "{variant:?}: namespace threads left");
+    }
+    // A run that fails (the guest times out mid-stream): the namespace goes all the same.
+    let mut req = request(
+        DeviceVariant::Synthetic,
+        1,
+        &[("mode", "stream"), ("count", "100000")],
+    );
+    req.devices.net_tap = true;
+    req.timeout = std::time::Duration::from_secs(2);
+    let r = run(&req);
+    assert!(!r.partitions[0].outcome.status.is_ok());
+    assert_eq!(
+        netns_threads(),
+        0,
+        "namespace threads left after a failed run"
+    );
+    // Two partitions with a tap: refused with the reason.
+    let mut req = request(DeviceVariant::Synthetic, 2, &[]);
+    req.devices.net_tap = true;
+    let e = hv::run::run(&common::kvm(), &req, &hv::run::RecordContext::default()).unwrap_err();
+    assert!(e.to_string().contains("one partition"), "{e}");
+}
+
+/// Threads of this process named after the tap backend's.
+fn netns_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("hv-netns") || c.starts_with("hv-tap-reader"))
+        .count()
+}

@@ -112,13 +112,11 @@ fn cmd_caps(json: bool) -> Result<ExitCode> {
 }
 
 fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest> {
-    match a.backend.as_str() {
-        "switch" => {}
-        "tap" => bail!(
-            "--backend tap: this build has no tap backend (network namespace + /dev/net/tun); use --backend switch with --partitions 2"
-        ),
+    let net_tap = match a.backend.as_str() {
+        "switch" => false,
+        "tap" => true,
         other => bail!("--backend {other}: expected switch or tap"),
-    }
+    };
     let mut wl_args = BTreeMap::new();
     for kv in &a.workload_args {
         let Some((k, v)) = kv.split_once('=') else {
@@ -183,6 +181,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
                 readonly: a.disk_readonly,
                 faults: a.disk_fault.clone(),
             },
+            net_tap,
         },
         enlightenments: EnlightenmentSet::parse(&a.enlighten)
             .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?

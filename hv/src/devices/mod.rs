@@ -7,6 +7,7 @@ pub mod emulated;
 pub mod hv_ports;
 pub mod switch;
 pub mod synthetic;
+pub mod tap;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,9 @@ pub struct DeviceOptions {
     pub polling: bool,
     /// Block devices: read-only image, injected faults (`--disk-readonly`, `--disk-fault`).
     pub disk_access: disk::DiskAccess,
+    /// Network: the server is a responder behind a tap in a namespace (`--backend tap`),
+    /// not partition 1.
+    pub net_tap: bool,
 }
 
 /// Guest command-line words that tell the guest drivers which devices to expect and where:
@@ -233,6 +237,28 @@ pub fn attach_net(
             Ok(())
         }
     }
+}
+
+/// The tap backend of a run whose workload has the `net` class and asked for it: a namespace
+/// with a tap on `switch` and a responder, kept until the returned value drops. One partition
+/// only (the responder plays partition 1).
+pub fn tap_backend(
+    opts: &DeviceOptions,
+    classes: &[&str],
+    partitions: u32,
+    switch: &Arc<switch::Switch>,
+) -> Result<Option<tap::TapNet>, HvError> {
+    if !opts.net_tap || !classes.contains(&"net") || opts.variant == DeviceVariant::None {
+        return Ok(None);
+    }
+    if partitions != 1 {
+        return Err(HvError::Config(format!(
+            "--backend tap runs one partition (the responder in the namespace is the server), not {partitions}"
+        )));
+    }
+    tap::TapNet::create(switch)
+        .map(Some)
+        .map_err(|e| HvError::Setup(e.to_string()))
 }
 
 fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {
