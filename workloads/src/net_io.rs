@@ -1,7 +1,8 @@
 //! net-io: UDP between partitions on one wire (hv's switch), through the NIC hv attached
 //! (virtio-net, or the NE2000, named by the `net=` word hv adds). Partition 0 is the client,
 //! partition 1 the server (`part=` on the command line); partitions 2 and up play the hostile
-//! role `how=` names, beside them on the same wire.
+//! role `how=` names, beside them on the same wire. With hv's tap backend the server is a UDP
+//! responder behind a tap device in a network namespace, and partition 0 runs alone.
 //!
 //! - `mode=pingpong`: the client resolves the server's MAC (ARP), then sends `count` pings of
 //!   `size` bytes (Ethernet frame, no FCS) one at a time; the server echoes each. One RTT
