@@ -303,6 +303,9 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     )?;
     let image: &[u8] = req.image.as_deref().unwrap_or(crate::GUEST_IMAGE);
     let mut built = Vec::with_capacity(req.partitions as usize);
+    // One wire joins the NICs of this run's partitions.
+    let switch = devices::switch::Switch::new();
+    let _tap = devices::tap_backend(&req.devices, info.devices, req.partitions, &switch)?;
     for index in 0..req.partitions {
         // Pin round-robin across all partitions' vCPUs, so `--partitions 2 --cpus 0,1` shares
         // the same two host CPUs between both partitions.
@@ -334,6 +337,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         cfg.cmdline = guest_cmdline(req, index, &device_words);
         let mut p = Partition::new(kvm, cfg, image)?;
         devices::attach(&mut p, &req.devices, info.devices)?;
+        devices::attach_net(&mut p, &req.devices, info.devices, &switch)?;
         built.push(p);
     }
     let neighbour = req.neighbour.as_ref().map(|n| n.request(req));

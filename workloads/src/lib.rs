@@ -17,6 +17,7 @@ pub mod interrupts;
 pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
+pub mod net_io;
 pub mod platform;
 pub mod spinlock;
 pub mod tlb_shootdown;
@@ -81,6 +82,7 @@ registry!(
     chaos,
     hyperv_probe,
     platform,
+    net_io,
 );
 
 /// Looks a workload up by name.

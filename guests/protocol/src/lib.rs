@@ -4,6 +4,7 @@
 //! The README's "Guest protocol" section is the prose version of this file.
 #![no_std]
 
+pub mod net;
 pub mod virtio_mmio;
 
 /// COM1: a 16550 UART. Line-oriented console text; result lines are printed here too.

@@ -18,6 +18,7 @@ pub mod entry;
 pub mod hv;
 pub mod idt;
 pub mod multiboot;
+pub mod net;
 pub mod phase;
 pub mod pv;
 pub mod smp;

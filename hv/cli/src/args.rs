@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// Synthetic devices: do not offer VIRTIO_F_EVENT_IDX.
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Network workloads: what joins the NICs. `switch`: hv's in-process switch between the
+    /// run's partitions; `tap`: one partition, its server a responder behind a tap device in a
+    /// network namespace hv creates (root or CAP_NET_ADMIN).
+    #[arg(long, default_value = "switch")]
+    pub backend: String,
     /// Enlightenments: `none`, `all` (those this host lacks are dropped with a note), or a comma
     /// list such as `kvm-clock,x2apic`. `hv caps` lists them with what this host supports.
     /// `none` includes x2APIC: the guest then drives the APIC through xAPIC MMIO.

@@ -36,6 +36,7 @@ enum Command {
     ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
     ///   hv run mem-pattern --partitions 2 --cpus 0,1
     ///   hv run blk-io --device both --qd 32 --bs 4K --pattern rand
+    ///   hv run net-io --device both --partitions 2 -- size=1514 mode=stream
     ///   hv run chaos --device synthetic --cpus 0 --neighbour mem-pattern --timeout 5 -- seed=7
     #[command(verbatim_doc_comment)]
     Run(Box<args::RunArgs>),
@@ -111,6 +112,11 @@ fn cmd_caps(json: bool) -> Result<ExitCode> {
 }
 
 fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest> {
+    let net_tap = match a.backend.as_str() {
+        "switch" => false,
+        "tap" => true,
+        other => bail!("--backend {other}: expected switch or tap"),
+    };
     let mut wl_args = BTreeMap::new();
     for kv in &a.workload_args {
         let Some((k, v)) = kv.split_once('=') else {
@@ -175,6 +181,7 @@ fn build_request(a: &args::RunArgs, variant: DeviceVariant) -> Result<RunRequest
                 readonly: a.disk_readonly,
                 faults: a.disk_fault.clone(),
             },
+            net_tap,
         },
         enlightenments: EnlightenmentSet::parse(&a.enlighten)
             .map_err(|e| anyhow::anyhow!("--enlighten: {e}"))?

@@ -6,7 +6,9 @@ pub mod disk;
 pub mod emulated;
 pub mod hv_ports;
 pub mod platform;
+pub mod switch;
 pub mod synthetic;
+pub mod tap;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,8 @@ pub const fn virtio_gsi(n: u32) -> u32 {
 pub const BLK_SLOT: u32 = 0;
 /// Slot of the virtio-console device.
 pub const CONSOLE_SLOT: u32 = 1;
+/// Slot of the virtio-net device.
+pub const NET_SLOT: u32 = 2;
 
 /// Which model backs a workload's device classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +105,9 @@ pub struct DeviceOptions {
     pub polling: bool,
     /// Block devices: read-only image, injected faults (`--disk-readonly`, `--disk-fault`).
     pub disk_access: disk::DiskAccess,
+    /// Network: the server is a responder behind a tap in a namespace (`--backend tap`),
+    /// not partition 1.
+    pub net_tap: bool,
 }
 
 /// Guest command-line words that tell the guest drivers which devices to expect and where:
@@ -128,6 +135,15 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
                     virtio_mmio_base(CONSOLE_SLOT.into())
                 ));
                 words.push(format!("con_irq={}", virtio_gsi(CONSOLE_SLOT)));
+            }
+            ("net", DeviceVariant::Emulated) => {
+                words.push("net=ne2k".into());
+                words.push(format!("net_irq={}", emulated::ne2000::NE2000_GSI));
+            }
+            ("net", _) => {
+                words.push("net=virtio".into());
+                words.push(format!("net_mmio={:#x}", virtio_mmio_base(NET_SLOT.into())));
+                words.push(format!("net_irq={}", virtio_gsi(NET_SLOT)));
             }
             _ => {}
         }
@@ -184,14 +200,66 @@ pub fn attach(
                     Box::new(backend),
                 )?;
             }
+            ("net", _) => {} // attach_net: the NIC needs the run's switch
             (other, _) => {
                 return Err(HvError::Setup(format!(
-                    "unknown device class `{other}` (known: block, console)"
+                    "unknown device class `{other}` (known: block, console, net)"
                 )));
             }
         }
     }
     Ok(())
+}
+
+/// Attaches the NIC of the `net` class (if `classes` has it) in the chosen variant to
+/// `partition`, on a new port of `switch` (one switch per run joins its partitions).
+pub fn attach_net(
+    partition: &mut Partition,
+    opts: &DeviceOptions,
+    classes: &[&str],
+    switch: &Arc<switch::Switch>,
+) -> Result<(), HvError> {
+    if !classes.contains(&"net") || opts.variant == DeviceVariant::None {
+        return Ok(());
+    }
+    let mac = switch::port_mac(partition.config().index);
+    let port = switch
+        .add_port(mac)
+        .ok_or_else(|| HvError::Setup(format!("switch has {} ports already", switch::MAX_PORTS)))?;
+    match opts.variant {
+        DeviceVariant::Emulated => emulated::ne2000::attach(partition, switch.clone(), port),
+        _ => {
+            let backend =
+                synthetic::net::Net::new(switch.clone(), port.clone(), partition.device_notes());
+            let dev = attach_virtio(partition, opts, "virtio-net", NET_SLOT, Box::new(backend))?;
+            let waker =
+                synthetic::net::waker(&dev).map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
+            port.set_waker(waker);
+            Ok(())
+        }
+    }
+}
+
+/// The tap backend of a run whose workload has the `net` class and asked for it: a namespace
+/// with a tap on `switch` and a responder, kept until the returned value drops. One partition
+/// only (the responder plays partition 1).
+pub fn tap_backend(
+    opts: &DeviceOptions,
+    classes: &[&str],
+    partitions: u32,
+    switch: &Arc<switch::Switch>,
+) -> Result<Option<tap::TapNet>, HvError> {
+    if !opts.net_tap || !classes.contains(&"net") || opts.variant == DeviceVariant::None {
+        return Ok(None);
+    }
+    if partitions != 1 {
+        return Err(HvError::Config(format!(
+            "--backend tap runs one partition (the responder in the namespace is the server), not {partitions}"
+        )));
+    }
+    tap::TapNet::create(switch)
+        .map(Some)
+        .map_err(|e| HvError::Setup(e.to_string()))
 }
 
 fn open_disk(opts: &DeviceOptions) -> Result<disk::SharedDisk, HvError> {
@@ -206,7 +274,7 @@ fn attach_virtio(
     name: &str,
     slot: u32,
     backend: Box<dyn synthetic::VirtioBackend>,
-) -> Result<(), HvError> {
+) -> Result<Arc<Mutex<synthetic::VirtioMmio>>, HvError> {
     let irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| HvError::Setup(format!("eventfd: {e}")))?;
     let state = DeviceState::new(
@@ -225,13 +293,13 @@ fn attach_virtio(
     let vm = partition.vm().clone();
     let filter = partition.seccomp_target(format!("{name} worker"));
     let attached = synthetic::create(&vm, name, base, virtio_gsi(slot), state, &irq, filter)?;
-    partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device)?;
+    partition.add_mmio_device(name, base, MMIO_SIZE, attached.bus_device.clone())?;
     if let Some(c) = attached.clock {
         partition.add_worker_clock(c);
     }
     partition.keep_alive(Box::new(attached.worker));
     partition.keep_alive(Box::new(irq));
-    Ok(())
+    Ok(attached.bus_device)
 }
 
 /// Maps a spec's device label onto device options.

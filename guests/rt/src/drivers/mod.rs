@@ -4,7 +4,9 @@
 
 pub mod ata;
 pub mod ioapic;
+pub mod ne2000;
 pub mod virtio;
+pub mod virtio_net;
 
 /// A full memory barrier that needs no SSE (`mfence` may not be emulated everywhere).
 #[inline(always)]

@@ -37,6 +37,7 @@ pub mod chain;
 pub mod console;
 #[cfg(test)]
 mod fuzz;
+pub mod net;
 pub mod service;
 #[cfg(test)]
 mod testing;
