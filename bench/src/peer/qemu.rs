@@ -120,14 +120,17 @@ fn device_classes(req: &RunRequest) -> &'static [&'static str] {
 }
 
 /// The machine a peer label runs `req` on; `None` when `vmm` is not a QEMU peer label.
+/// Whether the workload checks the PC platform (fw_cfg, ACPI, PIC, PCI, what firmware leaves
+/// behind): it needs QEMU's `pc` with its full firmware, SeaBIOS.
+fn checks_platform(req: &RunRequest) -> bool {
+    hvlab_workloads::find(&req.workload).is_some_and(|w| w.host_features.contains(&"pc-platform"))
+}
+
 pub fn machine_for(vmm: &str, req: &RunRequest) -> Option<Machine> {
     let ata =
         req.devices.variant == DeviceVariant::Emulated && device_classes(req).contains(&"block");
-    // Workloads that check the PC platform (fw_cfg, ACPI, PIC, PCI) need QEMU's `pc`.
-    let pc = hvlab_workloads::find(&req.workload)
-        .is_some_and(|w| w.host_features.contains(&"pc-platform"));
     match vmm {
-        "qemu" if ata || pc => Some(Machine::Pc),
+        "qemu" if ata || checks_platform(req) => Some(Machine::Pc),
         "qemu" => Some(Machine::Microvm),
         "qemu-pc" => Some(Machine::Pc),
         _ => None,
@@ -513,9 +516,10 @@ pub fn command_line(
     .iter()
     .map(OsString::from)
     .collect();
-    if machine == Machine::Pc {
+    if machine == Machine::Pc && !checks_platform(req) {
         // qboot (QEMU's microvm firmware, shipped as qboot.rom) boots pc too, in well under a
-        // second; SeaBIOS takes about 10 s where guest kernel code is emulated.
+        // second; SeaBIOS takes about 10 s where guest kernel code is emulated. Platform checks
+        // keep SeaBIOS: they test what a PC's firmware leaves (i8042 system flag, PIC masks).
         a.push("-bios".into());
         a.push("qboot.rom".into());
     }
