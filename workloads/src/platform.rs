@@ -57,10 +57,9 @@ mod guest {
     use core::sync::atomic::{AtomicU32, Ordering};
 
     use hvlab_guest_rt::cpu::{inb, inl, inw, outb, outl, outw};
+    use hvlab_guest_rt::drivers::fw_cfg;
     use hvlab_guest_rt::{Ctx, Fail, phase, println, smp};
 
-    const FW_CFG_SELECTOR: u16 = 0x510;
-    const FW_CFG_DATA: u16 = 0x511;
     const PCI_ADDRESS: u16 = 0xcf8;
     const PCI_DATA: u16 = 0xcfc;
     const IOAPIC_BASE: u32 = 0xfec0_0000;
@@ -100,37 +99,20 @@ mod guest {
 
     // ---- fw_cfg ----
 
-    fn fw_select(key: u16) {
-        outw(FW_CFG_SELECTOR, key);
-    }
-
-    fn fw_bytes(buf: &mut [u8]) {
-        for b in buf {
-            *b = inb(FW_CFG_DATA);
-        }
-    }
-
-    fn fw_read<const N: usize>(key: u16) -> [u8; N] {
-        fw_select(key);
-        let mut b = [0u8; N];
-        fw_bytes(&mut b);
-        b
-    }
-
     fn fw_cfg(ctx: &Ctx) -> Result<(), Fail> {
         let p = phase::begin("fw-cfg");
-        let sig = fw_read::<4>(0x00);
-        let id = u32::from_le_bytes(fw_read::<4>(0x01));
-        let ram = u64::from_le_bytes(fw_read::<8>(0x03));
-        let nb = u16::from_le_bytes(fw_read::<2>(0x05));
-        let max = u16::from_le_bytes(fw_read::<2>(0x0f));
+        let sig = fw_cfg::read::<4>(0x00);
+        let id = u32::from_le_bytes(fw_cfg::read::<4>(0x01));
+        let ram = u64::from_le_bytes(fw_cfg::read::<8>(0x03));
+        let nb = u16::from_le_bytes(fw_cfg::read::<2>(0x05));
+        let max = u16::from_le_bytes(fw_cfg::read::<2>(0x0f));
         // File directory: big-endian count, then 64-byte entries.
-        let count = u32::from_be_bytes(fw_read::<4>(0x19));
+        let count = u32::from_be_bytes(fw_cfg::read::<4>(0x19));
         let mut e820_key = None;
         let mut reads = 4 + 4 + 8 + 2 + 2 + 4;
         for _ in 0..count.min(256) {
             let mut e = [0u8; 64];
-            fw_bytes(&mut e);
+            fw_cfg::read_bytes(&mut e);
             reads += 64;
             let name = &e[8..];
             let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
@@ -143,8 +125,8 @@ mod guest {
         }
         let mut first = [0u8; 20];
         if let Some((key, _)) = e820_key {
-            fw_select(key);
-            fw_bytes(&mut first);
+            fw_cfg::select(key);
+            fw_cfg::read_bytes(&mut first);
             reads += 20;
         }
         let f = p.end(reads);

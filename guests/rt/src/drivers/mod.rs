@@ -3,6 +3,7 @@
 //! per operation at most: on nested hosts every guest kernel instruction may be emulated.
 
 pub mod ata;
+pub mod fw_cfg;
 pub mod ioapic;
 pub mod ne2000;
 pub mod virtio;
