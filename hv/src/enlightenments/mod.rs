@@ -24,6 +24,9 @@ mod hv_frequencies;
 mod hv_ipi;
 mod hv_relaxed;
 mod hv_spinlocks;
+mod hv_stimer;
+mod hv_stimer_direct;
+mod hv_synic;
 mod hv_time;
 mod hv_tlbflush;
 mod hv_tlbflush_ext;
@@ -131,6 +134,9 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &hv_ipi::HvIpi,
     &hv_spinlocks::HvSpinlocks,
     &hv_relaxed::HvRelaxed,
+    &hv_synic::HvSynic,
+    &hv_stimer::HvStimer,
+    &hv_stimer_direct::HvStimerDirect,
 ];
 
 /// The names of hv's earlier private hypercall interface, kept as aliases of the Hyper-V
@@ -503,6 +509,10 @@ impl EnlightenmentSet {
                 range(tlfs::MSR_GUEST_OS_ID, 4),
                 range(tlfs::MSR_TIME_REF_COUNT, 4),
                 range(tlfs::MSR_VP_ASSIST_PAGE, 1),
+                // SynIC (0x40000080-84, SINT0-15) and synthetic timers (0x400000b0-b7).
+                range(tlfs::MSR_SCONTROL, 5),
+                range(tlfs::MSR_SINT0, 16),
+                range(tlfs::MSR_STIMER0_CONFIG, 8),
             ];
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
                 .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's synthetic MSRs: {e}"))?;
