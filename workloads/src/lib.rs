@@ -18,6 +18,7 @@ pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
 pub mod spinlock;
+pub mod synic;
 pub mod tlb_shootdown;
 pub mod user_mode;
 
@@ -78,6 +79,7 @@ registry!(
     user_mode,
     chaos,
     hyperv_probe,
+    synic,
 );
 
 /// Looks a workload up by name.

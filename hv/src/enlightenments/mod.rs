@@ -496,7 +496,7 @@ impl EnlightenmentSet {
             // A 0 bit denies the access, which (with the capability) exits to userspace: the
             // transport MSR of hv's hypercall page and the synthetic MSR ranges
             // (0x40000000-03, 0x40000020-23, 0x40000073).
-            let deny = [0u8; 1];
+            let deny = [0u8; 8]; // one u64 of 0 bits: up to 64 MSRs per range
             let range = |base: u32, msr_count: u32| MsrFilterRange {
                 flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
                 base,

@@ -15,6 +15,7 @@ pub mod hypercall;
 pub mod hyperv;
 pub mod kvmclock;
 pub mod steal;
+pub mod synic;
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

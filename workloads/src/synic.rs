@@ -1,0 +1,417 @@
+//! synic: the Hyper-V SynIC and synthetic timers, in the spirit of kvm-unit-tests'
+//! hyperv_connections, hyperv_synic and hyperv_stimer. Each CPU enables its SynIC (SIMP and
+//! SIEFP pages, SINT2 messages, SINT3 events, SINT4 timer messages, each SINT its own vector per
+//! CPU); the BSP then, per phase (`phases=`):
+//!
+//! - `msg`: posts `iters` messages (HvCallPostMessage, hv's loopback connections) to itself
+//!   and, with cpus>=2, to CPU 1, waiting for each handler to consume it;
+//! - `event`: signals `iters` event flags (HvCallSignalEvent, fast) to itself and CPU 1;
+//! - `status`: the busy-slot protocol (a second post into an unconsumed slot is
+//!   HV_STATUS_INSUFFICIENT_BUFFERS and marks the slot MessagePending; after consume + EOM a
+//!   post succeeds) and the status codes of an unknown connection and an oversized payload;
+//! - `redelivery`: a one-shot timer expires into a slot the guest keeps full: hv marks it
+//!   pending, and the guest's EOM after consuming brings HVMSG_TIMER_EXPIRED in;
+//! - `oneshot`: `iters` one-shot timers (message mode), each 200 us ahead;
+//! - `periodic`: a 1 ms periodic timer in message mode (and one in direct mode with
+//!   hv-stimer-direct) until `iters` expiries; checks that expiries never come faster than the
+//!   period.
+//!
+//! Reports per phase `ops`, `delivered` (handler runs that consumed something), `failed`
+//! (calls with an unexpected status) and, for timers, `expiries` and `elapsed_100ns`.
+
+use crate::{Param, WorkloadInfo};
+
+pub const INFO: WorkloadInfo = WorkloadInfo {
+    name: "synic",
+    summary: "Hyper-V SynIC messages/events to self and another vCPU, busy slots and EOM redelivery, synthetic timers (one-shot, periodic, direct)",
+    params: &[
+        Param {
+            key: "iters",
+            default: "20",
+            help: "messages, events, one-shot timers and periodic expiries per phase",
+        },
+        Param {
+            key: "phases",
+            default: "msg,event,status,redelivery,oneshot,periodic",
+            help: "which phases to run",
+        },
+    ],
+    min_vcpus: 1,
+    devices: &[],
+    host_features: &[],
+};
+
+#[cfg(target_os = "none")]
+pub use guest::run;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    use hvlab_guest_rt::phase;
+    use hvlab_guest_rt::pv::hyperv;
+    use hvlab_guest_rt::pv::synic::{self, PostInput, SynicPages};
+    use hvlab_guest_rt::{Ctx, Fail, cpu, idt, smp};
+    use hvlab_protocol::hyperv as tlfs;
+
+    use crate::common::{WAIT_LIMIT, halt_until, not_exposed, wait_count};
+
+    const SINT_MSG: u32 = 2;
+    const SINT_EVT: u32 = 3;
+    const SINT_TMR: u32 = 4;
+    /// Direct-mode timer vector offset (not a SINT).
+    const DIRECT: u8 = 8;
+    /// Vector of `slot` on CPU `cpu` (0 or 1): 0xa0 + 16 * cpu + slot.
+    const fn vector(cpu: usize, slot: u8) -> u8 {
+        0xa0 + 0x10 * cpu as u8 + slot
+    }
+
+    static PAGES: [SynicPages; 2] = [SynicPages::new(), SynicPages::new()];
+    static INPUT: PostInput = PostInput::new();
+    static MSGS: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+    static EVENTS: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+    static TIMER_MSGS: AtomicU32 = AtomicU32::new(0);
+    static DIRECT_HITS: AtomicU32 = AtomicU32::new(0);
+    static READY: AtomicU32 = AtomicU32::new(0);
+    static HALTS: AtomicU64 = AtomicU64::new(0);
+    static QUIT: AtomicBool = AtomicBool::new(false);
+
+    fn on_sint(v: u8) {
+        let cpu = usize::from((v - 0xa0) >> 4) & 1;
+        let slot = v & 0xf;
+        let pages = &PAGES[cpu];
+        match u32::from(slot) {
+            SINT_MSG => {
+                if pages.consume(SINT_MSG).0 != tlfs::HVMSG_NONE {
+                    MSGS[cpu].fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            SINT_EVT => {
+                EVENTS[cpu].fetch_add(pages.take_events(SINT_EVT).count_ones(), Ordering::AcqRel);
+            }
+            SINT_TMR => {
+                if pages.consume(SINT_TMR).0 == tlfs::HVMSG_TIMER_EXPIRED {
+                    TIMER_MSGS.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            _ => {
+                DIRECT_HITS.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn setup_this_cpu(cpu: usize) {
+        for s in [SINT_MSG as u8, SINT_EVT as u8, SINT_TMR as u8, DIRECT] {
+            idt::register(vector(cpu, s), on_sint);
+        }
+        PAGES[cpu].enable();
+        for s in [SINT_MSG, SINT_EVT, SINT_TMR] {
+            synic::set_sint(s, vector(cpu, s as u8));
+        }
+    }
+
+    fn ap_job(_cpu: u32, _: usize) {
+        setup_this_cpu(1);
+        READY.fetch_add(1, Ordering::AcqRel);
+        halt_until(&QUIT, &HALTS);
+    }
+
+    /// Halts until `c` reaches `target` (interrupts wake it); bounded by [`WAIT_LIMIT`].
+    fn halt_for(c: &AtomicU32, target: u32, what: &'static str) -> Result<(), Fail> {
+        let start = cpu::rdtsc();
+        loop {
+            cpu::cli();
+            if c.load(Ordering::Acquire) >= target {
+                cpu::sti();
+                return Ok(());
+            }
+            if cpu::rdtsc().wrapping_sub(start) > WAIT_LIMIT {
+                cpu::sti();
+                return Err(Fail::Check(what));
+            }
+            cpu::sti_hlt();
+        }
+    }
+
+    fn now() -> Result<u64, Fail> {
+        hyperv::reference_time().ok_or(Fail::Unsupported("hv-stimer needs hv-time"))
+    }
+
+    fn conn_msg(vp: u32, sint: u32) -> u32 {
+        tlfs::CONN_MSG_BASE + vp * 16 + sint
+    }
+    fn conn_evt(vp: u32, sint: u32) -> u32 {
+        tlfs::CONN_EVENT_BASE + vp * 16 + sint
+    }
+
+    fn messages(iters: u64, target: usize) -> Result<(), Fail> {
+        let name = if target == 0 {
+            "synic-msg-self"
+        } else {
+            "synic-msg-other"
+        };
+        let c = &MSGS[target];
+        let start = c.load(Ordering::Acquire);
+        let mut expect = start;
+        let mut failed = 0;
+        let p = phase::begin(name);
+        for i in 0..iters {
+            if synic::post_message(&INPUT, conn_msg(target as u32, SINT_MSG), 1, 16, &[i, !i]) != 0
+            {
+                failed += 1;
+                continue;
+            }
+            expect += 1;
+            if target == 0 {
+                halt_for(c, expect, "a message to self was never handled")?;
+            } else {
+                wait_count(c, expect, "a message to CPU 1 was never handled")?;
+            }
+        }
+        let f = p.end(iters);
+        f.report(
+            &[("delivered", u64::from(expect - start)), ("failed", failed)],
+            None,
+        );
+        if failed != 0 {
+            return Err(Fail::Check("HvCallPostMessage failed"));
+        }
+        Ok(())
+    }
+
+    fn events(iters: u64, target: usize) -> Result<(), Fail> {
+        let name = if target == 0 {
+            "synic-event-self"
+        } else {
+            "synic-event-other"
+        };
+        let c = &EVENTS[target];
+        let start = c.load(Ordering::Acquire);
+        let mut expect = start;
+        let mut failed = 0;
+        let p = phase::begin(name);
+        for i in 0..iters {
+            if synic::signal_event(conn_evt(target as u32, SINT_EVT), (i % 64) as u16) != 0 {
+                failed += 1;
+                continue;
+            }
+            expect += 1;
+            if target == 0 {
+                halt_for(c, expect, "an event to self was never handled")?;
+            } else {
+                wait_count(c, expect, "an event to CPU 1 was never handled")?;
+            }
+        }
+        let f = p.end(iters);
+        f.report(
+            &[("delivered", u64::from(expect - start)), ("failed", failed)],
+            None,
+        );
+        if failed != 0 {
+            return Err(Fail::Check("HvCallSignalEvent failed"));
+        }
+        Ok(())
+    }
+
+    /// Busy slot, consume + EOM, and the status codes of bad ids and sizes.
+    fn status() -> Result<(), Fail> {
+        let me = conn_msg(0, SINT_MSG);
+        let p = phase::begin("synic-status");
+        cpu::cli();
+        let first = synic::post_message(&INPUT, me, 1, 8, &[1]);
+        let busy = synic::post_message(&INPUT, me, 1, 8, &[2]);
+        let (kind, _, pending) = PAGES[0].slot(SINT_MSG);
+        let consumed = PAGES[0].consume(SINT_MSG);
+        let after_eom = synic::post_message(&INPUT, me, 1, 8, &[3]);
+        let unknown = synic::post_message(&INPUT, 0x7777, 1, 8, &[0]);
+        let too_big = synic::post_message(&INPUT, me, 1, 241, &[0]);
+        let bad_event = synic::signal_event(0x7777, 0);
+        cpu::sti();
+        let f = p.end(6);
+        f.report(
+            &[
+                ("first", u64::from(first)),
+                ("busy", u64::from(busy)),
+                ("pending_flag", u64::from(pending)),
+                ("after_eom", u64::from(after_eom)),
+                ("unknown_connection", u64::from(unknown)),
+                ("too_big", u64::from(too_big)),
+                ("unknown_event_connection", u64::from(bad_event)),
+            ],
+            None,
+        );
+        let ok = first == 0
+            && busy == tlfs::STATUS_INSUFFICIENT_BUFFERS
+            && kind == 1
+            && pending
+            && consumed == (1, true)
+            && after_eom == 0
+            && unknown == tlfs::STATUS_INVALID_CONNECTION_ID
+            && too_big == tlfs::STATUS_INVALID_PARAMETER
+            && bad_event == tlfs::STATUS_INVALID_CONNECTION_ID;
+        if !ok {
+            return Err(Fail::Check("SynIC busy-slot protocol or status codes"));
+        }
+        Ok(())
+    }
+
+    /// A timer expiry into a full slot waits for EOM.
+    fn redelivery() -> Result<(), Fail> {
+        let p = phase::begin("stimer-redelivery");
+        cpu::cli();
+        let filled = synic::post_message(&INPUT, conn_msg(0, SINT_TMR), 0x77, 8, &[0]);
+        let t0 = now()?;
+        synic::stimer_start(0, synic::stimer_config(false, None, SINT_TMR), t0 + 5_000);
+        // Wait (interrupts off) until hv found the slot full and marked it pending.
+        let start = cpu::rdtsc();
+        let mut pending = false;
+        while !pending && cpu::rdtsc().wrapping_sub(start) < WAIT_LIMIT {
+            pending = PAGES[0].slot(SINT_TMR).2;
+            cpu::pause();
+        }
+        let waited = now()?.saturating_sub(t0);
+        let before = PAGES[0].slot(SINT_TMR).0;
+        // Consume the guest's message; EOM (pending was set) brings the timer's in.
+        let consumed = PAGES[0].consume(SINT_TMR);
+        let (kind, size, _) = PAGES[0].slot(SINT_TMR);
+        let timer_index = PAGES[0].payload_word(SINT_TMR, 0) as u32;
+        let expiration = PAGES[0].payload_word(SINT_TMR, 1);
+        let msgs0 = TIMER_MSGS.load(Ordering::Acquire);
+        cpu::sti();
+        halt_for(
+            &TIMER_MSGS,
+            msgs0 + 1,
+            "the redelivered timer message was never handled",
+        )?;
+        let f = p.end(1);
+        f.report(
+            &[
+                ("pending_flag", u64::from(pending)),
+                ("waited_100ns", waited),
+                ("redelivered_type", u64::from(kind)),
+                ("payload_size", u64::from(size)),
+            ],
+            None,
+        );
+        let ok = filled == 0
+            && pending
+            && before == 0x77
+            && consumed == (0x77, true)
+            && kind == tlfs::HVMSG_TIMER_EXPIRED
+            && size == 24
+            && timer_index == 0
+            && expiration == t0 + 5_000;
+        if !ok {
+            return Err(Fail::Check("timer message redelivery on EOM"));
+        }
+        Ok(())
+    }
+
+    fn oneshot(iters: u64) -> Result<(), Fail> {
+        let c0 = TIMER_MSGS.load(Ordering::Acquire);
+        let p = phase::begin("stimer-oneshot");
+        let t0 = now()?;
+        for i in 0..iters as u32 {
+            let at = now()? + 2_000;
+            synic::stimer_start(0, synic::stimer_config(false, None, SINT_TMR), at);
+            halt_for(&TIMER_MSGS, c0 + i + 1, "a one-shot timer never expired")?;
+        }
+        let elapsed = now()? - t0;
+        let f = p.end(iters);
+        let got = TIMER_MSGS.load(Ordering::Acquire) - c0;
+        f.report(
+            &[("expiries", u64::from(got)), ("elapsed_100ns", elapsed)],
+            None,
+        );
+        // Each waited at least its 200 us.
+        if u64::from(got) != iters || elapsed < iters * 2_000 {
+            return Err(Fail::Check("one-shot timer count or early expiry"));
+        }
+        Ok(())
+    }
+
+    fn periodic(iters: u64, direct: bool) -> Result<(), Fail> {
+        const PERIOD: u64 = 10_000; // 1 ms
+        let (name, counter, timer, config) = if direct {
+            let c = synic::stimer_config(true, Some(vector(0, DIRECT)), 0);
+            ("stimer-periodic-direct", &DIRECT_HITS, 1, c)
+        } else {
+            let c = synic::stimer_config(true, None, SINT_TMR);
+            ("stimer-periodic", &TIMER_MSGS, 0, c)
+        };
+        let c0 = counter.load(Ordering::Acquire);
+        let p = phase::begin(name);
+        let t0 = now()?;
+        synic::stimer_start(timer, config, PERIOD);
+        halt_for(
+            counter,
+            c0 + iters as u32,
+            "a periodic timer stopped expiring",
+        )?;
+        let elapsed = now()? - t0;
+        synic::stimer_stop(timer);
+        let f = p.end(iters);
+        f.report(&[("expiries", iters), ("elapsed_100ns", elapsed)], None);
+        // n expiries of a periodic timer armed at t0 take at least n periods.
+        if elapsed < iters * PERIOD {
+            return Err(Fail::Check("periodic timer expired faster than its period"));
+        }
+        Ok(())
+    }
+
+    pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+        let iters = ctx.args.u64_or("iters", 20)?.clamp(1, 1000);
+        let info = hyperv::detect().unwrap_or_default();
+        if info.privileges & tlfs::PRIV_SYNIC_MSRS == 0 {
+            return Err(not_exposed!("synic", "hv-synic"));
+        }
+        let stimer = info.privileges & tlfs::PRIV_SYNTIMER_MSRS != 0;
+        let direct = info.features_edx & tlfs::FEAT_STIMER_DIRECT != 0;
+        hyperv::enable_hypercalls();
+        let phases = ctx
+            .args
+            .str_or("phases", "msg,event,status,redelivery,oneshot,periodic");
+        let two = ctx.cpus >= 2;
+        setup_this_cpu(0);
+        if two {
+            smp::post(1, ap_job, 0);
+            wait_count(&READY, 1, "CPU 1 did not start")?;
+        }
+        let mut result = Ok(());
+        for w in phases.split(',') {
+            let timer = matches!(w, "redelivery" | "oneshot" | "periodic");
+            if timer && !stimer {
+                phase::skip(w, "hv-stimer_not_exposed");
+                continue;
+            }
+            result = match w {
+                "msg" => {
+                    messages(iters, 0).and_then(|()| if two { messages(iters, 1) } else { Ok(()) })
+                }
+                "event" => {
+                    events(iters, 0).and_then(|()| if two { events(iters, 1) } else { Ok(()) })
+                }
+                "status" => status(),
+                "redelivery" => redelivery(),
+                "oneshot" => oneshot(iters),
+                "periodic" => periodic(iters, false).and_then(|()| {
+                    if direct {
+                        periodic(iters, true)
+                    } else {
+                        Ok(())
+                    }
+                }),
+                _ => Err(Fail::BadArg("phases")),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        if two {
+            QUIT.store(true, Ordering::Release);
+            hvlab_guest_rt::apic::send_ipi(smp::apic_id(1), vector(1, SINT_MSG as u8));
+            smp::wait(1);
+        }
+        result
+    }
+}
