@@ -266,6 +266,57 @@ mod tests {
         sint << 16 | flags
     }
 
+    /// The timer thread sleeps until a deadline, kicks a due VP, re-looks no more often than
+    /// every MIN_PERIOD while that VP has not delivered, and ends when told to stop.
+    #[test]
+    fn timer_thread_is_bounded_and_stops() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::time::Instant;
+        let s = Stimers::new(2, false);
+        // Due at reference time 0: always due, never delivered (nobody calls `due`).
+        s.write(1, COUNT0, 1, 0).unwrap();
+        s.write(1, CONFIG0, config(2, tlfs::STIMER_ENABLE), 0)
+            .unwrap();
+        let kicks = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                run_thread(
+                    &s,
+                    || Some(start.elapsed().as_nanos() as u64 / 100),
+                    || stop.load(Ordering::SeqCst),
+                    |vp| {
+                        assert_eq!(vp, 1);
+                        kicks.fetch_add(1, Ordering::SeqCst);
+                    },
+                )
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            stop.store(true, Ordering::SeqCst);
+        });
+        let k = kicks.load(Ordering::SeqCst);
+        // At most one look per 100 us over 50 ms (plus slack for a slow host), at least one.
+        assert!((1..=600).contains(&k), "{k} kicks");
+        assert!(start.elapsed() < Duration::from_secs(2), "stopped promptly");
+        // Nothing armed: the thread sleeps MAX_SLEEP at a time and ends on stop.
+        let idle = Stimers::new(1, false);
+        let looks = AtomicU64::new(0);
+        let t0 = Instant::now();
+        run_thread(
+            &idle,
+            || {
+                looks.fetch_add(1, Ordering::SeqCst);
+                Some(0)
+            },
+            || t0.elapsed() > Duration::from_millis(30),
+            |_| panic!("nothing is due"),
+        );
+        assert!(looks.load(Ordering::SeqCst) <= 6, "{looks:?}");
+        // No reference time: the thread returns at once.
+        run_thread(&idle, || None, || false, |_| {});
+    }
+
     #[test]
     fn reserved_bits_direct_mode_and_sint0() {
         let s = Stimers::new(2, false);
