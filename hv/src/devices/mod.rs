@@ -6,6 +6,7 @@ pub mod disk;
 pub mod emulated;
 pub mod hv_ports;
 pub mod synthetic;
+pub mod vmbus;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
