@@ -120,6 +120,30 @@ fn messages_events_busy_slots_and_timers() {
     }
 }
 
+/// A guest flooding itself (a 100 ns periodic timer, posts into a SINT nobody drains) gets at
+/// most one expiry per 100 us and one message per slot; hv and the run stay responsive.
+#[test]
+fn timer_and_message_storms_are_bounded() {
+    let kvm = kvm();
+    let o = boot(&kvm, "synic phases=storm", 1, ALL);
+    assert!(o.status.is_ok(), "{}\n{}", o.status, o.console);
+    let p = phase(&o, "synic-storm");
+    let kicks = enl(p, "stimer_kicks");
+    let expiries = enl(p, "stimer_expiries");
+    eprintln!(
+        "storm: {expiries} expiries, {kicks} kicks, exits {:?}",
+        p.exits
+    );
+    // 20 ms at one expiry per 100 us at most (plus the edges).
+    assert!((1..=210).contains(&expiries), "{expiries}");
+    assert!(
+        kicks <= expiries + 2,
+        "{kicks} kicks for {expiries} expiries"
+    );
+    assert_eq!(field(&o, "name=synic-storm ", "busy"), Some(50));
+    assert_eq!(enl(p, "synic_slot_busy"), 50);
+}
+
 #[test]
 fn without_hv_synic_the_workload_is_unsupported_and_timers_need_hv_stimer() {
     let kvm = kvm();
