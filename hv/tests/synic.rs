@@ -144,6 +144,40 @@ fn timer_and_message_storms_are_bounded() {
     assert_eq!(enl(p, "synic_slot_busy"), 50);
 }
 
+/// Each refused write (TLFS reserved bits, a vector below 16, a page in the MMIO window, a
+/// read-only MSR) reaches the guest as #GP through hv's MSR error path.
+#[test]
+fn refused_msr_writes_raise_gp_in_the_guest() {
+    let kvm = kvm();
+    for fault in [
+        "sint-vector",
+        "sint-reserved",
+        "simp-reserved",
+        "simp-mmio",
+        "sversion",
+        "stimer-reserved",
+    ] {
+        let o = boot(&kvm, &format!("synic fault={fault}"), 1, ALL);
+        assert_eq!(
+            o.status,
+            hv::RunStatus::GuestExit(hvlab_protocol::status::EXCEPTION),
+            "{fault}: {}",
+            o.console
+        );
+        assert!(
+            o.console.contains("expect_fault=gp"),
+            "{fault}: {}",
+            o.console
+        );
+        assert_eq!(
+            field(&o, "rec=fault", "vector"),
+            Some(13),
+            "{fault}: {}",
+            o.console
+        );
+    }
+}
+
 #[test]
 fn without_hv_synic_the_workload_is_unsupported_and_timers_need_hv_stimer() {
     let kvm = kvm();

@@ -35,6 +35,11 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
             help: "messages, events, one-shot timers and periodic expiries per phase",
         },
         Param {
+            key: "fault",
+            default: "none",
+            help: "none, or one bad MSR write that must #GP: sint-vector (unmasked vector 15), sint-reserved, simp-reserved, simp-mmio (page in the MMIO window), sversion (read-only), stimer-reserved",
+        },
+        Param {
             key: "phases",
             default: "msg,event,status,redelivery,oneshot,periodic",
             help: "which phases to run",
@@ -413,6 +418,23 @@ mod guest {
         Ok(())
     }
 
+    /// One MSR write the TLFS (and hv) refuses: the runtime reports the #GP and ends the run
+    /// with status 3; returning is the failure.
+    fn bad_write(fault: &str) -> Result<(), Fail> {
+        let (msr, value) = match fault {
+            "sint-vector" => (tlfs::MSR_SINT0, 0x0f),
+            "sint-reserved" => (tlfs::MSR_SINT0 + 1, 0x40 | 1 << 8),
+            "simp-reserved" => (tlfs::MSR_SIMP, 0x1000 | 1 << 1 | 1),
+            "simp-mmio" => (tlfs::MSR_SIMP, 0xd000_0000 | 1),
+            "sversion" => (tlfs::MSR_SVERSION, 1),
+            "stimer-reserved" => (tlfs::MSR_STIMER0_CONFIG, 1 << 20),
+            _ => return Err(Fail::BadArg("fault")),
+        };
+        hvlab_guest_rt::println!("HVLAB rec=info expect_fault=gp msr={msr:#x}");
+        cpu::wrmsr(msr, value);
+        Err(Fail::Check("a refused SynIC/STIMER MSR write did not #GP"))
+    }
+
     pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         let iters = ctx.args.u64_or("iters", 20)?.clamp(1, 1000);
         let info = hyperv::detect().unwrap_or_default();
@@ -422,6 +444,10 @@ mod guest {
         let stimer = info.privileges & tlfs::PRIV_SYNTIMER_MSRS != 0;
         let direct = info.features_edx & tlfs::FEAT_STIMER_DIRECT != 0;
         hyperv::enable_hypercalls();
+        let fault = ctx.args.str_or("fault", "none");
+        if fault != "none" {
+            return bad_write(fault);
+        }
         let phases = ctx
             .args
             .str_or("phases", "msg,event,status,redelivery,oneshot,periodic");
