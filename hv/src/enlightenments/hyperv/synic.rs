@@ -116,7 +116,15 @@ impl Vp {
             let flags_at = GuestAddress(slot + 5);
             let flags: u8 = mem.read_obj(flags_at).map_err(|_| NotDelivered::NotReady)?;
             let _ = mem.write_obj(flags | tlfs::MSG_FLAG_PENDING, flags_at);
-            return Err(NotDelivered::Busy);
+            // The guest may have consumed the slot (and read a clear pending flag, so it will
+            // not EOM) between our two accesses: look again, or the message could wait for an
+            // EOM that never comes.
+            let again: u32 = mem
+                .read_obj(GuestAddress(slot))
+                .map_err(|_| NotDelivered::NotReady)?;
+            if again != tlfs::HVMSG_NONE {
+                return Err(NotDelivered::Busy);
+            }
         }
         let bytes = msg.slot_bytes();
         // Everything but the type first, the type last: the slot becomes "full" only once its
