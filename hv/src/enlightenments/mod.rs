@@ -565,7 +565,8 @@ impl EnlightenmentSet {
 
 /// hv's leaf at its base + 1 (EAX, EBX): EAX = the Hyper-V enlightenments switched on
 /// ([`hyperv::Features`] bits: 0 hv-vpindex, 1 hv-time, 2 hv-frequencies, 3 hv-tlbflush,
-/// 4 hv-tlbflush-ext, 5 hv-ipi, 6 hv-spinlocks, 7 hv-relaxed), EBX = the MSR that hv's hypercall
+/// 4 hv-tlbflush-ext, 5 hv-ipi, 6 hv-spinlocks, 7 hv-relaxed, 8 hv-synic, 9 hv-stimer,
+/// 10 hv-stimer-direct), EBX = the MSR that hv's hypercall
 /// page writes when hv serves the interface in userspace (0 when no Hyper-V enlightenment is on
 /// or KVM serves it). A guest (or a person reading a CPUID dump) sees who answers its calls.
 pub fn hv_leaf(features: hyperv::Features, backend: hyperv::Backend) -> (u32, u32) {

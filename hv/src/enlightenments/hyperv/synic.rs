@@ -395,6 +395,24 @@ mod tests {
         assert!(!Synic::handles(0x4000_0085));
     }
 
+    /// KVM's own SynIC needs per-vCPU enabling and KVM_EXIT_HYPERV handling the kernel
+    /// backend does not do: it refuses these flags instead of exposing a SynIC nobody serves.
+    #[test]
+    fn kernel_backend_refuses_synic_and_stimer() {
+        use super::super::{Features, kernel};
+        let kvm = crate::error::kvm_for_tests();
+        for f in [Features::SYNIC, Features::STIMER, Features::STIMER_DIRECT] {
+            let why = kernel::probe(&kvm, Features(Features::VPINDEX | f), 1).unwrap_err();
+            assert!(why.contains("hv-synic"), "{why}");
+        }
+        // The user backend serves them wherever hv's interface runs.
+        assert!(
+            super::super::Backend::User
+                .probe(&kvm, Features(Features::SYNIC))
+                .is_ok()
+        );
+    }
+
     #[test]
     fn enabling_a_page_clears_it() {
         let (s, mem) = setup();
