@@ -294,6 +294,39 @@ pub mod hyperv {
     }
 }
 
+/// hv's VMBus-style channel (a simplified VMBus, not Microsoft's wire format): management
+/// messages through the SynIC, one ring pair per channel in guest memory (layout in
+/// `hv/src/devices/vmbus/ring.rs`), signals by HvCallSignalEvent and SynIC event flags.
+pub mod vmbus {
+    /// Guest -> hv management messages: HvCallPostMessage to this connection, message type
+    /// [`MSG_TYPE`], payload word 0 = the message kind.
+    pub const CONN_MANAGEMENT: u32 = 4;
+    /// Guest -> hv channel signal: HvCallSignalEvent to `CONN_CHANNEL_BASE + channel`, flag 0.
+    pub const CONN_CHANNEL_BASE: u32 = 0x0003_0000;
+    /// hv -> guest management replies: a message of type [`MSG_TYPE`] in VP 0's SINT 2 slot.
+    pub const SINT_MANAGEMENT: u32 = 2;
+    /// hv -> guest channel signals: VP 0's SINT 3 event flag number = channel id.
+    pub const SINT_CHANNEL: u32 = 3;
+    pub const MSG_TYPE: u32 = 1;
+    /// Guest: which channels are there? Reply [`OFFERS`]: kind, count, then (channel, device)
+    /// pairs of u32.
+    pub const REQUEST_OFFERS: u32 = 3;
+    pub const OFFERS: u32 = 1;
+    /// Guest: open `channel` (u32) with rings at `gpa` (u64 at byte 8): the guest -> hv ring of
+    /// `out_pages` (u32 at 16) pages then the hv -> guest ring of `in_pages` (u32 at 20) pages,
+    /// each including its 4 KiB control page. Reply [`OPEN_RESULT`]: kind, channel, status.
+    pub const OPEN: u32 = 5;
+    pub const OPEN_RESULT: u32 = 6;
+    pub const OPEN_OK: u32 = 0;
+    pub const OPEN_BAD_RING: u32 = 1;
+    pub const OPEN_UNKNOWN_CHANNEL: u32 = 2;
+    /// Device class of a channel that returns every packet it gets (kind, transaction id and
+    /// payload), for measuring the transport itself.
+    pub const DEVICE_ECHO: u32 = 1;
+    /// Packet kind of in-band data.
+    pub const PACKET_DATA: u16 = 6;
+}
+
 /// KVM's paravirtual interface as Linux's `kvm_para.h` defines it: CPUID 0x40000001 EAX feature
 /// bits, MSRs and hypercall numbers, plus the pure arithmetic guest and host both test.
 pub mod kvm_pv {

@@ -5,4 +5,5 @@
 //! worker that serves a channel, and devices over it; nothing attaches this module to a
 //! partition yet.
 
+pub mod channel;
 pub mod ring;

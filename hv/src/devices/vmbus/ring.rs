@@ -164,14 +164,34 @@ impl Ring {
         self.set_u32(mem, 12, bytes)
     }
 
-    /// Reads one packet, or `None` when the ring is empty; says whether to signal the writer.
-    pub fn read(&self, mem: &GuestMemoryMmap) -> Result<Option<(Packet, Signal)>, RingError> {
+    /// The next packet's total length (descriptor, payload, padding; not the trailer) without
+    /// taking it, or `None` when the ring is empty. Checked as [`Self::read`] checks it.
+    pub fn next_len(&self, mem: &GuestMemoryMmap) -> Result<Option<usize>, RingError> {
         let write = self.index(mem, 0)?;
         let read = self.index(mem, 4)?;
         let used = self.used(write, read);
         if used == 0 {
             return Ok(None);
         }
+        self.header(mem, read, used).map(|h| Some(h.2))
+    }
+
+    /// True when a packet of total length `len` (see [`Self::next_len`]) fits now.
+    pub fn fits(&self, mem: &GuestMemoryMmap, len: usize) -> Result<bool, RingError> {
+        let write = self.index(mem, 0)?;
+        let read = self.index(mem, 4)?;
+        let free = self.size - self.used(write, read);
+        Ok((len as u64 + TRAILER) < u64::from(free))
+    }
+
+    /// Descriptor at `read` with `used` bytes readable: (kind, data offset, total length,
+    /// flags, transaction), checked.
+    fn header(
+        &self,
+        mem: &GuestMemoryMmap,
+        read: u32,
+        used: u32,
+    ) -> Result<(u16, usize, usize, u16, u64), RingError> {
         let mut desc = [0u8; DESC];
         if (used as usize) < DESC + TRAILER as usize {
             return Err(RingError::Oversized {
@@ -186,13 +206,24 @@ impl Ring {
         let flags = u16::from_le_bytes([desc[6], desc[7]]);
         let mut t = [0u8; 8];
         t.copy_from_slice(&desc[8..16]);
-        let transaction = u64::from_le_bytes(t);
         if offset < DESC || offset > len {
             return Err(RingError::BadDescriptor { offset, len });
         }
         if len > MAX_PACKET || len as u64 + TRAILER > u64::from(used) {
             return Err(RingError::Oversized { len, avail: used });
         }
+        Ok((kind, offset, len, flags, u64::from_le_bytes(t)))
+    }
+
+    /// Reads one packet, or `None` when the ring is empty; says whether to signal the writer.
+    pub fn read(&self, mem: &GuestMemoryMmap) -> Result<Option<(Packet, Signal)>, RingError> {
+        let write = self.index(mem, 0)?;
+        let read = self.index(mem, 4)?;
+        let used = self.used(write, read);
+        if used == 0 {
+            return Ok(None);
+        }
+        let (kind, offset, len, flags, transaction) = self.header(mem, read, used)?;
         let mut payload = vec![0u8; len - offset];
         self.copy_out(mem, (read + offset as u32) % self.size, &mut payload)?;
         let next = ((u64::from(read) + len as u64 + TRAILER) % u64::from(self.size)) as u32;
