@@ -64,6 +64,8 @@ fn messages_events_busy_slots_and_timers() {
         "stimer-oneshot",
         "stimer-periodic",
         "stimer-periodic-direct",
+        "vmbus-echo",
+        "vmbus-echo-burst",
     ] {
         let p = phase(&o, name);
         eprintln!(
@@ -118,6 +120,19 @@ fn messages_events_busy_slots_and_timers() {
         assert!((10..=11).contains(&n), "{name}: {n}");
         assert_eq!(field(&o, &format!("name={name} "), "expiries"), Some(10));
     }
+    // VMBus-style echo channel: one signal hypercall per request at QD1 and per burst of 8,
+    // one channel event per signal, the other 7 replies of a burst suppressed.
+    let one = phase(&o, "vmbus-echo");
+    assert_eq!(exits(one, "msr_write"), 10, "{:?}", one.exits);
+    assert_eq!(enl(one, "vmbus_packets"), 10);
+    assert_eq!(enl(one, "vmbus_guest_signals"), 10);
+    assert_eq!(enl(one, "vmbus_signals_suppressed"), 0);
+    let burst = phase(&o, "vmbus-echo-burst");
+    assert_eq!(exits(burst, "msr_write"), 10, "{:?}", burst.exits);
+    assert_eq!(enl(burst, "vmbus_packets"), 80);
+    assert_eq!(enl(burst, "vmbus_guest_signals"), 10);
+    assert_eq!(enl(burst, "vmbus_signals_suppressed"), 70);
+    assert_eq!(field(&o, "name=vmbus-echo-burst ", "bad"), Some(0));
 }
 
 /// A guest flooding itself (a 100 ns periodic timer, posts into a SINT nobody drains) gets at

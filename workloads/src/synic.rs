@@ -20,6 +20,11 @@
 //!   it to 100 us) for 20 ms, and 50 posts into a masked SINT nobody drains: expiries stay
 //!   within 20 ms / 100 us, every post after the first is HV_STATUS_INSUFFICIENT_BUFFERS.
 //!
+//! - `vmbus`: hv's VMBus-style echo channel: offers and open through management messages,
+//!   then `iters` requests one at a time (`vmbus-echo`: write, signal, wait for the channel
+//!   event, read the echo) and `iters` bursts of 8 (`vmbus-echo-burst`: 8 writes, one signal,
+//!   one event, 8 reads), counting the signals the ring protocol asked for.
+//!
 //! Reports per phase `ops`, `delivered` (handler runs that consumed something), `failed`
 //! (calls with an unexpected status) and, for timers, `expiries` and `elapsed_100ns`.
 
@@ -41,8 +46,8 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         },
         Param {
             key: "phases",
-            default: "msg,event,status,redelivery,oneshot,periodic",
-            help: "which phases to run",
+            default: "msg,event,status,redelivery,oneshot,periodic,vmbus",
+            help: "which phases to run (also: storm)",
         },
     ],
     min_vcpus: 1,
@@ -84,6 +89,15 @@ mod guest {
     static READY: AtomicU32 = AtomicU32::new(0);
     static HALTS: AtomicU64 = AtomicU64::new(0);
     static QUIT: AtomicBool = AtomicBool::new(false);
+    /// The first payload words of the last message CPU 0 consumed on SINT 2.
+    static LAST_MSG: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+    /// The VMBus channel's two rings: 2 pages guest -> hv, then 2 pages hv -> guest.
+    #[repr(C, align(4096))]
+    struct RingPages(core::cell::UnsafeCell<[u8; 4 * 4096]>);
+    // SAFETY: only the BSP touches the rings, inside `vmbus_echo`.
+    unsafe impl Sync for RingPages {}
+    static RINGS: RingPages = RingPages(core::cell::UnsafeCell::new([0; 4 * 4096]));
 
     fn on_sint(v: u8) {
         let cpu = usize::from((v - 0xa0) >> 4) & 1;
@@ -91,6 +105,11 @@ mod guest {
         let pages = &PAGES[cpu];
         match u32::from(slot) {
             SINT_MSG => {
+                if cpu == 0 {
+                    for (i, w) in LAST_MSG.iter().enumerate() {
+                        w.store(pages.payload_word(SINT_MSG, i), Ordering::Release);
+                    }
+                }
                 if pages.consume(SINT_MSG).0 != tlfs::HVMSG_NONE {
                     MSGS[cpu].fetch_add(1, Ordering::AcqRel);
                 }
@@ -368,6 +387,92 @@ mod guest {
         Ok(())
     }
 
+    /// Posts a VMBus management message and waits for hv's reply; its first payload words.
+    fn vmbus_request(words: &[u64], size: u32) -> Result<[u64; 4], Fail> {
+        use hvlab_protocol::vmbus as vb;
+        let m0 = MSGS[0].load(Ordering::Acquire);
+        if synic::post_message(&INPUT, vb::CONN_MANAGEMENT, vb::MSG_TYPE, size, words) != 0 {
+            return Err(Fail::Check("VMBus management message refused"));
+        }
+        halt_for(&MSGS[0], m0 + 1, "no VMBus management reply")?;
+        Ok(core::array::from_fn(|i| {
+            LAST_MSG[i].load(Ordering::Acquire)
+        }))
+    }
+
+    fn vmbus_echo(iters: u64) -> Result<(), Fail> {
+        use hvlab_guest_rt::pv::vmbus::Ring;
+        use hvlab_protocol::vmbus as vb;
+        let offers = vmbus_request(&[u64::from(vb::REQUEST_OFFERS)], 4)?;
+        let (kind, count) = (offers[0] as u32, (offers[0] >> 32) as u32);
+        let (channel, device) = (offers[1] as u32, (offers[1] >> 32) as u32);
+        if kind != vb::OFFERS || count == 0 || device != vb::DEVICE_ECHO {
+            return Err(Fail::Check("VMBus offers"));
+        }
+        let base = RINGS.0.get() as *mut u8;
+        // SAFETY: the static's four pages belong to these two rings.
+        let (out, inr) = unsafe { (Ring::new(base, 2), Ring::new(base.add(2 * 4096), 2)) };
+        let open = [
+            u64::from(vb::OPEN) | u64::from(channel) << 32,
+            base as u64,
+            2 | 2 << 32,
+        ];
+        let r = vmbus_request(&open, 24)?;
+        if r[0] as u32 != vb::OPEN_RESULT || r[1] as u32 != vb::OPEN_OK {
+            return Err(Fail::Check("VMBus open"));
+        }
+        let conn = vb::CONN_CHANNEL_BASE + channel;
+        let mut buf = [0u8; 64];
+        for burst in [1u64, 8] {
+            let name = if burst == 1 {
+                "vmbus-echo"
+            } else {
+                "vmbus-echo-burst"
+            };
+            let (mut signals, mut bad) = (0u64, 0u64);
+            let p = phase::begin(name);
+            for i in 0..iters {
+                let ev0 = EVENTS[0].load(Ordering::Acquire);
+                let mut signal = false;
+                for j in 0..burst {
+                    let t = i * burst + j;
+                    let payload = [t as u8; 64];
+                    match out.write(vb::PACKET_DATA, t, &payload) {
+                        Some(s) => signal |= s,
+                        None => return Err(Fail::Check("VMBus ring full")),
+                    }
+                }
+                if signal {
+                    signals += 1;
+                    if synic::signal_event(conn, 0) != 0 {
+                        return Err(Fail::Check("VMBus channel signal refused"));
+                    }
+                }
+                halt_for(&EVENTS[0], ev0 + 1, "no VMBus channel event")?;
+                for j in 0..burst {
+                    let t = i * burst + j;
+                    match inr.read(&mut buf) {
+                        Some((_, got, n)) if got == t && n == 64 && buf == [t as u8; 64] => {}
+                        _ => bad += 1,
+                    }
+                }
+            }
+            let f = p.end(iters * burst);
+            f.report(
+                &[
+                    ("requests", iters * burst),
+                    ("signals", signals),
+                    ("bad", bad),
+                ],
+                None,
+            );
+            if bad != 0 {
+                return Err(Fail::Check("VMBus echo mismatch"));
+            }
+        }
+        Ok(())
+    }
+
     /// A guest trying to flood itself: hv's minimum period and the one-slot-per-SINT rule
     /// bound what it gets.
     fn storm(direct: bool) -> Result<(), Fail> {
@@ -448,9 +553,10 @@ mod guest {
         if fault != "none" {
             return bad_write(fault);
         }
-        let phases = ctx
-            .args
-            .str_or("phases", "msg,event,status,redelivery,oneshot,periodic");
+        let phases = ctx.args.str_or(
+            "phases",
+            "msg,event,status,redelivery,oneshot,periodic,vmbus",
+        );
         let two = ctx.cpus >= 2;
         setup_this_cpu(0);
         if two {
@@ -473,6 +579,7 @@ mod guest {
                 }
                 "status" => status(),
                 "storm" => storm(direct),
+                "vmbus" => vmbus_echo(iters),
                 "redelivery" => redelivery(),
                 "oneshot" => oneshot(iters),
                 "periodic" => periodic(iters, false).and_then(|()| {

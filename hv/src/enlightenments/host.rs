@@ -18,6 +18,7 @@ use super::hyperv::synic::{Irq, Queued, Synic};
 use super::hyperv::{self, Features, calls, messages, msr::Msrs, stimer::Stimers};
 use crate::counters::CounterSource;
 use crate::vcpu::RunControl;
+use hvlab_protocol::vmbus;
 
 /// How long a flush caller waits for its targets to leave the guest before it gives up (with
 /// HV_STATUS_TIMEOUT and a note). Generous: a kicked vCPU leaves KVM_RUN in microseconds.
@@ -67,6 +68,12 @@ counters! {
     stimer_expiries: "stimer_expiries",
     stimer_missed: "stimer_missed",
     stimer_kicks: "stimer_kicks",
+    vmbus_messages: "vmbus_messages",
+    vmbus_signals: "vmbus_signals",
+    vmbus_packets: "vmbus_packets",
+    vmbus_guest_signals: "vmbus_guest_signals",
+    vmbus_signals_suppressed: "vmbus_signals_suppressed",
+    vmbus_ring_errors: "vmbus_ring_errors",
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -107,6 +114,8 @@ struct HypervState {
     pending: Box<[AtomicBool]>,
     /// The SynIC, with `hv-synic`.
     synic: Option<Synic>,
+    /// hv's VMBus-style channels (offered with `hv-synic`).
+    vmbus: Option<crate::devices::vmbus::channel::Vmbus>,
     /// The synthetic timers, with `hv-stimer` and a known reference time.
     stimers: Option<Arc<Stimers>>,
     /// vCPU i was kicked by the timer thread and has not looked at its timers since.
@@ -133,6 +142,9 @@ impl EnlightenmentHost {
             msrs: Msrs::new(features, vcpus, clock),
             pending: (0..vcpus).map(flags).collect(),
             synic: features.has(Features::SYNIC).then(|| Synic::new(vcpus)),
+            vmbus: features
+                .has(Features::SYNIC)
+                .then(crate::devices::vmbus::channel::Vmbus::new),
             stimers: (features.has(Features::STIMER) && clock.is_some())
                 .then(|| Arc::new(Stimers::new(vcpus, features.has(Features::STIMER_DIRECT)))),
             stimer_kicked: (0..vcpus).map(flags).collect(),
@@ -441,9 +453,18 @@ impl EnlightenmentHost {
                     bump(&self.counters.hyperv_spin_yields, 1);
                     std::thread::yield_now();
                 }
+                calls::Action::PostMessage(p) if p.connection == vmbus::CONN_MANAGEMENT => {
+                    outcome.status = self.vmbus_message(h, &p);
+                }
                 calls::Action::PostMessage(p) => {
                     let r = h.synic.as_ref().map(|s| messages::post(s, &self.mem, &p));
                     outcome.status = self.synic_result(r, &self.counters.synic_messages);
+                }
+                calls::Action::SignalEvent { connection, .. }
+                    if connection >= vmbus::CONN_CHANNEL_BASE
+                        && connection - vmbus::CONN_CHANNEL_BASE < 0x1_0000 =>
+                {
+                    outcome.status = self.vmbus_signal(h, connection - vmbus::CONN_CHANNEL_BASE);
                 }
                 calls::Action::SignalEvent { connection, flag } => {
                     let r = h
@@ -460,6 +481,68 @@ impl EnlightenmentHost {
         regs.rax = outcome.rax();
         if let Err(e) = fd.set_regs(&regs) {
             self.note(format!("hyperv: KVM_SET_REGS failed: {e}"));
+        }
+    }
+
+    /// A VMBus management message: the reply goes into VP 0's management SINT (waiting for
+    /// EOM when the slot is full; a second reply while one waits is refused with
+    /// HV_STATUS_INSUFFICIENT_BUFFERS, so the guest retries).
+    fn vmbus_message(&self, h: &HypervState, p: &messages::Post) -> u16 {
+        use hvlab_protocol::hyperv as tlfs;
+        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+            return tlfs::STATUS_INVALID_CONNECTION_ID;
+        };
+        if p.kind != vmbus::MSG_TYPE {
+            return tlfs::STATUS_INVALID_PARAMETER;
+        }
+        bump(&self.counters.vmbus_messages, 1);
+        let payload = &p.payload[..usize::from(p.size)];
+        let Some(reply) = bus.on_message(&self.mem, payload) else {
+            return tlfs::STATUS_INVALID_PARAMETER;
+        };
+        let msg = messages::Message {
+            kind: vmbus::MSG_TYPE,
+            port: u64::from(vmbus::CONN_MANAGEMENT),
+            payload: reply,
+        };
+        match synic.queue(&self.mem, 0, vmbus::SINT_MANAGEMENT, msg) {
+            Queued::Delivered(irq) => {
+                self.raise(irq.as_slice());
+                tlfs::STATUS_SUCCESS
+            }
+            Queued::Waiting => tlfs::STATUS_SUCCESS,
+            Queued::Dropped => tlfs::STATUS_INSUFFICIENT_BUFFERS,
+        }
+    }
+
+    /// A guest signal on a VMBus channel: serve its ring (on this vCPU's thread) and raise
+    /// the guest's channel event when the reply protocol asks for it.
+    fn vmbus_signal(&self, h: &HypervState, channel: u32) -> u16 {
+        use crate::devices::vmbus::channel::ChannelError;
+        use hvlab_protocol::hyperv as tlfs;
+        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+            return tlfs::STATUS_INVALID_CONNECTION_ID;
+        };
+        bump(&self.counters.vmbus_signals, 1);
+        match bus.on_signal(&self.mem, channel) {
+            Ok(s) => {
+                bump(&self.counters.vmbus_packets, s.packets);
+                bump(&self.counters.vmbus_signals_suppressed, s.suppressed);
+                if s.signal_guest {
+                    bump(&self.counters.vmbus_guest_signals, 1);
+                    if let Ok(irq) = synic.signal_event(&self.mem, 0, vmbus::SINT_CHANNEL, channel)
+                    {
+                        self.raise(irq.as_slice());
+                    }
+                }
+                tlfs::STATUS_SUCCESS
+            }
+            Err(ChannelError::NotOpen) => tlfs::STATUS_INVALID_PORT_ID,
+            Err(ChannelError::Ring(e)) => {
+                bump(&self.counters.vmbus_ring_errors, 1);
+                self.note(format!("vmbus channel {channel} closed: {e}"));
+                tlfs::STATUS_INVALID_PORT_ID
+            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod hyperv;
 pub mod kvmclock;
 pub mod steal;
 pub mod synic;
+pub mod vmbus;
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
