@@ -92,6 +92,8 @@ pub struct EnlightenmentHost {
     mem: GuestMemoryMmap,
     vm: Arc<VmFd>,
     control: OnceLock<Arc<RunControl>>,
+    /// The seccomp filter hv's own threads (the `hv-stimer` timer thread) install.
+    worker_filter: Mutex<Option<crate::isolation::seccomp::Target>>,
     /// vCPU i must drop its translations before it next enters the guest.
     flush_pending: Box<[AtomicBool]>,
     /// vCPU i is inside KVM_RUN (may be running guest code).
@@ -172,6 +174,7 @@ impl EnlightenmentHost {
             mem,
             vm,
             control: OnceLock::new(),
+            worker_filter: Mutex::new(None),
             flush_pending: (0..vcpus).map(flags).collect(),
             in_guest: (0..vcpus).map(flags).collect(),
             flush_lock: Mutex::new(()),
@@ -192,6 +195,12 @@ impl EnlightenmentHost {
         self.counters.clone()
     }
 
+    /// The seccomp filter for hv's own threads, from the partition (before
+    /// [`Self::attach_control`] starts them). Without it they run unfiltered (unit tests).
+    pub(crate) fn set_worker_filter(&self, target: crate::isolation::seccomp::Target) {
+        *lock(&self.worker_filter) = Some(target);
+    }
+
     /// Hands over the run control once the vCPU threads exist (for kicks and stop checks).
     pub(crate) fn attach_control(&self, control: Arc<RunControl>) {
         let _ = self.control.set(control.clone());
@@ -200,8 +209,7 @@ impl EnlightenmentHost {
 
     /// With `hv-stimer`: one thread per partition that kicks a vCPU whose timer is due (the
     /// vCPU delivers in [`Self::before_entry`]). It ends within `stimer::MAX_SLEEP` of the run's
-    /// end. It parses nothing from the guest (only deadlines hv computed), so it runs without a
-    /// seccomp filter of its own, like the thread that starts the partition.
+    /// end. It installs the device workers' seccomp filter first (no ioctl: it only kicks).
     fn start_timer_thread(&self, control: Arc<RunControl>) {
         let Some(h) = &self.hyperv else { return };
         let (Some(timers), Some(clock)) = (h.stimers.clone(), h.clock) else {
@@ -209,9 +217,16 @@ impl EnlightenmentHost {
         };
         let kicked = h.stimer_kicked.clone();
         let counters = self.counters.clone();
+        let filter = lock(&self.worker_filter).take();
         let spawned = std::thread::Builder::new()
             .name("hv-stimer".into())
             .spawn(move || {
+                if let Some(f) = &filter {
+                    crate::isolation::seccomp::install(
+                        crate::isolation::seccomp::ThreadKind::Worker,
+                        f,
+                    );
+                }
                 hyperv::stimer::run_thread(
                     &timers,
                     || clock.reference_time(),
