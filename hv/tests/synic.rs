@@ -133,6 +133,15 @@ fn messages_events_busy_slots_and_timers() {
     assert_eq!(enl(burst, "vmbus_guest_signals"), 10);
     assert_eq!(enl(burst, "vmbus_signals_suppressed"), 70);
     assert_eq!(field(&o, "name=vmbus-echo-burst ", "bad"), Some(0));
+    // A hostile write index closes the channel (counted and noted); it reopens cleanly.
+    let h = phase(&o, "vmbus-hostile");
+    assert_eq!(enl(h, "vmbus_ring_errors"), 1, "{:?}", h.exits_by_device);
+    assert_eq!(field(&o, "name=vmbus-hostile ", "echoed"), Some(1));
+    assert!(
+        o.notes.iter().any(|n| n.contains("vmbus channel 1 closed")),
+        "{:?}",
+        o.notes
+    );
 }
 
 /// A guest flooding itself (a 100 ns periodic timer, posts into a SINT nobody drains) gets at

@@ -23,7 +23,10 @@
 //! - `vmbus`: hv's VMBus-style echo channel: offers and open through management messages,
 //!   then `iters` requests one at a time (`vmbus-echo`: write, signal, wait for the channel
 //!   event, read the echo) and `iters` bursts of 8 (`vmbus-echo-burst`: 8 writes, one signal,
-//!   one event, 8 reads), counting the signals the ring protocol asked for.
+//!   one event, 8 reads), counting the signals the ring protocol asked for; then
+//!   `vmbus-hostile`: an unaligned write index closes the channel (the signal returns
+//!   HV_STATUS_INVALID_PORT_ID, and so does the next one), and after a fresh open the echo
+//!   works again.
 //!
 //! Reports per phase `ops`, `delivered` (handler runs that consumed something), `failed`
 //! (calls with an unexpected status) and, for timers, `expiries` and `elapsed_100ns`.
@@ -469,6 +472,43 @@ mod guest {
             if bad != 0 {
                 return Err(Fail::Check("VMBus echo mismatch"));
             }
+        }
+        // Hostile: a broken write index closes the channel; reopening brings it back.
+        let p = phase::begin("vmbus-hostile");
+        out.set_write_index_raw(12);
+        let broken = synic::signal_event(conn, 0);
+        let closed = synic::signal_event(conn, 0);
+        // SAFETY: as above; the rings start over.
+        let (out, inr) = unsafe { (Ring::new(base, 2), Ring::new(base.add(2 * 4096), 2)) };
+        let r = vmbus_request(&open, 24)?;
+        let ev0 = EVENTS[0].load(Ordering::Acquire);
+        let again = match out.write(vb::PACKET_DATA, 7, &[7; 64]) {
+            Some(true) => synic::signal_event(conn, 0),
+            _ => 0xffff,
+        };
+        if again == 0 {
+            halt_for(&EVENTS[0], ev0 + 1, "no VMBus channel event after reopen")?;
+        }
+        let echoed = matches!(inr.read(&mut buf), Some((_, 7, 64)));
+        let f = p.end(1);
+        f.report(
+            &[
+                ("broken", u64::from(broken)),
+                ("closed", u64::from(closed)),
+                ("reopen", r[1] & 0xffff_ffff),
+                ("echoed", u64::from(echoed)),
+            ],
+            None,
+        );
+        let ok = broken == tlfs::STATUS_INVALID_PORT_ID
+            && closed == tlfs::STATUS_INVALID_PORT_ID
+            && r[1] as u32 == vb::OPEN_OK
+            && again == 0
+            && echoed;
+        if !ok {
+            return Err(Fail::Check(
+                "VMBus channel did not close on a bad index or reopen",
+            ));
         }
         Ok(())
     }

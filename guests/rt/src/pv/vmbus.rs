@@ -94,6 +94,11 @@ impl Ring {
         Some(self.ctl(8) == 0 && self.ctl(4) == write)
     }
 
+    /// Overwrites the write index with `v`, as a hostile or broken guest would (tests only).
+    pub fn set_write_index_raw(&self, v: u32) {
+        self.set_ctl(0, v);
+    }
+
     /// Reads one packet's payload into `buf` (cut to its length); (kind, transaction, payload
     /// bytes including padding), or `None` when empty or malformed.
     pub fn read(&self, buf: &mut [u8]) -> Option<(u16, u64, usize)> {
