@@ -58,17 +58,19 @@ impl Ring {
         }
     }
 
-    fn copy_in(&self, at: u32, bytes: &[u8]) {
-        for (i, b) in bytes.iter().enumerate() {
-            let off = (at as usize + i) % self.size as usize;
-            // SAFETY: `off` is inside the data area.
-            unsafe { core::ptr::write_volatile(self.data().add(off), *b) };
-        }
+    // Whole u64 accesses: every index, descriptor, payload (padded) and trailer is 8-aligned
+    // and the data area is a multiple of 8, so no word straddles the wrap. (Kernel-mode guest
+    // code may run in the host's instruction emulator: one access per 8 bytes, not per byte.)
+    fn put(&self, at: usize, w: u64) {
+        let off = at % self.size as usize & !7;
+        // SAFETY: `off` is an aligned word inside the data area.
+        unsafe { core::ptr::write_volatile(self.data().add(off) as *mut u64, w) };
     }
 
-    fn byte(&self, at: usize) -> u8 {
-        // SAFETY: reduced modulo the data area.
-        unsafe { core::ptr::read_volatile(self.data().add(at % self.size as usize)) }
+    fn get(&self, at: usize) -> u64 {
+        let off = at % self.size as usize & !7;
+        // SAFETY: as in `put`.
+        unsafe { core::ptr::read_volatile(self.data().add(off) as *const u64) }
     }
 
     /// Writes one packet; `None` when it does not fit, else whether to signal the reader.
@@ -80,14 +82,16 @@ impl Ring {
         if (len + TRAILER) as u32 >= free {
             return None;
         }
-        let mut desc = [0u8; DESC];
-        desc[0..2].copy_from_slice(&kind.to_le_bytes());
-        desc[2..4].copy_from_slice(&((DESC / 8) as u16).to_le_bytes());
-        desc[4..6].copy_from_slice(&((len / 8) as u16).to_le_bytes());
-        desc[8..16].copy_from_slice(&transaction.to_le_bytes());
-        self.copy_in(write, &desc);
-        self.copy_in(write + DESC as u32, payload);
-        self.copy_in(write + len as u32, &(u64::from(write) << 32).to_le_bytes());
+        let at = write as usize;
+        let d0 = u64::from(kind) | ((DESC / 8) as u64) << 16 | ((len / 8) as u64) << 32;
+        self.put(at, d0);
+        self.put(at + 8, transaction);
+        for (i, chunk) in payload.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.put(at + DESC + 8 * i, u64::from_le_bytes(b));
+        }
+        self.put(at + len, u64::from(write) << 32);
         fence(Ordering::SeqCst);
         self.set_ctl(0, (write + (len + TRAILER) as u32) % self.size);
         fence(Ordering::SeqCst);
@@ -108,23 +112,22 @@ impl Ring {
             return None;
         }
         let at = read as usize;
-        let h = |i: usize| self.byte(at + i);
-        let kind = u16::from_le_bytes([h(0), h(1)]);
-        let offset = usize::from(u16::from_le_bytes([h(2), h(3)])) * 8;
-        let len = usize::from(u16::from_le_bytes([h(4), h(5)])) * 8;
-        let mut t = [0u8; 8];
-        for (i, b) in t.iter_mut().enumerate() {
-            *b = h(8 + i);
-        }
+        let d0 = self.get(at);
+        let kind = d0 as u16;
+        let offset = ((d0 >> 16) & 0xffff) as usize * 8;
+        let len = ((d0 >> 32) & 0xffff) as usize * 8;
+        let transaction = self.get(at + 8);
         if offset < DESC || offset > len || len + TRAILER > self.used(write, read) as usize {
             return None;
         }
         let n = len - offset;
-        for (i, b) in buf.iter_mut().take(n).enumerate() {
-            *b = h(offset + i);
+        let take = n.min(buf.len());
+        for (i, chunk) in buf[..take].chunks_mut(8).enumerate() {
+            let w = self.get(at + offset + 8 * i).to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
         }
         fence(Ordering::SeqCst);
         self.set_ctl(4, ((at + len + TRAILER) % self.size as usize) as u32);
-        Some((kind, u64::from_le_bytes(t), n))
+        Some((kind, transaction, n))
     }
 }
