@@ -62,13 +62,13 @@ impl Ring {
     // and the data area is a multiple of 8, so no word straddles the wrap. (Kernel-mode guest
     // code may run in the host's instruction emulator: one access per 8 bytes, not per byte.)
     fn put(&self, at: usize, w: u64) {
-        let off = at % self.size as usize & !7;
+        let off = (at % self.size as usize) & !7;
         // SAFETY: `off` is an aligned word inside the data area.
         unsafe { core::ptr::write_volatile(self.data().add(off) as *mut u64, w) };
     }
 
     fn get(&self, at: usize) -> u64 {
-        let off = at % self.size as usize & !7;
+        let off = (at % self.size as usize) & !7;
         // SAFETY: as in `put`.
         unsafe { core::ptr::read_volatile(self.data().add(off) as *const u64) }
     }
