@@ -575,6 +575,7 @@ impl Partition {
             meter.add_worker_clock(c);
         }
         if let Some(e) = &self.enlightenments {
+            e.set_worker_filter(seccomp::Target::new(&self.seccomp, "hv-stimer"));
             e.attach_control(control.clone());
             meter.add_source(e.counters());
             meter.note(format!("enlightenments: {}", e.set()));

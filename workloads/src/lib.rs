@@ -20,6 +20,7 @@ pub mod misbehave;
 pub mod net_io;
 pub mod platform;
 pub mod spinlock;
+pub mod synic;
 pub mod tlb_shootdown;
 pub mod user_mode;
 
@@ -83,6 +84,7 @@ registry!(
     hyperv_probe,
     platform,
     net_io,
+    synic,
 );
 
 /// Looks a workload up by name.

@@ -182,6 +182,60 @@ pub mod hyperv {
     pub const MSR_ENABLE: u64 = 1;
     /// Lock bit of MSR_HYPERCALL.
     pub const HYPERCALL_LOCKED: u64 = 1 << 1;
+    // SynIC and synthetic timer MSRs (hv-synic, hv-stimer).
+    pub const MSR_SCONTROL: u32 = 0x4000_0080;
+    pub const MSR_SVERSION: u32 = 0x4000_0081;
+    pub const MSR_SIEFP: u32 = 0x4000_0082;
+    pub const MSR_SIMP: u32 = 0x4000_0083;
+    pub const MSR_EOM: u32 = 0x4000_0084;
+    /// SINT0; SINTn is `MSR_SINT0 + n` (n < 16).
+    pub const MSR_SINT0: u32 = 0x4000_0090;
+    /// STIMER0_CONFIG; timer n's CONFIG is `+ 2n`, its COUNT `+ 2n + 1` (n < 4).
+    pub const MSR_STIMER0_CONFIG: u32 = 0x4000_00b0;
+    /// SINT MSR bits: vector 7:0, masked 16, auto-EOI 17, polling 18.
+    pub const SINT_MASKED: u64 = 1 << 16;
+    pub const SINT_AUTO_EOI: u64 = 1 << 17;
+    pub const SINT_POLLING: u64 = 1 << 18;
+    /// STIMER CONFIG bits: enable 0, periodic 1, lazy 2, auto-enable 3, vector 11:4, direct
+    /// mode 12, SINT 19:16.
+    pub const STIMER_ENABLE: u64 = 1 << 0;
+    pub const STIMER_PERIODIC: u64 = 1 << 1;
+    pub const STIMER_LAZY: u64 = 1 << 2;
+    pub const STIMER_AUTO_ENABLE: u64 = 1 << 3;
+    pub const STIMER_DIRECT: u64 = 1 << 12;
+    /// SynIC message slot: 256 bytes per SINT in the SIMP page; header type (u32 @0),
+    /// payload size (u8 @4), flags (u8 @5, bit 0 = message pending), port/sender (u64 @8),
+    /// payload @16.
+    pub const MSG_SLOT_SIZE: u64 = 256;
+    pub const MSG_PAYLOAD_MAX: usize = 240;
+    pub const MSG_FLAG_PENDING: u8 = 1;
+    pub const HVMSG_NONE: u32 = 0;
+    pub const HVMSG_TIMER_EXPIRED: u32 = 0x8000_0010;
+    /// Event flags: 2048 bits (256 bytes) per SINT in the SIEFP page.
+    pub const EVENT_FLAGS_PER_SINT: u32 = 2048;
+    // Leaf 0x40000003 bits of the SynIC and timers.
+    /// EAX: SynIC MSRs available.
+    pub const PRIV_SYNIC_MSRS: u32 = 1 << 2;
+    /// EAX: synthetic timer MSRs available.
+    pub const PRIV_SYNTIMER_MSRS: u32 = 1 << 3;
+    /// EBX: HvCallPostMessage allowed.
+    pub const PRIV_POST_MESSAGES: u32 = 1 << 4;
+    /// EBX: HvCallSignalEvent allowed.
+    pub const PRIV_SIGNAL_EVENTS: u32 = 1 << 5;
+    /// EDX: direct-mode synthetic timers available.
+    pub const FEAT_STIMER_DIRECT: u32 = 1 << 19;
+    /// Leaf 0x40000004 EAX: auto-EOI deprecated (hv cannot honour it: see the SynIC docs).
+    pub const REC_DEPRECATING_AEOI: u32 = 1 << 9;
+    /// hv's loopback connections (an hv choice, documented in `hv`): connection id
+    /// `CONN_MSG_BASE + vp * 16 + sint` posts messages to that VP's SINT,
+    /// `CONN_EVENT_BASE + vp * 16 + sint` signals its event flags.
+    pub const CONN_MSG_BASE: u32 = 0x0001_0000;
+    pub const CONN_EVENT_BASE: u32 = 0x0002_0000;
+    pub const CALL_POST_MESSAGE: u16 = 0x005c;
+    pub const CALL_SIGNAL_EVENT: u16 = 0x005d;
+    pub const STATUS_INVALID_PORT_ID: u16 = 0x0011;
+    pub const STATUS_INVALID_CONNECTION_ID: u16 = 0x0012;
+    pub const STATUS_INSUFFICIENT_BUFFERS: u16 = 0x0013;
     /// hv's transport behind the hypercall page (an hv choice, not the TLFS): the page saves
     /// RCX in R9 and RDX in R10, then writes this MSR, which hv filters to userspace.
     pub const MSR_HV_HYPERCALL_TRANSPORT: u32 = 0x4856_4c01;
@@ -241,6 +295,39 @@ pub mod hyperv {
     pub const fn tsc_page_time(tsc: u64, scale: u64, offset: i64) -> u64 {
         (((tsc as u128 * scale as u128) >> 64) as u64).wrapping_add(offset as u64)
     }
+}
+
+/// hv's VMBus-style channel (a simplified VMBus, not Microsoft's wire format): management
+/// messages through the SynIC, one ring pair per channel in guest memory (layout in
+/// `hv/src/devices/vmbus/ring.rs`), signals by HvCallSignalEvent and SynIC event flags.
+pub mod vmbus {
+    /// Guest -> hv management messages: HvCallPostMessage to this connection, message type
+    /// [`MSG_TYPE`], payload word 0 = the message kind.
+    pub const CONN_MANAGEMENT: u32 = 4;
+    /// Guest -> hv channel signal: HvCallSignalEvent to `CONN_CHANNEL_BASE + channel`, flag 0.
+    pub const CONN_CHANNEL_BASE: u32 = 0x0003_0000;
+    /// hv -> guest management replies: a message of type [`MSG_TYPE`] in VP 0's SINT 2 slot.
+    pub const SINT_MANAGEMENT: u32 = 2;
+    /// hv -> guest channel signals: VP 0's SINT 3 event flag number = channel id.
+    pub const SINT_CHANNEL: u32 = 3;
+    pub const MSG_TYPE: u32 = 1;
+    /// Guest: which channels are there? Reply [`OFFERS`]: kind, count, then (channel, device)
+    /// pairs of u32.
+    pub const REQUEST_OFFERS: u32 = 3;
+    pub const OFFERS: u32 = 1;
+    /// Guest: open `channel` (u32) with rings at `gpa` (u64 at byte 8): the guest -> hv ring of
+    /// `out_pages` (u32 at 16) pages then the hv -> guest ring of `in_pages` (u32 at 20) pages,
+    /// each including its 4 KiB control page. Reply [`OPEN_RESULT`]: kind, channel, status.
+    pub const OPEN: u32 = 5;
+    pub const OPEN_RESULT: u32 = 6;
+    pub const OPEN_OK: u32 = 0;
+    pub const OPEN_BAD_RING: u32 = 1;
+    pub const OPEN_UNKNOWN_CHANNEL: u32 = 2;
+    /// Device class of a channel that returns every packet it gets (kind, transaction id and
+    /// payload), for measuring the transport itself.
+    pub const DEVICE_ECHO: u32 = 1;
+    /// Packet kind of in-band data.
+    pub const PACKET_DATA: u16 = 6;
 }
 
 /// KVM's paravirtual interface as Linux's `kvm_para.h` defines it: CPUID 0x40000001 EAX feature

@@ -9,6 +9,7 @@ pub mod platform;
 pub mod switch;
 pub mod synthetic;
 pub mod tap;
+pub mod vmbus;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -14,9 +14,11 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use super::EnlightenmentSet;
-use super::hyperv::{self, Features, calls, msr::Msrs};
+use super::hyperv::synic::{Irq, Queued, Synic};
+use super::hyperv::{self, Features, calls, messages, msr::Msrs, stimer::Stimers};
 use crate::counters::CounterSource;
 use crate::vcpu::RunControl;
+use hvlab_protocol::vmbus;
 
 /// How long a flush caller waits for its targets to leave the guest before it gives up (with
 /// HV_STATUS_TIMEOUT and a note). Generous: a kicked vCPU leaves KVM_RUN in microseconds.
@@ -59,6 +61,19 @@ counters! {
     hyperv_calls: "hyperv_hypercalls",
     hyperv_call_errors: "hyperv_hypercall_errors",
     hyperv_spin_yields: "hyperv_spin_yields",
+    synic_messages: "synic_messages_posted",
+    synic_events: "synic_events_signalled",
+    synic_busy: "synic_slot_busy",
+    synic_irqs: "synic_irqs",
+    stimer_expiries: "stimer_expiries",
+    stimer_missed: "stimer_missed",
+    stimer_kicks: "stimer_kicks",
+    vmbus_messages: "vmbus_messages",
+    vmbus_signals: "vmbus_signals",
+    vmbus_packets: "vmbus_packets",
+    vmbus_guest_signals: "vmbus_guest_signals",
+    vmbus_signals_suppressed: "vmbus_signals_suppressed",
+    vmbus_ring_errors: "vmbus_ring_errors",
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -77,6 +92,8 @@ pub struct EnlightenmentHost {
     mem: GuestMemoryMmap,
     vm: Arc<VmFd>,
     control: OnceLock<Arc<RunControl>>,
+    /// The seccomp filter hv's own threads (the `hv-stimer` timer thread) install.
+    worker_filter: Mutex<Option<crate::isolation::seccomp::Target>>,
     /// vCPU i must drop its translations before it next enters the guest.
     flush_pending: Box<[AtomicBool]>,
     /// vCPU i is inside KVM_RUN (may be running guest code).
@@ -97,6 +114,15 @@ struct HypervState {
     msrs: Msrs,
     /// vCPU i wrote the transport MSR: its call runs once its exit is complete.
     pending: Box<[AtomicBool]>,
+    /// The SynIC, with `hv-synic`.
+    synic: Option<Synic>,
+    /// hv's VMBus-style channels (offered with `hv-synic`).
+    vmbus: Option<crate::devices::vmbus::channel::Vmbus>,
+    /// The synthetic timers, with `hv-stimer` and a known reference time.
+    stimers: Option<Arc<Stimers>>,
+    /// vCPU i was kicked by the timer thread and has not looked at its timers since.
+    stimer_kicked: Arc<[AtomicBool]>,
+    clock: Option<hyperv::Clock>,
 }
 
 impl EnlightenmentHost {
@@ -117,6 +143,14 @@ impl EnlightenmentHost {
             features,
             msrs: Msrs::new(features, vcpus, clock),
             pending: (0..vcpus).map(flags).collect(),
+            synic: features.has(Features::SYNIC).then(|| Synic::new(vcpus)),
+            vmbus: features
+                .has(Features::SYNIC)
+                .then(crate::devices::vmbus::channel::Vmbus::new),
+            stimers: (features.has(Features::STIMER) && clock.is_some())
+                .then(|| Arc::new(Stimers::new(vcpus, features.has(Features::STIMER_DIRECT)))),
+            stimer_kicked: (0..vcpus).map(flags).collect(),
+            clock,
         });
         let mut notes = Vec::new();
         if features.any() && kernel {
@@ -124,6 +158,12 @@ impl EnlightenmentHost {
         }
         if hyperv.is_some() {
             notes.push(format!("hyperv transport: {}", hyperv::page::TRANSPORT));
+            if clock.is_none() && features.has(Features::STIMER) {
+                notes.push(
+                    "hv-stimer: guest TSC rate unknown: no reference time, the STIMER MSRs #GP"
+                        .into(),
+                );
+            }
             if clock.is_none() {
                 notes.push("hyperv: guest TSC rate unknown (KVM_GET_TSC_KHZ failed): the TSC page is marked invalid and TIME_REF_COUNT #GPs".into());
             }
@@ -134,6 +174,7 @@ impl EnlightenmentHost {
             mem,
             vm,
             control: OnceLock::new(),
+            worker_filter: Mutex::new(None),
             flush_pending: (0..vcpus).map(flags).collect(),
             in_guest: (0..vcpus).map(flags).collect(),
             flush_lock: Mutex::new(()),
@@ -154,9 +195,56 @@ impl EnlightenmentHost {
         self.counters.clone()
     }
 
+    /// The seccomp filter for hv's own threads, from the partition (before
+    /// [`Self::attach_control`] starts them). Without it they run unfiltered (unit tests).
+    pub(crate) fn set_worker_filter(&self, target: crate::isolation::seccomp::Target) {
+        *lock(&self.worker_filter) = Some(target);
+    }
+
     /// Hands over the run control once the vCPU threads exist (for kicks and stop checks).
     pub(crate) fn attach_control(&self, control: Arc<RunControl>) {
-        let _ = self.control.set(control);
+        let _ = self.control.set(control.clone());
+        self.start_timer_thread(control);
+    }
+
+    /// With `hv-stimer`: one thread per partition that kicks a vCPU whose timer is due (the
+    /// vCPU delivers in [`Self::before_entry`]). It ends within `stimer::MAX_SLEEP` of the run's
+    /// end. It installs the device workers' seccomp filter first (no ioctl: it only kicks).
+    fn start_timer_thread(&self, control: Arc<RunControl>) {
+        let Some(h) = &self.hyperv else { return };
+        let (Some(timers), Some(clock)) = (h.stimers.clone(), h.clock) else {
+            return;
+        };
+        let kicked = h.stimer_kicked.clone();
+        let counters = self.counters.clone();
+        let filter = lock(&self.worker_filter).take();
+        let spawned = std::thread::Builder::new()
+            .name("hv-stimer".into())
+            .spawn(move || {
+                if let Some(f) = &filter {
+                    crate::isolation::seccomp::install(
+                        crate::isolation::seccomp::ThreadKind::Worker,
+                        f,
+                    );
+                }
+                hyperv::stimer::run_thread(
+                    &timers,
+                    || clock.reference_time(),
+                    || control.stopping(),
+                    |vp| {
+                        let first = kicked
+                            .get(vp as usize)
+                            .is_some_and(|k| !k.swap(true, Ordering::SeqCst));
+                        if first {
+                            bump(&counters.stimer_kicks, 1);
+                            control.kick(vp as usize);
+                        }
+                    },
+                )
+            });
+        if let Err(e) = spawned {
+            self.note(format!("hv-stimer: cannot start the timer thread: {e}"));
+        }
     }
 
     /// Remarks for the run's records (taken once).
@@ -178,6 +266,7 @@ impl EnlightenmentHost {
     /// Called by vCPU `index`'s loop right before KVM_RUN: performs a pending TLB flush, then
     /// marks the vCPU as in the guest.
     pub(crate) fn before_entry(&self, index: u32, fd: &mut VcpuFd) {
+        self.deliver_timers(index);
         let i = index as usize;
         if self
             .flush_pending
@@ -201,6 +290,47 @@ impl EnlightenmentHost {
     /// Other sets keep those calls (two SeqCst stores and a scan) off the exit path.
     pub(crate) fn needs_entry_hooks(&self) -> bool {
         self.set.hyperv_features().has(Features::TLBFLUSH)
+            || self.hyperv.as_ref().is_some_and(|h| h.stimers.is_some())
+    }
+
+    /// Delivers vCPU `index`'s due synthetic timers: direct mode raises the timer's vector,
+    /// message mode posts HVMSG_TIMER_EXPIRED into its SINT (kept for EOM when the slot is
+    /// busy; a second expiry while one waits is counted as missed).
+    fn deliver_timers(&self, index: u32) {
+        let Some(h) = &self.hyperv else { return };
+        let Some(timers) = &h.stimers else { return };
+        if let Some(k) = h.stimer_kicked.get(index as usize) {
+            k.store(false, Ordering::SeqCst);
+        }
+        let Some(now) = h.msrs.reference_time() else {
+            return;
+        };
+        let (due, skipped) = timers.due(index, now);
+        bump(&self.counters.stimer_missed, skipped);
+        for e in due {
+            bump(&self.counters.stimer_expiries, 1);
+            if let Some(vector) = e.direct {
+                self.raise(&[Irq { vp: index, vector }]);
+                continue;
+            }
+            let Some(synic) = &h.synic else { continue };
+            let msg = messages::Message::timer_expired(e.timer, e.expiration, now);
+            match synic.queue(&self.mem, index, e.sint, msg) {
+                Queued::Delivered(irq) => self.raise(irq.as_slice()),
+                Queued::Waiting => bump(&self.counters.synic_busy, 1),
+                Queued::Dropped => bump(&self.counters.stimer_missed, 1),
+            }
+        }
+    }
+
+    /// One MSI per SynIC interrupt.
+    fn raise(&self, irqs: &[Irq]) {
+        for irq in irqs {
+            if let Some(mask) = 1u64.checked_shl(irq.vp) {
+                bump(&self.counters.synic_irqs, 1);
+                self.signal_msis(mask, irq.vector);
+            }
+        }
     }
 
     /// Called by vCPU `index`'s loop right after KVM_RUN returns.
@@ -242,6 +372,12 @@ impl EnlightenmentHost {
         if Msrs::filtered(msr) {
             return h.msrs.read(index, msr).ok();
         }
+        if let Some(s) = h.synic.as_ref().filter(|_| Synic::handles(msr)) {
+            return s.read(index, msr).ok();
+        }
+        if let Some(t) = h.stimers.as_ref().filter(|_| Stimers::handles(msr)) {
+            return t.read(index, msr).ok();
+        }
         None
     }
 
@@ -250,6 +386,21 @@ impl EnlightenmentHost {
         if let Some(h) = &self.hyperv {
             if Msrs::filtered(msr) {
                 return h.msrs.write(index, msr, value, &self.mem).is_ok();
+            }
+            if let Some(s) = h.synic.as_ref().filter(|_| Synic::handles(msr)) {
+                return match s.write(index, msr, value, &self.mem) {
+                    Ok(irqs) => {
+                        self.raise(&irqs);
+                        true
+                    }
+                    Err(_) => false,
+                };
+            }
+            if let Some(t) = h.stimers.as_ref().filter(|_| Stimers::handles(msr)) {
+                return h
+                    .msrs
+                    .reference_time()
+                    .is_some_and(|now| t.write(index, msr, value, now).is_ok());
             }
             if msr == hvlab_protocol::hyperv::MSR_HV_HYPERCALL_TRANSPORT {
                 // Only through an enabled hypercall page (the TLFS: no page, no hypercalls).
@@ -317,6 +468,26 @@ impl EnlightenmentHost {
                     bump(&self.counters.hyperv_spin_yields, 1);
                     std::thread::yield_now();
                 }
+                calls::Action::PostMessage(p) if p.connection == vmbus::CONN_MANAGEMENT => {
+                    outcome.status = self.vmbus_message(h, &p);
+                }
+                calls::Action::PostMessage(p) => {
+                    let r = h.synic.as_ref().map(|s| messages::post(s, &self.mem, &p));
+                    outcome.status = self.synic_result(r, &self.counters.synic_messages);
+                }
+                calls::Action::SignalEvent { connection, .. }
+                    if connection >= vmbus::CONN_CHANNEL_BASE
+                        && connection - vmbus::CONN_CHANNEL_BASE < 0x1_0000 =>
+                {
+                    outcome.status = self.vmbus_signal(h, connection - vmbus::CONN_CHANNEL_BASE);
+                }
+                calls::Action::SignalEvent { connection, flag } => {
+                    let r = h
+                        .synic
+                        .as_ref()
+                        .map(|s| messages::signal(s, &self.mem, connection, flag));
+                    outcome.status = self.synic_result(r, &self.counters.synic_events);
+                }
             }
         }
         if outcome.status != hvlab_protocol::hyperv::STATUS_SUCCESS {
@@ -325,6 +496,87 @@ impl EnlightenmentHost {
         regs.rax = outcome.rax();
         if let Err(e) = fd.set_regs(&regs) {
             self.note(format!("hyperv: KVM_SET_REGS failed: {e}"));
+        }
+    }
+
+    /// A VMBus management message: the reply goes into VP 0's management SINT (waiting for
+    /// EOM when the slot is full; a second reply while one waits is refused with
+    /// HV_STATUS_INSUFFICIENT_BUFFERS, so the guest retries).
+    fn vmbus_message(&self, h: &HypervState, p: &messages::Post) -> u16 {
+        use hvlab_protocol::hyperv as tlfs;
+        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+            return tlfs::STATUS_INVALID_CONNECTION_ID;
+        };
+        if p.kind != vmbus::MSG_TYPE {
+            return tlfs::STATUS_INVALID_PARAMETER;
+        }
+        bump(&self.counters.vmbus_messages, 1);
+        let payload = &p.payload[..usize::from(p.size)];
+        let Some(reply) = bus.on_message(&self.mem, payload) else {
+            return tlfs::STATUS_INVALID_PARAMETER;
+        };
+        let msg = messages::Message {
+            kind: vmbus::MSG_TYPE,
+            port: u64::from(vmbus::CONN_MANAGEMENT),
+            payload: reply,
+        };
+        match synic.queue(&self.mem, 0, vmbus::SINT_MANAGEMENT, msg) {
+            Queued::Delivered(irq) => {
+                self.raise(irq.as_slice());
+                tlfs::STATUS_SUCCESS
+            }
+            Queued::Waiting => tlfs::STATUS_SUCCESS,
+            Queued::Dropped => tlfs::STATUS_INSUFFICIENT_BUFFERS,
+        }
+    }
+
+    /// A guest signal on a VMBus channel: serve its ring (on this vCPU's thread) and raise
+    /// the guest's channel event when the reply protocol asks for it.
+    fn vmbus_signal(&self, h: &HypervState, channel: u32) -> u16 {
+        use crate::devices::vmbus::channel::ChannelError;
+        use hvlab_protocol::hyperv as tlfs;
+        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+            return tlfs::STATUS_INVALID_CONNECTION_ID;
+        };
+        bump(&self.counters.vmbus_signals, 1);
+        match bus.on_signal(&self.mem, channel) {
+            Ok(s) => {
+                bump(&self.counters.vmbus_packets, s.packets);
+                bump(&self.counters.vmbus_signals_suppressed, s.suppressed);
+                if s.signal_guest {
+                    bump(&self.counters.vmbus_guest_signals, 1);
+                    if let Ok(irq) = synic.signal_event(&self.mem, 0, vmbus::SINT_CHANNEL, channel)
+                    {
+                        self.raise(irq.as_slice());
+                    }
+                }
+                tlfs::STATUS_SUCCESS
+            }
+            Err(ChannelError::NotOpen) => tlfs::STATUS_INVALID_PORT_ID,
+            Err(ChannelError::Ring(e)) => {
+                bump(&self.counters.vmbus_ring_errors, 1);
+                self.note(format!("vmbus channel {channel} closed: {e}"));
+                tlfs::STATUS_INVALID_PORT_ID
+            }
+        }
+    }
+
+    /// Raises a delivered message's or event's interrupt and counts it; the call's status.
+    fn synic_result(&self, r: Option<Result<Option<Irq>, u16>>, delivered: &AtomicU64) -> u16 {
+        use hvlab_protocol::hyperv as tlfs;
+        match r {
+            Some(Ok(irq)) => {
+                bump(delivered, 1);
+                self.raise(irq.as_slice());
+                tlfs::STATUS_SUCCESS
+            }
+            Some(Err(status)) => {
+                if status == tlfs::STATUS_INSUFFICIENT_BUFFERS {
+                    bump(&self.counters.synic_busy, 1);
+                }
+                status
+            }
+            None => tlfs::STATUS_INVALID_HYPERCALL_CODE,
         }
     }
 

@@ -24,6 +24,9 @@ mod hv_frequencies;
 mod hv_ipi;
 mod hv_relaxed;
 mod hv_spinlocks;
+mod hv_stimer;
+mod hv_stimer_direct;
+mod hv_synic;
 mod hv_time;
 mod hv_tlbflush;
 mod hv_tlbflush_ext;
@@ -131,6 +134,9 @@ static REGISTRY: &[&dyn Enlightenment] = &[
     &hv_ipi::HvIpi,
     &hv_spinlocks::HvSpinlocks,
     &hv_relaxed::HvRelaxed,
+    &hv_synic::HvSynic,
+    &hv_stimer::HvStimer,
+    &hv_stimer_direct::HvStimerDirect,
 ];
 
 /// The names of hv's earlier private hypercall interface, kept as aliases of the Hyper-V
@@ -490,7 +496,7 @@ impl EnlightenmentSet {
             // A 0 bit denies the access, which (with the capability) exits to userspace: the
             // transport MSR of hv's hypercall page and the synthetic MSR ranges
             // (0x40000000-03, 0x40000020-23, 0x40000073).
-            let deny = [0u8; 1];
+            let deny = [0u8; 8]; // one u64 of 0 bits: up to 64 MSRs per range
             let range = |base: u32, msr_count: u32| MsrFilterRange {
                 flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
                 base,
@@ -503,6 +509,10 @@ impl EnlightenmentSet {
                 range(tlfs::MSR_GUEST_OS_ID, 4),
                 range(tlfs::MSR_TIME_REF_COUNT, 4),
                 range(tlfs::MSR_VP_ASSIST_PAGE, 1),
+                // SynIC (0x40000080-84, SINT0-15) and synthetic timers (0x400000b0-b7).
+                range(tlfs::MSR_SCONTROL, 5),
+                range(tlfs::MSR_SINT0, 16),
+                range(tlfs::MSR_STIMER0_CONFIG, 8),
             ];
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
                 .map_err(|e| format!("KVM_X86_SET_MSR_FILTER for hv's synthetic MSRs: {e}"))?;
@@ -555,7 +565,8 @@ impl EnlightenmentSet {
 
 /// hv's leaf at its base + 1 (EAX, EBX): EAX = the Hyper-V enlightenments switched on
 /// ([`hyperv::Features`] bits: 0 hv-vpindex, 1 hv-time, 2 hv-frequencies, 3 hv-tlbflush,
-/// 4 hv-tlbflush-ext, 5 hv-ipi, 6 hv-spinlocks, 7 hv-relaxed), EBX = the MSR that hv's hypercall
+/// 4 hv-tlbflush-ext, 5 hv-ipi, 6 hv-spinlocks, 7 hv-relaxed, 8 hv-synic, 9 hv-stimer,
+/// 10 hv-stimer-direct), EBX = the MSR that hv's hypercall
 /// page writes when hv serves the interface in userspace (0 when no Hyper-V enlightenment is on
 /// or KVM serves it). A guest (or a person reading a CPUID dump) sees who answers its calls.
 pub fn hv_leaf(features: hyperv::Features, backend: hyperv::Backend) -> (u32, u32) {

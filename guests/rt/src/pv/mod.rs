@@ -15,6 +15,8 @@ pub mod hypercall;
 pub mod hyperv;
 pub mod kvmclock;
 pub mod steal;
+pub mod synic;
+pub mod vmbus;
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

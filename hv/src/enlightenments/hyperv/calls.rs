@@ -21,6 +21,8 @@ use super::Features;
 use super::hypercall::{self, Input, Kind, PAGE};
 
 /// What the host must do for a successful call.
+// A PostMessage carries its 240-byte payload: the value lives on the stack for one call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Flush the TLBs of the vCPUs in the mask (bit = VP index) before they next run.
@@ -29,6 +31,10 @@ pub(crate) enum Action {
     Ipi { vector: u32, mask: u64 },
     /// Yield the caller's host thread.
     Yield,
+    /// HvCallPostMessage (`hv-synic`): deliver into the connection's message slot.
+    PostMessage(super::messages::Post),
+    /// HvCallSignalEvent (`hv-synic`): set event flag `flag` of the connection's port.
+    SignalEvent { connection: u32, flag: u32 },
 }
 
 /// A call's result: status, reps completed, and the action on success.
@@ -181,6 +187,8 @@ fn decode_inner(
         tlfs::CALL_SEND_IPI => (Kind::Simple, Features::IPI, false),
         tlfs::CALL_SEND_IPI_EX => (Kind::Simple, Features::IPI, true),
         tlfs::CALL_NOTIFY_LONG_SPIN_WAIT => (Kind::Simple, Features::SPINLOCKS, false),
+        tlfs::CALL_POST_MESSAGE => (Kind::Simple, Features::SYNIC, false),
+        tlfs::CALL_SIGNAL_EVENT => (Kind::Simple, Features::SYNIC, false),
         _ => return Err(tlfs::STATUS_INVALID_HYPERCALL_CODE),
     };
     if !features.has(needs) {
@@ -212,6 +220,23 @@ fn decode_inner(
                     mask: mask & all_vcpus(vcpus),
                 },
             ))
+        }
+        tlfs::CALL_POST_MESSAGE => {
+            no_fast(&input)?;
+            let w = read_input(mem, regs.rdx, super::messages::POST_WORDS, 0, 0)?;
+            Ok(Outcome::ok(
+                0,
+                Action::PostMessage(super::messages::post_input(&w)?),
+            ))
+        }
+        tlfs::CALL_SIGNAL_EVENT => {
+            let w = if input.fast {
+                regs.rdx
+            } else {
+                read_input(mem, regs.rdx, 1, 0, 0)?[0]
+            };
+            let (connection, flag) = super::messages::signal_input(w)?;
+            Ok(Outcome::ok(0, Action::SignalEvent { connection, flag }))
         }
         tlfs::CALL_SEND_IPI_EX => {
             no_fast(&input)?;

@@ -45,7 +45,27 @@ pub(crate) fn bits(f: Features) -> (u32, u32, u32) {
     if f.has(Features::RELAXED) {
         rec |= tlfs::REC_RELAXED_TIMING;
     }
+    if f.has(Features::SYNIC) {
+        // hv cannot honour auto-EOI (see `synic`): recommend not relying on it.
+        privs |= tlfs::PRIV_SYNIC_MSRS;
+        rec |= tlfs::REC_DEPRECATING_AEOI;
+    }
+    if f.has(Features::STIMER) {
+        privs |= tlfs::PRIV_SYNTIMER_MSRS;
+    }
+    if f.has(Features::STIMER_DIRECT) {
+        edx |= tlfs::FEAT_STIMER_DIRECT;
+    }
     (privs, edx, rec)
+}
+
+/// Leaf 0x40000003 EBX (partition privileges): the SynIC's two hypercalls.
+fn privs_ebx(f: Features) -> u32 {
+    if f.has(Features::SYNIC) {
+        tlfs::PRIV_POST_MESSAGES | tlfs::PRIV_SIGNAL_EVENTS
+    } else {
+        0
+    }
 }
 
 /// The six Hyper-V leaves for a partition of `vcpus` vCPUs.
@@ -70,7 +90,7 @@ pub(crate) fn leaves(f: Features, vcpus: u32) -> [kvm_cpuid_entry2; 6] {
         ),
         leaf(tlfs::CPUID_INTERFACE, tlfs::INTERFACE_HV1, 0, 0, 0),
         leaf(tlfs::CPUID_VERSION, 0, VERSION_MAJOR_MINOR, 0, 0),
-        leaf(tlfs::CPUID_FEATURES, privs, 0, 0, edx),
+        leaf(tlfs::CPUID_FEATURES, privs, privs_ebx(f), 0, edx),
         leaf(
             tlfs::CPUID_RECOMMENDATIONS,
             rec,
@@ -161,6 +181,23 @@ mod tests {
                 | tlfs::REC_RELAXED_TIMING
         );
         assert_eq!(l[4].ebx, SPIN_RETRIES);
+    }
+
+    #[test]
+    fn synic_and_stimer_bits() {
+        let f = Features(Features::SYNIC | Features::STIMER | Features::STIMER_DIRECT);
+        let l = leaves(f, 1);
+        assert_eq!(
+            l[3].eax,
+            tlfs::PRIV_HYPERCALL_MSRS | tlfs::PRIV_SYNIC_MSRS | tlfs::PRIV_SYNTIMER_MSRS
+        );
+        assert_eq!(
+            l[3].ebx,
+            tlfs::PRIV_POST_MESSAGES | tlfs::PRIV_SIGNAL_EVENTS
+        );
+        assert_eq!(l[3].edx, tlfs::FEAT_STIMER_DIRECT);
+        assert_eq!(l[4].eax, tlfs::REC_DEPRECATING_AEOI);
+        assert_eq!(leaves(Features(Features::VPINDEX), 1)[3].ebx, 0);
     }
 
     #[test]

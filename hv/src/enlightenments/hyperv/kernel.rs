@@ -154,6 +154,15 @@ pub fn supported_hv_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, String> {
 
 /// `Ok` when this host's KVM can serve `features` for `vcpus` vCPUs in the kernel, else why not.
 pub fn probe(kvm: &Kvm, features: Features, vcpus: u32) -> Result<(), String> {
+    // KVM's SynIC needs KVM_CAP_HYPERV_SYNIC2 enabled per vCPU and KVM_EXIT_HYPERV handling,
+    // which this backend does not do: refuse rather than expose a SynIC nobody serves.
+    let synic = Features::SYNIC | Features::STIMER | Features::STIMER_DIRECT;
+    if features.0 & synic != 0 {
+        return Err(
+            "the kernel Hyper-V backend does not serve hv-synic/hv-stimer (hv's user backend does)"
+                .into(),
+        );
+    }
     let missing = missing_caps(features, |c| {
         kvm.check_extension_raw(libc::c_ulong::from(c)) > 0
     });

@@ -11,8 +11,11 @@ pub(crate) mod calls;
 pub mod cpuid;
 pub(crate) mod hypercall;
 pub mod kernel;
+pub(crate) mod messages;
 pub mod msr;
 pub(crate) mod page;
+pub(crate) mod stimer;
+pub(crate) mod synic;
 pub(crate) mod tsc_page;
 
 use std::sync::{Mutex, MutexGuard};
@@ -35,6 +38,9 @@ impl Features {
     pub const IPI: u32 = 1 << 5;
     pub const SPINLOCKS: u32 = 1 << 6;
     pub const RELAXED: u32 = 1 << 7;
+    pub const SYNIC: u32 = 1 << 8;
+    pub const STIMER: u32 = 1 << 9;
+    pub const STIMER_DIRECT: u32 = 1 << 10;
 
     /// True when every bit of `bits` is on.
     pub fn has(self, bits: u32) -> bool {

@@ -41,6 +41,12 @@ impl Clock {
         Some((scale, (at_origin as i64).wrapping_neg()))
     }
 
+    /// Partition reference time now (100 ns units), as the TSC page gives it.
+    pub(crate) fn reference_time(&self) -> Option<u64> {
+        let (scale, offset) = self.page()?;
+        Some(tlfs::tsc_page_time(self.guest_tsc_now(), scale, offset))
+    }
+
     /// The guest's TSC now, from the host's (same rate: hv does not scale the guest TSC).
     pub(crate) fn guest_tsc_now(&self) -> u64 {
         tsc_page::host_tsc()
