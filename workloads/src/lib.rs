@@ -17,6 +17,7 @@ pub mod interrupts;
 pub mod ipi;
 pub mod mem_pattern;
 pub mod misbehave;
+pub mod platform;
 pub mod spinlock;
 pub mod tlb_shootdown;
 pub mod user_mode;
@@ -78,6 +79,7 @@ registry!(
     user_mode,
     chaos,
     hyperv_probe,
+    platform,
 );
 
 /// Looks a workload up by name.

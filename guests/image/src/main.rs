@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+mod multiboot;
+
 use hvlab_guest_rt::{Ctx, Fail};
 
 /// Called by the runtime once the machine is up.

@@ -17,6 +17,7 @@ pub mod drivers;
 pub mod entry;
 pub mod hv;
 pub mod idt;
+pub mod multiboot;
 pub mod phase;
 pub mod pv;
 pub mod smp;
@@ -85,6 +86,9 @@ static mut CMDLINE: [u8; args::MAX_CMDLINE] = [0; args::MAX_CMDLINE];
 /// Copies the command line out of the PVH start info (bounded, NUL-terminated, UTF-8 checked).
 fn read_cmdline(start_info: u32) -> Result<&'static str, Fail> {
     const PVH_MAGIC: u32 = 0x336e_c578;
+    if multiboot::entered() {
+        return copy_cmdline(multiboot::cmdline_addr(start_info)?).map(multiboot::strip_kernel_name);
+    }
     let base = u64::from(start_info);
     if base == 0 || base >= hvlab_protocol::MAX_GUEST_RAM {
         return Err(Fail::BadArg("start_info"));
@@ -100,6 +104,11 @@ fn read_cmdline(start_info: u32) -> Result<&'static str, Fail> {
     if magic != PVH_MAGIC {
         return Err(Fail::BadArg("start_info magic"));
     }
+    copy_cmdline(cmdline)
+}
+
+/// Copies the NUL-terminated command line at `cmdline` (0 = none) into [`CMDLINE`].
+fn copy_cmdline(cmdline: u64) -> Result<&'static str, Fail> {
     if cmdline == 0 {
         return Ok("");
     }
