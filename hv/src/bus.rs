@@ -20,6 +20,9 @@ pub enum DeviceAction {
     Exit(u32),
     /// A phase marker with this raw value (the phase port).
     Phase(u32),
+    /// The guest asked for a system reset (i8042 pulse, reset control register): hv ends the
+    /// run with `RunStatus::GuestReset`.
+    Reset,
 }
 
 /// A device on a bus, addressed by offset within its range. Defaults do nothing (reads return

@@ -80,6 +80,9 @@ pub struct PartitionConfig {
     pub pm_timer: bool,
     /// Attach hv's CMOS RTC (`devices::emulated::rtc`, ports 0x70/0x71).
     pub rtc: bool,
+    /// The PC platform (`devices::platform`: fw_cfg, ACPI tables, PIC firmware state, PCI host
+    /// bridge, i8042 reset, port 0x80, PM1 blocks); needs `IrqChip::Full`.
+    pub platform: bool,
     /// Enlightenments (hv/src/enlightenments). `None`: hv's plain defaults (the guest picks
     /// x2APIC when the CPU has it; only `kvm_pv_features` exposed). `Some(set)`: exactly the
     /// set (plus `kvm_pv_features`); an explicit member this host lacks fails the build with
@@ -112,6 +115,7 @@ impl Default for PartitionConfig {
             pit: false,
             pm_timer: false,
             rtc: false,
+            platform: false,
             enlightenments: None,
             seccomp: true,
             kernel: None,
@@ -143,6 +147,11 @@ impl PartitionConfig {
         if self.pit && self.irqchip != IrqChip::Full {
             return Err(HvError::Config(
                 "the in-kernel PIT needs the full irqchip".into(),
+            ));
+        }
+        if self.platform && self.irqchip != IrqChip::Full {
+            return Err(HvError::Config(
+                "the PC platform needs the full irqchip (its PIC and IOAPIC are KVM's)".into(),
             ));
         }
         if let Some(p) = &self.pin {
@@ -380,6 +389,14 @@ impl Partition {
                 2,
                 dev(Arc::new(Mutex::new(Rtc::new()))),
             )?;
+        }
+        if cfg.platform {
+            let spec = crate::devices::platform::PlatformSpec {
+                vcpus: cfg.vcpus,
+                ram_bytes: cfg.mem_bytes,
+                has_pm_timer: cfg.pm_timer,
+            };
+            crate::devices::platform::attach(&vm, &mem, &mut pio, spec)?;
         }
         let mut mmio = Bus::new();
         mmio.insert(

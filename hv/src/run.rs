@@ -237,6 +237,7 @@ pub fn apply_host_features(info: &WorkloadInfo, cfg: &mut PartitionConfig) {
     cfg.pit = info.host_features.contains(&"pit");
     cfg.pm_timer = info.host_features.contains(&"pm-timer");
     cfg.rtc = info.host_features.contains(&"rtc");
+    cfg.platform = info.host_features.contains(&"pc-platform");
     if cfg.pit {
         cfg.irqchip = IrqChip::Full;
     }

@@ -10,6 +10,9 @@ pub enum RunStatus {
     GuestExit(u32),
     /// KVM_EXIT_SHUTDOWN: a triple fault (or a guest-requested shutdown).
     TripleFault { vcpu: u32 },
+    /// The guest asked for a system reset through a platform device (i8042 command 0xFE, the
+    /// reset control register at 0xCF9); hv does not reboot partitions, the run ends.
+    GuestReset { vcpu: u32 },
     /// KVM_EXIT_INTERNAL_ERROR, e.g. an instruction KVM's emulator rejects.
     InternalError { vcpu: u32, suberror: u32 },
     /// KVM_EXIT_FAIL_ENTRY: the hardware refused the vCPU state.
@@ -58,6 +61,7 @@ impl RunStatus {
             RunStatus::GuestExit(0) => "ok".into(),
             RunStatus::GuestExit(n) => format!("guest-exit-{n}"),
             RunStatus::TripleFault { .. } => "triple-fault".into(),
+            RunStatus::GuestReset { .. } => "guest-reset".into(),
             RunStatus::InternalError { .. } => "kvm-internal-error".into(),
             RunStatus::FailEntry { .. } => "fail-entry".into(),
             RunStatus::UnhandledExit { .. } => "unhandled-exit".into(),
@@ -97,6 +101,9 @@ impl fmt::Display for RunStatus {
             ),
             RunStatus::TripleFault { vcpu } => {
                 write!(f, "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN)")
+            }
+            RunStatus::GuestReset { vcpu } => {
+                write!(f, "vCPU {vcpu} asked for a system reset (hv ends the run)")
             }
             RunStatus::InternalError { vcpu, suberror } => write!(
                 f,

@@ -441,6 +441,14 @@ impl VcpuRunner {
                                 );
                                 Some(RunStatus::GuestExit(code))
                             }
+                            DeviceAction::Reset => {
+                                self.counters.count_bus(
+                                    ExitReason::IoOut,
+                                    BusKind::Pio,
+                                    Some(hit.slot),
+                                );
+                                Some(RunStatus::GuestReset { vcpu: index })
+                            }
                         },
                         None => {
                             self.counters

@@ -46,7 +46,8 @@ pub struct WorkloadInfo {
     /// hv-side resources it uses beyond the defaults: `kernel-port` (an ioeventfd on
     /// `KERNEL_PORT`), `full-irqchip` (PIC/IOAPIC in KVM), `pit` (KVM's in-kernel PIT; implies
     /// `full-irqchip`), `pm-timer` (hv's ACPI PM timer at port 0x608), `rtc` (hv's CMOS RTC at
-    /// ports 0x70/0x71).
+    /// ports 0x70/0x71), `pc-platform` (hv's PC platform: fw_cfg, ACPI, PCI host bridge, ...;
+    /// needs `full-irqchip`).
     pub host_features: &'static [&'static str],
 }
 

@@ -6,7 +6,7 @@
 //! - `fw-cfg`: QEMU's fw_cfg at ports 0x510 (selector) / 0x511 (data): signature "QEMU", the
 //!   traditional interface in the ID, NB_CPUS = CPUs online, MAX_CPUS >= NB_CPUS, RAM_SIZE > 0,
 //!   and the file directory (0x19) names `etc/e820`, whose first entry has an E820 type.
-//! - `acpi`: the RSDP found the standard way (EBDA, then 0xE0000-0xFFFFF on 16-byte
+//! - `acpi` (one op: the whole walk): the RSDP found the standard way (EBDA, then 0xE0000-0xFFFFF on 16-byte
 //!   boundaries) with valid checksums; the RSDT (and the XSDT when the RSDP is revision 2)
 //!   with valid checksums and the same tables; a MADT with one enabled local APIC per CPU
 //!   online (their APIC IDs those of the CPUs), an IOAPIC at 0xFEC00000 and the override
@@ -20,15 +20,23 @@
 //!   8086:1237), and an absent device (00:1f.0) reads all ones.
 //! - `smp`: every AP started (by INIT/SIPI at boot) runs a job posted to it.
 //!
+//! `reset=i8042|cf9` then asks for a system reset through the i8042 (command 0xFE) or the
+//! reset control register (0xCF9 = 6, the FADT's reset register); a VMM that ignores it fails
+//! the run. hv ends the run with the `guest-reset` status; QEMU with `-no-reboot` exits.
+//!
 //! It runs under hv (`host_features`: the `pc-platform` devices and tables) and under QEMU's
 //! `-M pc` with SeaBIOS, so the two platforms are checked by the same code.
 
-use crate::WorkloadInfo;
+use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "platform",
     summary: "checks the PC platform: fw_cfg, ACPI (RSDP/RSDT/XSDT/MADT/FADT), 8259 PIC, PCI host bridge, SMP",
-    params: &[],
+    params: &[Param {
+        key: "reset",
+        default: "none",
+        help: "after the checks, ask for a system reset: none, i8042 (command 0xfe to port 0x64) or cf9 (reset control register); the run fails if the VMM ignores it",
+    }],
     min_vcpus: 1,
     devices: &[],
     host_features: &["full-irqchip", "pit", "pm-timer", "pc-platform"],
@@ -71,7 +79,18 @@ mod guest {
         acpi(ctx)?;
         pic()?;
         pci()?;
-        smp_check(ctx)
+        smp_check(ctx)?;
+        match ctx.args.str_or("reset", "none") {
+            "none" => return Ok(()),
+            "i8042" => outb(0x64, 0xfe),
+            "cf9" => outb(0xcf9, 0x06),
+            _ => return Err(Fail::BadArg("reset")),
+        }
+        // A reset takes effect at once; give a slow VMM a moment before calling it ignored.
+        for _ in 0..1000 {
+            hvlab_guest_rt::cpu::pause();
+        }
+        Err(Fail::Check("the reset request was ignored"))
     }
 
     // ---- fw_cfg ----
@@ -111,7 +130,10 @@ mod guest {
             let name = &e[8..];
             let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
             if &name[..len] == b"etc/e820" {
-                e820_key = Some((u16::from_be_bytes([e[4], e[5]]), u32::from_be_bytes([e[0], e[1], e[2], e[3]])));
+                e820_key = Some((
+                    u16::from_be_bytes([e[4], e[5]]),
+                    u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+                ));
             }
         }
         let mut first = [0u8; 20];
@@ -121,17 +143,33 @@ mod guest {
             reads += 20;
         }
         let f = p.end(reads);
-        expect("fw_cfg signature QEMU", &sig == b"QEMU", u64::from(u32::from_le_bytes(sig)))?;
+        expect(
+            "fw_cfg signature QEMU",
+            &sig == b"QEMU",
+            u64::from(u32::from_le_bytes(sig)),
+        )?;
         expect("fw_cfg id: traditional interface", id & 1 == 1, id.into())?;
-        expect("fw_cfg NB_CPUS = CPUs online", u32::from(nb) == ctx.cpus, nb.into())?;
+        expect(
+            "fw_cfg NB_CPUS = CPUs online",
+            u32::from(nb) == ctx.cpus,
+            nb.into(),
+        )?;
         expect("fw_cfg MAX_CPUS >= NB_CPUS", max >= nb, max.into())?;
         expect("fw_cfg RAM_SIZE > 0", ram > 0, ram)?;
         let Some((_, e820_size)) = e820_key else {
             return expect("fw_cfg file directory names etc/e820", false, count.into());
         };
         let kind = u32::from_le_bytes(first[16..20].try_into().unwrap_or_default());
-        expect("fw_cfg etc/e820 holds whole entries", e820_size >= 20 && e820_size % 20 == 0, e820_size.into())?;
-        expect("fw_cfg etc/e820 entry type is an E820 type", (1..=5).contains(&kind), kind.into())?;
+        expect(
+            "fw_cfg etc/e820 holds whole entries",
+            e820_size >= 20 && e820_size % 20 == 0,
+            e820_size.into(),
+        )?;
+        expect(
+            "fw_cfg etc/e820 entry type is an E820 type",
+            (1..=5).contains(&kind),
+            kind.into(),
+        )?;
         f.report(
             &[
                 ("nb_cpus", nb.into()),
@@ -205,7 +243,13 @@ mod guest {
     }
 
     fn parse_madt(a: u64, len: u32) -> Madt {
-        let mut m = Madt { lapics: 0, lapic_ids: 0, ioapic: false, irq0_gsi2: false, entries: 0 };
+        let mut m = Madt {
+            lapics: 0,
+            lapic_ids: 0,
+            ioapic: false,
+            irq0_gsi2: false,
+            entries: 0,
+        };
         let mut p = a + 44;
         let end = a + u64::from(len);
         while p + 2 <= end {
@@ -220,7 +264,9 @@ mod guest {
                     m.lapic_ids |= 1 << (rd8(p + 3) % 64);
                 }
                 1 if elen >= 12 => m.ioapic |= rd32(p + 4) == IOAPIC_BASE,
-                2 if elen >= 10 => m.irq0_gsi2 |= rd8(p + 2) == 0 && rd8(p + 3) == 0 && rd32(p + 4) == 2,
+                2 if elen >= 10 => {
+                    m.irq0_gsi2 |= rd8(p + 2) == 0 && rd8(p + 3) == 0 && rd32(p + 4) == 2
+                }
                 _ => {}
             }
             p += elen;
@@ -230,9 +276,7 @@ mod guest {
 
     fn acpi(ctx: &Ctx) -> Result<(), Fail> {
         let p = phase::begin("acpi");
-        let rsdp = find_rsdp();
-        let f = p.end(1);
-        let Some(rsdp) = rsdp else {
+        let Some(rsdp) = find_rsdp() else {
             return expect("ACPI RSDP in the BIOS area", false, 0);
         };
         let rev = rd8(rsdp + 15);
@@ -262,30 +306,56 @@ mod guest {
             let xlen = table(xsdt, "XSDT")?;
             expect("XSDT signature", sig_at(xsdt, b"XSDT"), xsdt)?;
             xsdt_tables = (xlen - 36) / 8;
-            expect("XSDT lists as many tables as the RSDT", xsdt_tables == n, xsdt_tables.into())?;
+            expect(
+                "XSDT lists as many tables as the RSDT",
+                xsdt_tables == n,
+                xsdt_tables.into(),
+            )?;
             for i in 0..u64::from(xsdt_tables) {
                 let t = rd64(xsdt + 36 + 8 * i);
-                expect("XSDT entry = RSDT entry", t == u64::from(rd32(rsdt + 36 + 4 * i)), t)?;
+                expect(
+                    "XSDT entry = RSDT entry",
+                    t == u64::from(rd32(rsdt + 36 + 4 * i)),
+                    t,
+                )?;
             }
         }
         expect("MADT listed", madt != 0, 0)?;
         let m = parse_madt(madt, table(madt, "MADT")?);
-        expect("MADT: one enabled local APIC per CPU", m.lapics == ctx.cpus, m.lapics.into())?;
+        expect(
+            "MADT: one enabled local APIC per CPU",
+            m.lapics == ctx.cpus,
+            m.lapics.into(),
+        )?;
         for i in 0..ctx.cpus {
             let id = smp::apic_id(i);
-            expect("MADT lists the APIC ID of every CPU", m.lapic_ids & 1 << (id % 64) != 0, id.into())?;
+            expect(
+                "MADT lists the APIC ID of every CPU",
+                m.lapic_ids & 1 << (id % 64) != 0,
+                id.into(),
+            )?;
         }
         expect("MADT: IOAPIC at 0xfec00000", m.ioapic, madt)?;
         expect("MADT: override IRQ0 -> GSI2", m.irq0_gsi2, madt)?;
         expect("FADT listed", fadt != 0, 0)?;
         let fadt_len = table(fadt, "FADT")?;
-        expect("FADT long enough for the PM timer", fadt_len >= 116, fadt_len.into())?;
+        expect(
+            "FADT long enough for the PM timer",
+            fadt_len >= 116,
+            fadt_len.into(),
+        )?;
         let pm_port = rd32(fadt + 76);
         let pm_len = rd8(fadt + 91);
-        expect("FADT PM timer block", pm_port != 0 && pm_port < 0x10000 && pm_len == 4, pm_port.into())?;
+        expect(
+            "FADT PM timer block",
+            pm_port != 0 && pm_port < 0x10000 && pm_len == 4,
+            pm_port.into(),
+        )?;
         let t0 = inl(pm_port as u16) & 0x00ff_ffff;
         let mut changed = false;
+        let mut pm_reads = 1;
         for _ in 0..1000 {
+            pm_reads += 1;
             if inl(pm_port as u16) & 0x00ff_ffff != t0 {
                 changed = true;
                 break;
@@ -297,12 +367,17 @@ mod guest {
         expect("DSDT signature", sig_at(dsdt, b"DSDT"), dsdt)?;
         let facs = u64::from(rd32(fadt + 36));
         expect("FACS address", facs != 0 && facs < RAM_LIMIT - 64, facs)?;
-        expect("FACS signature and length", sig_at(facs, b"FACS") && rd32(facs + 4) >= 64, facs)?;
+        expect(
+            "FACS signature and length",
+            sig_at(facs, b"FACS") && rd32(facs + 4) >= 64,
+            facs,
+        )?;
         let reset = if fadt_len >= 129 && rd32(fadt + 112) & (1 << 10) != 0 {
             rd64(fadt + 120)
         } else {
             0
         };
+        let f = p.end(1);
         f.report(
             &[
                 ("rsdp", rsdp),
@@ -313,6 +388,7 @@ mod guest {
                 ("madt_entries", m.entries.into()),
                 ("pm_timer_port", pm_port.into()),
                 ("reset_port", reset),
+                ("pm_reads", pm_reads),
             ],
             None,
         );
@@ -352,10 +428,28 @@ mod guest {
         outb(PIC2 + 1, 0xff);
         let end = (inb(PIC1 + 1), inb(PIC2 + 1));
         let f = p.end(30);
-        expect("PIC masks read back", seen == [0; 4], u64::from(u32::from_le_bytes(seen)))?;
-        expect("PIC: nothing in service", isr == (0, 0), u64::from(isr.0) | u64::from(isr.1) << 8)?;
-        expect("PIC left masked (0xfb/0xff)", end == (0xfb, 0xff), u64::from(end.0) | u64::from(end.1) << 8)?;
-        f.report(&[("mask1_start", start.0.into()), ("mask2_start", start.1.into())], None);
+        expect(
+            "PIC masks read back",
+            seen == [0; 4],
+            u64::from(u32::from_le_bytes(seen)),
+        )?;
+        expect(
+            "PIC: nothing in service",
+            isr == (0, 0),
+            u64::from(isr.0) | u64::from(isr.1) << 8,
+        )?;
+        expect(
+            "PIC left masked (0xfb/0xff)",
+            end == (0xfb, 0xff),
+            u64::from(end.0) | u64::from(end.1) << 8,
+        )?;
+        f.report(
+            &[
+                ("mask1_start", start.0.into()),
+                ("mask2_start", start.1.into()),
+            ],
+            None,
+        );
         Ok(())
     }
 
@@ -376,13 +470,40 @@ mod guest {
         let absent = pci_read(0x1f << 3, 0);
         outl(PCI_ADDRESS, 0);
         let f = p.end(8);
-        expect("PCI address register reads back", back == 0x8000_0000, back.into())?;
-        expect("PCI 00:00.0 is the i440FX host bridge (8086:1237)", id == 0x1237_8086, id.into())?;
-        expect("PCI 16-bit read of the device ID", device_word == 0x1237, device_word.into())?;
-        expect("PCI 00:00.0 class: host bridge", class >> 16 == 0x0600, class.into())?;
-        expect("PCI 00:00.0 header type 0", (header >> 16) & 0x7f == 0, header.into())?;
-        expect("PCI absent device reads all ones", absent == 0xffff_ffff, absent.into())?;
-        f.report(&[("host_bridge", id.into()), ("class", (class >> 8).into())], None);
+        expect(
+            "PCI address register reads back",
+            back == 0x8000_0000,
+            back.into(),
+        )?;
+        expect(
+            "PCI 00:00.0 is the i440FX host bridge (8086:1237)",
+            id == 0x1237_8086,
+            id.into(),
+        )?;
+        expect(
+            "PCI 16-bit read of the device ID",
+            device_word == 0x1237,
+            device_word.into(),
+        )?;
+        expect(
+            "PCI 00:00.0 class: host bridge",
+            class >> 16 == 0x0600,
+            class.into(),
+        )?;
+        expect(
+            "PCI 00:00.0 header type 0",
+            (header >> 16) & 0x7f == 0,
+            header.into(),
+        )?;
+        expect(
+            "PCI absent device reads all ones",
+            absent == 0xffff_ffff,
+            absent.into(),
+        )?;
+        f.report(
+            &[("host_bridge", id.into()), ("class", (class >> 8).into())],
+            None,
+        );
         Ok(())
     }
 
@@ -399,7 +520,11 @@ mod guest {
         let p = phase::begin("smp");
         smp::run_on_aps(job, 0);
         let f = p.end(u64::from(ctx.cpus.saturating_sub(1)));
-        expect("every CPU asked for is online", ctx.cpus == wanted, ctx.cpus.into())?;
+        expect(
+            "every CPU asked for is online",
+            ctx.cpus == wanted,
+            ctx.cpus.into(),
+        )?;
         let ran = RAN.load(Ordering::Acquire);
         expect("every AP ran its job", ran == ctx.cpus - 1, ran.into())?;
         f.report(&[("cpus", ctx.cpus.into()), ("aps_ran", ran.into())], None);

@@ -5,6 +5,7 @@
 pub mod disk;
 pub mod emulated;
 pub mod hv_ports;
+pub mod platform;
 pub mod synthetic;
 
 use std::path::PathBuf;

@@ -288,9 +288,13 @@ fn mem_option(bytes: u64) -> Result<String, QemuError> {
 
 /// The arguments after the binary, for `kernel` (the guest ELF on disk).
 pub fn command_line(req: &RunRequest, kernel: &Path) -> Result<Vec<OsString>, QemuError> {
+    // Workloads that check the PC platform get QEMU's `pc` (fw_cfg, ACPI, PIC, PCI); the rest
+    // the lean microvm.
+    let pc = hvlab_workloads::find(&req.workload)
+        .is_some_and(|w| w.host_features.contains(&"pc-platform"));
     let mut a: Vec<OsString> = [
         "-M",
-        "microvm",
+        if pc { "pc" } else { "microvm" },
         "-accel",
         "kvm",
         "-cpu",
