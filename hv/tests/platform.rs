@@ -194,3 +194,76 @@ fn qemu_resets_end_its_run_too() {
         assert!(!o.console.contains("ignored"), "{how}:\n{}", o.console);
     }
 }
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// What a multiboot loader (QEMU's, `hv boot`'s) reads from the image: a header in the first
+/// 8 KiB whose a.out-kludge fields describe exactly the ELF's one loadable segment, so loading
+/// the file flat gives the same memory image as loading the ELF.
+#[test]
+fn guest_image_carries_a_multiboot_header_matching_its_elf_segment() {
+    let img = hv::GUEST_IMAGE;
+    let off = (0..8192 - 32)
+        .step_by(4)
+        .find(|&o| le32(img, o) == 0x1bad_b002)
+        .expect("multiboot magic in the first 8 KiB");
+    let (flags, sum) = (le32(img, off + 4), le32(img, off + 8));
+    assert_eq!(
+        0x1bad_b002u32.wrapping_add(flags).wrapping_add(sum),
+        0,
+        "checksum"
+    );
+    assert_ne!(
+        flags & 1 << 16,
+        0,
+        "address fields (a.out kludge): QEMU refuses ELF64"
+    );
+    let [header, load, load_end, bss_end, entry] =
+        [12, 16, 20, 24, 28].map(|f| u64::from(le32(img, off + f)));
+
+    // The ELF64 program headers: exactly one PT_LOAD.
+    assert_eq!(img[4], 2, "ELF64");
+    let (phoff, phentsize, phnum) = (
+        le64(img, 0x20) as usize,
+        usize::from(u16::from_le_bytes([img[0x36], img[0x37]])),
+        usize::from(u16::from_le_bytes([img[0x38], img[0x39]])),
+    );
+    let loads: Vec<usize> = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&p| le32(img, p) == 1)
+        .collect();
+    assert_eq!(loads.len(), 1, "one loadable segment");
+    let p = loads[0];
+    let (p_offset, p_vaddr, p_filesz, p_memsz) = (
+        le64(img, p + 8),
+        le64(img, p + 16),
+        le64(img, p + 32),
+        le64(img, p + 40),
+    );
+    assert_eq!(load, p_vaddr, "load_addr = the segment's address");
+    assert_eq!(
+        off as u64 - (header - load),
+        p_offset,
+        "the file offset QEMU derives for load_addr is the segment's"
+    );
+    assert!(
+        load_end > load && load_end - load <= p_filesz,
+        "load_end within the file bytes"
+    );
+    assert_eq!(
+        bss_end,
+        p_vaddr + p_memsz,
+        "bss_end = the segment's end in memory"
+    );
+    assert!((load..load_end).contains(&entry));
+    assert_eq!(
+        img[(p_offset + entry - load) as usize],
+        0xfa,
+        "entry starts with cli"
+    );
+}
