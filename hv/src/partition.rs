@@ -390,14 +390,6 @@ impl Partition {
                 dev(Arc::new(Mutex::new(Rtc::new()))),
             )?;
         }
-        if cfg.platform {
-            let spec = crate::devices::platform::PlatformSpec {
-                vcpus: cfg.vcpus,
-                ram_bytes: cfg.mem_bytes,
-                has_pm_timer: cfg.pm_timer,
-            };
-            crate::devices::platform::attach(&vm, &mem, &mut pio, spec)?;
-        }
         let mut mmio = Bus::new();
         mmio.insert(
             "test-mmio",
@@ -423,6 +415,14 @@ impl Partition {
 
         // Enlightenments, step 3 of 3: the runtime the vCPU threads call into.
         let vm = Arc::new(vm);
+        if cfg.platform {
+            let spec = crate::devices::platform::PlatformSpec {
+                vcpus: cfg.vcpus,
+                ram_bytes: cfg.mem_bytes,
+                has_pm_timer: cfg.pm_timer,
+            };
+            crate::devices::platform::attach(&vm, &mem, &mut pio, spec)?;
+        }
         let enlightenments = enl_set.map(|set| {
             Arc::new(EnlightenmentHost::new(
                 set,

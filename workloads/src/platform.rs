@@ -18,6 +18,10 @@
 //! - `pci`: configuration mechanism 1: the address register reads back, the host bridge at
 //!   00:00.0 is a host bridge (class 06/00, header type 0) with the expected ID (i440FX,
 //!   8086:1237), and an absent device (00:1f.0) reads all ones.
+//! - `legacy`: a POST code to port 0x80, the i8042 status (the system flag must be set: the
+//!   controller passed its self-test), and QEMU's pc-testdev scratch register at 0xe0
+//!   (`testdev=1` when it reads back what was written; reported, not required: QEMU has it
+//!   only with `-device pc-testdev`).
 //! - `smp`: every AP started (by INIT/SIPI at boot) runs a job posted to it.
 //!
 //! `reset=i8042|cf9` then asks for a system reset through the i8042 (command 0xFE) or the
@@ -43,7 +47,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
 };
 
 /// The phases, in order.
-pub const PHASES: &[&str] = &["fw-cfg", "acpi", "pic", "pci", "smp"];
+pub const PHASES: &[&str] = &["fw-cfg", "acpi", "pic", "pci", "legacy", "smp"];
 
 #[cfg(target_os = "none")]
 pub use guest::run;
@@ -79,6 +83,7 @@ mod guest {
         acpi(ctx)?;
         pic()?;
         pci()?;
+        legacy()?;
         smp_check(ctx)?;
         match ctx.args.str_or("reset", "none") {
             "none" => return Ok(()),
@@ -502,6 +507,23 @@ mod guest {
         )?;
         f.report(
             &[("host_bridge", id.into()), ("class", (class >> 8).into())],
+            None,
+        );
+        Ok(())
+    }
+
+    // ---- port 0x80, i8042, pc-testdev ----
+
+    fn legacy() -> Result<(), Fail> {
+        let p = phase::begin("legacy");
+        outb(0x80, 0x42);
+        let kbd = inb(0x64);
+        outl(0xe0, 0x5a5a_a5a5);
+        let testdev = inl(0xe0) == 0x5a5a_a5a5;
+        let f = p.end(4);
+        expect("i8042 status: system flag", kbd & 0x04 != 0, kbd.into())?;
+        f.report(
+            &[("kbd_status", kbd.into()), ("testdev", testdev.into())],
             None,
         );
         Ok(())

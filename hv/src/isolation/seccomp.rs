@@ -91,15 +91,17 @@ vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_bindings::kvm_regs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
 vmm_sys_util::ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_bindings::kvm_sregs);
 vmm_sys_util::ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_bindings::kvm_msi);
+vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_bindings::kvm_irq_level);
 
 /// The KVM ioctls a vCPU thread makes after its setup: KVM_RUN; KVM_GET/SET_SREGS for the
 /// enlightenments' TLB flush before entry (`EnlightenmentHost::before_entry`); KVM_SIGNAL_MSI
 /// for hv's IPI hypercall (the only ioctls seen on vCPU threads under strace across the
 /// integration tests); KVM_GET/SET_REGS for the Hyper-V hypercalls (registers in, RAX out)
 /// and for `Partition::record_exit_regs` (host probes read where a vCPU stood as it left).
+/// KVM_IRQ_LINE for the PC platform's pc-testdev IRQ lines (`devices::platform::pc_testdev`).
 /// Everything else (creating VMs, vCPUs, memslots, irqfds, ioeventfds, perf-event and stats
 /// fds) happens before the filter is installed and stays refused.
-pub fn vcpu_ioctls() -> [(&'static str, u64); 6] {
+pub fn vcpu_ioctls() -> [(&'static str, u64); 7] {
     [
         ("KVM_RUN", KVM_RUN()),
         ("KVM_GET_REGS", KVM_GET_REGS()),
@@ -107,6 +109,7 @@ pub fn vcpu_ioctls() -> [(&'static str, u64); 6] {
         ("KVM_GET_SREGS", KVM_GET_SREGS()),
         ("KVM_SET_SREGS", KVM_SET_SREGS()),
         ("KVM_SIGNAL_MSI", KVM_SIGNAL_MSI()),
+        ("KVM_IRQ_LINE", KVM_IRQ_LINE()),
     ]
 }
 
@@ -835,6 +838,7 @@ mod tests {
             ("KVM_GET_SREGS", 0x8138_ae83),
             ("KVM_SET_SREGS", 0x4138_ae84),
             ("KVM_SIGNAL_MSI", 0x4020_aea5),
+            ("KVM_IRQ_LINE", 0x4008_ae61),
         ];
         assert_eq!(vcpu_ioctls(), want);
     }

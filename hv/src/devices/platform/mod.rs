@@ -2,7 +2,8 @@
 //! expect, one device or table per file: QEMU's fw_cfg (`fw_cfg`), ACPI tables (`acpi`), the
 //! firmware state of KVM's in-kernel 8259 pair (`pic`), the ACPI PM1 blocks (`pm1`), the POST
 //! port (`port80`), the i8042 reset line (`i8042`) and PCI configuration mechanism #1 with a
-//! host bridge and the reset control register (`pci`). The PIT, the IOAPIC and the local APICs
+//! host bridge and the reset control register (`pci`), and QEMU's `pc-testdev` for
+//! kvm-unit-tests (`pc_testdev`). The PIT, the IOAPIC and the local APICs
 //! are KVM's (full irqchip); the PM timer and the CMOS RTC are hv's `emulated` devices.
 //!
 //! Off unless asked for (`PartitionConfig::platform`, or the `pc-platform` host feature of a
@@ -15,6 +16,7 @@
 pub mod acpi;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod pc_testdev;
 pub mod pci;
 pub mod pic;
 pub mod pm1;
@@ -67,7 +69,7 @@ pub fn e820(ram_bytes: u64) -> Vec<fw_cfg::E820> {
 /// Writes the ACPI tables into `mem`, programs the in-kernel PICs and puts the platform's
 /// devices on `pio`. The VM must have the full in-kernel irqchip.
 pub fn attach(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     pio: &mut Bus,
     spec: PlatformSpec,
@@ -132,6 +134,18 @@ pub fn attach(
             acpi::PM1A_CNT_PORT,
             2,
             Arc::new(Mutex::new(pm1::Pm1Control::default())),
+        ),
+        (
+            "pc-testdev",
+            pc_testdev::IOPORT,
+            8,
+            Arc::new(Mutex::new(pc_testdev::TestPorts::default())),
+        ),
+        (
+            "pc-testdev-irq",
+            pc_testdev::IRQ_PORT,
+            pc_testdev::IRQ_LINES,
+            Arc::new(Mutex::new(pc_testdev::IrqLines::new(vm.clone()))),
         ),
     ];
     for (name, base, len, d) in devices {
