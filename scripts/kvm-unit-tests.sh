@@ -57,7 +57,7 @@ ENVFILE=$LOGDIR/env
     [ -n "$ks" ] && echo "KERNEL_SUBLEVEL=$ks"
 } >"$ENVFILE"
 
-summary_of() { tail -5 "$1" | grep '^SUMMARY: ' | sed 's/^SUMMARY: /(/;s/\r\{0,1\}$/)/' | tail -1; }
+summary_of() { tail -5 "$1" | grep -a '^SUMMARY: ' | sed 's/^SUMMARY: /(/;s/\r\{0,1\}$/)/' | tail -1; }
 
 # hv boot arguments from qemu_params, or "SKIP:reason".
 hv_args() {
@@ -106,7 +106,7 @@ run_qemu() { # name file smp args params timeout -> sets RES, WHY
     0) RES=PASS ;;
     77) RES=SKIP ;;
     124) RES=FAIL; WHY="(timeout; duration=$6)" ;;
-    *) RES=FAIL; [ -z "$WHY" ] && WHY="(status $ret: $(grep -v '^timeout' "$log" | tail -1 | cut -c1-100))" ;;
+    *) RES=FAIL; [ -z "$WHY" ] && WHY="(status $ret: $(grep -av '^timeout' "$log" | tail -1 | cut -c1-100))" ;;
     esac
 }
 
@@ -123,14 +123,14 @@ run_hv() { # name file smp args params timeout -> sets RES, WHY
     local ret=$?
     WHY=$(summary_of "$log")
     local nodev
-    nodev=$(grep -m1 'no device' "$log.err" | sed 's/^hv: note: //;s/: no device.*//')
+    nodev=$(grep -a -m1 'no device' "$log.err" | sed 's/^hv: note: //;s/: no device.*//')
     case $ret in
     1) RES=PASS ;;
     124) RES=FAIL; WHY="(timeout; duration=$6${nodev:+; first unclaimed access: $nodev})" ;;
     *)
         RES=FAIL
         local end
-        end=$(grep -v '^hv: note' "$log.err" | tail -1 | sed 's/^hv: //' | cut -c1-100)
+        end=$(grep -av '^hv: note' "$log.err" | tail -1 | sed 's/^hv: //' | cut -c1-100)
         [ $ret -ne 3 ] && WHY="${WHY:+$WHY }(status $ret: $end)"
         [ -n "$nodev" ] && WHY="$WHY (first unclaimed access: $nodev)"
         ;;

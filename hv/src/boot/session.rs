@@ -82,11 +82,14 @@ pub fn exit_status(status: &RunStatus) -> u8 {
     match status {
         RunStatus::GuestExit(v) => ((v << 1) | 1) as u8,
         RunStatus::Timeout(_) => STATUS_TIMEOUT,
+        // QEMU with --no-reboot exits 0 on a reset request.
+        RunStatus::GuestReset { .. } => 0,
         _ => STATUS_HV,
     }
 }
 
-/// The partition a kernel gets: the PC platform with KVM's interrupt controllers (PIC pair,
+/// The partition a kernel gets: the PC platform (`devices::platform`: fw_cfg, ACPI tables,
+/// PCI host bridge, pc-testdev, i8042, port 0x80) with KVM's interrupt controllers (PIC pair,
 /// IOAPIC, local APICs) and PIT, hv's RTC and ACPI PM timer, and its serial port and exit port.
 pub fn partition_config(req: &BootRequest) -> PartitionConfig {
     PartitionConfig {
@@ -99,6 +102,7 @@ pub fn partition_config(req: &BootRequest) -> PartitionConfig {
         pit: true,
         pm_timer: true,
         rtc: true,
+        platform: true,
         enlightenments: Some(req.enlightenments),
         seccomp: req.seccomp,
         kernel: Some(req.boot.clone()),
