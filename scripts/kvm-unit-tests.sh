@@ -163,9 +163,20 @@ one() {
     local why
     why=$(skip_reason "$groups" "$arch" "$check" "$file")
     local hres="" hwhy="" qres="" qwhy=""
+    # hv and QEMU run the test at the same time (each result lands in a file).
     for v in hv qemu; do
         [ "$MODE" != both ] && [ "$MODE" != $v ] && continue
-        if [ -n "$why" ]; then RES=SKIP; WHY="($why)"; else "run_$v" "$name" "$file" "$smp" "$args" "$params" "${timeout:-90s}"; fi
+        if [ -n "$why" ]; then
+            echo "SKIP|($why)" >"$LOGDIR/$name.$v.res"
+        else
+            ("run_$v" "$name" "$file" "$smp" "$args" "$params" "${timeout:-90s}"
+                echo "$RES|$WHY" >"$LOGDIR/$name.$v.res") &
+        fi
+    done
+    wait
+    for v in hv qemu; do
+        [ "$MODE" != both ] && [ "$MODE" != $v ] && continue
+        IFS='|' read -r RES WHY <"$LOGDIR/$name.$v.res"
         total[$v,$RES]=$((total[$v,$RES] + 1))
         if [ $v = hv ]; then hres=$RES; hwhy=$WHY; else qres=$RES; qwhy=$WHY; fi
     done

@@ -13,6 +13,7 @@
 //! boot vCPU sends INIT and SIPI, as on hardware.
 
 pub mod bzimage;
+pub mod kut;
 pub mod multiboot;
 pub mod pvh;
 pub mod session;

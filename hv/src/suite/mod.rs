@@ -174,7 +174,9 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             )];
         }
     };
-    let mut records = if run.vmm == "qemu" {
+    let mut records = if run.experiment.workload == crate::boot::kut::WORKLOAD {
+        crate::boot::kut::records(kvm, &run.vmm, &req, &ctx)
+    } else if run.vmm == "qemu" {
         match crate::peer::run_qemu(&req, &ctx) {
             Ok(r) => r,
             Err(e) => vec![run_record(
