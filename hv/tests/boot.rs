@@ -66,6 +66,7 @@ fn request(image: Vec<u8>, cmdline: &str, timeout: Duration) -> BootRequest {
         kernel: image,
         boot: KernelBoot {
             cmdline: cmdline.into(),
+            kernel_name: "k.bin".into(),
             ..KernelBoot::default()
         },
         mem_bytes: 16 << 20,
@@ -86,7 +87,8 @@ fn multiboot_kernel_prints_and_exits_with_isa_debug_exit_status() {
     assert_eq!(out.format, hv::boot::Format::Multiboot);
     assert_eq!(out.status, RunStatus::GuestExit(0x21), "{out:?}");
     assert_eq!(out.exit_status(), (0x21 << 1) | 1);
-    assert_eq!(out.console, "hi\nX");
+    // The command line starts with the kernel's name, as QEMU passes it.
+    assert_eq!(out.console, "hi\nk");
     assert_eq!((out.unmapped_pio, out.unmapped_mmio), (0, 0));
 }
 

@@ -70,6 +70,7 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            kernel_name: a.kernel.display().to_string(),
         },
         vcpus: a.smp,
         mem_bytes: hv::units::parse_size(&a.mem).context("--mem")?,

@@ -217,6 +217,7 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             initrd: Some(vec![0x42; 10_000]),
             initrd_name: "rd".into(),
+            kernel_name: String::new(),
         };
         let k = super::super::load_kernel(&m, RAM, &bzimage(), &boot).unwrap();
         assert_eq!(k.format, Format::BzImage);

@@ -35,6 +35,9 @@ pub struct KernelBoot {
     pub initrd: Option<Vec<u8>>,
     /// The initrd's name, used as the multiboot module's string (QEMU passes the file name).
     pub initrd_name: String,
+    /// The kernel's file name. Multiboot kernels get it as the first word of their command
+    /// line, as QEMU passes it (kvm-unit-tests takes that word as `argv[0]`).
+    pub kernel_name: String,
 }
 
 /// The boot formats, in the order [`load_kernel`] tries them.

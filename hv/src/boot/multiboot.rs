@@ -114,7 +114,13 @@ pub(crate) fn load(
             "the header requires features hv does not know (flag bits {unknown:#x})"
         )));
     }
-    super::check_cmdline(&boot.cmdline, CMDLINE_MAX - 1)?;
+    // QEMU's multiboot command line: the kernel's file name, a space, then `-append`'s text.
+    let cmdline = if boot.kernel_name.is_empty() {
+        boot.cmdline.clone()
+    } else {
+        format!("{} {}", boot.kernel_name, boot.cmdline)
+    };
+    super::check_cmdline(&cmdline, CMDLINE_MAX - 1)?;
     let (entry, segments) = match h.aout {
         Some(a) => aout_segments(image, h.offset, a)?,
         None => elf_segments(image)?,
@@ -171,7 +177,7 @@ pub(crate) fn load(
         return Err(Rejected::Invalid("modules must end below 4 GiB".into()));
     }
 
-    let mut line = boot.cmdline.as_bytes().to_vec();
+    let mut line = cmdline.into_bytes();
     line.push(0);
     put(mem, ram_bytes, CMDLINE_ADDR, &line)?;
     put(mem, ram_bytes, LOADER_NAME_ADDR, b"hvlab\0")?;
@@ -445,6 +451,7 @@ mod tests {
             cmdline: cmdline.into(),
             initrd,
             initrd_name: "env.txt".into(),
+            kernel_name: "x86/test.flat".into(),
         }
     }
 
@@ -484,7 +491,7 @@ mod tests {
         assert_eq!(flags, I_MEM | I_CMDLINE | I_MODS | I_MMAP | I_LOADER_NAME);
         assert_eq!(info(&m, 4), 639);
         assert_eq!(info(&m, 8), ((RAM - (1 << 20)) / 1024) as u32);
-        assert_eq!(cstr(&m, info(&m, 16)), "a b=c");
+        assert_eq!(cstr(&m, info(&m, 16)), "x86/test.flat a b=c", "QEMU's form");
         assert_eq!(info(&m, 20), 1);
         let mods = info(&m, 24);
         let start: u32 = m.read_obj(GuestAddress(u64::from(mods))).unwrap();

@@ -225,6 +225,7 @@ mod tests {
             cmdline: "exit-floor".into(),
             initrd: Some(vec![7u8; 5000]),
             initrd_name: "rd".into(),
+            kernel_name: String::new(),
         };
         let k = load_kernel(&m, 4 << 20, &guest, &boot).unwrap();
         assert_eq!(k.format, Format::Pvh);
