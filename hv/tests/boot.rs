@@ -97,9 +97,7 @@ fn unclaimed_ports_are_counted_and_noted_once() {
     let kvm = common::kvm();
     let mut c = Vec::new();
     c.extend_from_slice(&[0x66, 0xba, 0x34, 0x12]); // mov dx, 0x1234
-    for _ in 0..3 {
-        c.push(0xee); // out dx, al
-    }
+    c.extend_from_slice(&[0xee; 3]); // out dx, al (three times)
     c.extend_from_slice(&[0x31, 0xc0]); // xor eax, eax
     c.extend_from_slice(&[0x66, 0xba, 0xf4, 0x00]); // mov dx, 0xf4
     c.push(0xef); // out dx, eax
@@ -126,7 +124,11 @@ fn a_file_in_no_boot_format_is_one_line_naming_each_format() {
     let kvm = common::kvm();
     let err = session::boot(
         &kvm,
-        &request(b"#!/bin/sh\necho not a kernel\n".to_vec(), "", Duration::from_secs(5)),
+        &request(
+            b"#!/bin/sh\necho not a kernel\n".to_vec(),
+            "",
+            Duration::from_secs(5),
+        ),
     )
     .unwrap_err()
     .to_string();

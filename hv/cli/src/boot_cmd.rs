@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hv::boot::session::{self, BootRequest, STATUS_HV};
 use hv::boot::KernelBoot;
+use hv::boot::session::{self, BootRequest, STATUS_HV};
 use hv::enlightenments::EnlightenmentSet;
 use hv::status::RunStatus;
 

@@ -69,9 +69,7 @@ pub(crate) fn load(
     }
     let loadflags = image.get(LOADFLAGS).copied().unwrap_or(0);
     if loadflags & LOADED_HIGH == 0 {
-        return Err(bad(
-            "a zImage (loaded low); hv boots only bzImages".into(),
-        ));
+        return Err(bad("a zImage (loaded low); hv boots only bzImages".into()));
     }
     let setup_sects = match image.get(SETUP_SECTS).copied().unwrap_or(0) {
         0 => 4,
@@ -81,7 +79,11 @@ pub(crate) fn load(
     let kernel = image
         .get(kernel_off..)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| bad(format!("no protected-mode kernel after {setup_sects} setup sectors")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no protected-mode kernel after {setup_sects} setup sectors"
+            ))
+        })?;
     // The kernel needs init_size bytes from where it is loaded (protocol 2.10+).
     let init_size = if version >= 0x020a {
         u64::from(le32(image, INIT_SIZE).unwrap_or(0))
@@ -203,11 +205,13 @@ mod tests {
     }
 
     fn zp32(m: &GuestMemoryMmap, off: usize) -> u32 {
-        m.read_obj(GuestAddress(ZERO_PAGE_ADDR + off as u64)).unwrap()
+        m.read_obj(GuestAddress(ZERO_PAGE_ADDR + off as u64))
+            .unwrap()
     }
 
     fn zp8(m: &GuestMemoryMmap, off: usize) -> u8 {
-        m.read_obj(GuestAddress(ZERO_PAGE_ADDR + off as u64)).unwrap()
+        m.read_obj(GuestAddress(ZERO_PAGE_ADDR + off as u64))
+            .unwrap()
     }
 
     #[test]

@@ -71,9 +71,9 @@ pub fn parse_vmexit(console: &str) -> Vec<(String, u64)> {
             let mut w = l.trim_end_matches('\r').split(' ');
             let (name, n, rest) = (w.next()?, w.next()?, w.next());
             let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
             match (valid, n.parse::<u64>(), rest) {
                 (true, Ok(c), None) => Some((name.to_string(), c)),
                 _ => None,
@@ -166,7 +166,8 @@ enum Ran {
 type Console = (String, u64, Duration);
 
 fn run_hv(kvm: &Kvm, flat: &Path, req: &RunRequest) -> Result<Console, Ran> {
-    let kernel = std::fs::read(flat).map_err(|e| Ran::Failed(format!("{}: {e}", flat.display())))?;
+    let kernel =
+        std::fs::read(flat).map_err(|e| Ran::Failed(format!("{}: {e}", flat.display())))?;
     let boot = BootRequest {
         kernel,
         boot: KernelBoot {
@@ -238,7 +239,9 @@ fn run_qemu(flat: &Path, req: &RunRequest) -> Result<Console, Ran> {
         if let Some(o) = stdout.as_mut() {
             use std::io::Read;
             let mut buf = Vec::new();
-            let _ = o.take(crate::limits::CONSOLE_CAPTURE_BYTES as u64).read_to_end(&mut buf);
+            let _ = o
+                .take(crate::limits::CONSOLE_CAPTURE_BYTES as u64)
+                .read_to_end(&mut buf);
             s = String::from_utf8_lossy(&buf).into_owned();
         }
         s

@@ -207,7 +207,12 @@ pub(crate) fn put(
 }
 
 /// Zero-fills `len` bytes at `addr` (inside RAM), e.g. a BSS.
-pub(crate) fn zero(mem: &GuestMemoryMmap, ram_bytes: u64, addr: u64, len: u64) -> Result<(), Rejected> {
+pub(crate) fn zero(
+    mem: &GuestMemoryMmap,
+    ram_bytes: u64,
+    addr: u64,
+    len: u64,
+) -> Result<(), Rejected> {
     let mut done = 0u64;
     let page = [0u8; 4096];
     while done < len {
@@ -237,7 +242,9 @@ pub(crate) fn le64(b: &[u8], off: usize) -> Option<u64> {
 /// Checks a command line for the boot data: no NUL, at most `max` bytes.
 pub(crate) fn check_cmdline(cmdline: &str, max: usize) -> Result<(), Rejected> {
     if cmdline.bytes().any(|b| b == 0) {
-        return Err(Rejected::Invalid("the command line contains a NUL byte".into()));
+        return Err(Rejected::Invalid(
+            "the command line contains a NUL byte".into(),
+        ));
     }
     if cmdline.len() > max {
         return Err(Rejected::Invalid(format!(
@@ -274,7 +281,10 @@ mod tests {
         st.rax = 0x2bad_b002;
         st.rbx = 0x9000;
         let r = st.apply(&mut s);
-        assert_eq!((r.rip, r.rax, r.rbx, r.rflags), (0x10_0000, 0x2bad_b002, 0x9000, 2));
+        assert_eq!(
+            (r.rip, r.rax, r.rbx, r.rflags),
+            (0x10_0000, 0x2bad_b002, 0x9000, 2)
+        );
         assert_eq!(s.cr0 & 0x8000_0001, 1, "PE on, PG off");
         assert_eq!((s.cs.base, s.cs.limit, s.cs.db), (0, 0xffff_ffff, 1));
         assert_eq!(s.ss.type_, 3);
@@ -284,7 +294,13 @@ mod tests {
     fn put_refuses_writes_past_ram() {
         let m = mem();
         assert!(put(&m, 8 << 20, (8 << 20) - 2, &[1, 2]).is_ok());
-        assert!(matches!(put(&m, 8 << 20, (8 << 20) - 1, &[1, 2]), Err(Rejected::Invalid(_))));
-        assert!(matches!(put(&m, 8 << 20, u64::MAX, &[1]), Err(Rejected::Invalid(_))));
+        assert!(matches!(
+            put(&m, 8 << 20, (8 << 20) - 1, &[1, 2]),
+            Err(Rejected::Invalid(_))
+        ));
+        assert!(matches!(
+            put(&m, 8 << 20, u64::MAX, &[1]),
+            Err(Rejected::Invalid(_))
+        ));
     }
 }

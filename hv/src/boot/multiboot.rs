@@ -149,7 +149,12 @@ pub(crate) fn load(
             .get(s.file_off..s.file_off + s.file_len)
             .ok_or_else(|| Rejected::Invalid("a segment lies past the end of the file".into()))?;
         put(mem, ram_bytes, s.addr, bytes)?;
-        zero(mem, ram_bytes, s.addr + s.file_len as u64, s.mem_len - s.file_len as u64)?;
+        zero(
+            mem,
+            ram_bytes,
+            s.addr + s.file_len as u64,
+            s.mem_len - s.file_len as u64,
+        )?;
     }
 
     // Modules: page-aligned after the image (always aligned, so bit 0 is honoured).
@@ -195,7 +200,10 @@ pub(crate) fn load(
     let mut set = |off: usize, v: u32| info[off..off + 4].copy_from_slice(&v.to_le_bytes());
     set(0, flags);
     set(4, (LOW_RAM_END / 1024) as u32); // mem_lower, KiB
-    set(8, ((ram_bytes.min(u64::from(u32::MAX)) - HIGH_RAM) / 1024) as u32); // mem_upper
+    set(
+        8,
+        ((ram_bytes.min(u64::from(u32::MAX)) - HIGH_RAM) / 1024) as u32,
+    ); // mem_upper
     set(16, CMDLINE_ADDR as u32);
     set(20, mods_count);
     set(24, if mods_count > 0 { MODS_ADDR as u32 } else { 0 });
@@ -240,7 +248,13 @@ struct Segment {
 fn aout_segments(
     image: &[u8],
     header_offset: usize,
-    [header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr]: [u32; 5],
+    [
+        header_addr,
+        load_addr,
+        load_end_addr,
+        bss_end_addr,
+        entry_addr,
+    ]: [u32; 5],
 ) -> Result<(u64, Vec<Segment>), Rejected> {
     let bad = |why: &str| Rejected::Invalid(format!("a.out-kludge address fields: {why}"));
     if load_addr > header_addr {
@@ -324,7 +338,9 @@ fn elf_segments(image: &[u8]) -> Result<(u64, Vec<Segment>), Rejected> {
         )));
     }
     if usize::from(phnum) > MAX_PHDRS {
-        return Err(bad(format!("{phnum} program headers (at most {MAX_PHDRS})")));
+        return Err(bad(format!(
+            "{phnum} program headers (at most {MAX_PHDRS})"
+        )));
     }
     if entry > u64::from(u32::MAX) {
         return Err(bad(format!(
@@ -358,7 +374,9 @@ fn elf_segments(image: &[u8]) -> Result<(u64, Vec<Segment>), Rejected> {
         if filesz > memsz {
             return Err(bad(format!("segment {i}: file size above memory size")));
         }
-        let file_end = offset.checked_add(filesz).filter(|&e| e <= image.len() as u64);
+        let file_end = offset
+            .checked_add(filesz)
+            .filter(|&e| e <= image.len() as u64);
         if file_end.is_none() {
             return Err(bad(format!("segment {i} lies past the end of the file")));
         }
@@ -477,8 +495,8 @@ mod tests {
         m.write_slice(&[0xaa; 64], GuestAddress(0x20_0000 + 12 + 4))
             .unwrap();
         let image = elf(wide, &[0xf4, 0x90, 0x90, 0x90], 0x1000);
-        let k = super::super::load_kernel(&m, RAM, &image, &boot("a b=c", Some(vec![9; 100])))
-            .unwrap();
+        let k =
+            super::super::load_kernel(&m, RAM, &image, &boot("a b=c", Some(vec![9; 100]))).unwrap();
         assert_eq!(k.format, Format::Multiboot);
         assert_eq!(k.start.rax, 0x2bad_b002);
         assert_eq!(k.start.rbx, INFO_ADDR);
@@ -499,7 +517,10 @@ mod tests {
         let name: u32 = m.read_obj(GuestAddress(u64::from(mods) + 8)).unwrap();
         assert_eq!(end - start, 100);
         assert_eq!(start % 4096, 0);
-        assert!(u64::from(start) >= 0x20_0000 + 16 + 0x1000, "module after the BSS");
+        assert!(
+            u64::from(start) >= 0x20_0000 + 16 + 0x1000,
+            "module after the BSS"
+        );
         assert_eq!(cstr(&m, name), "env.txt");
         let b: u8 = m.read_obj(GuestAddress(u64::from(start))).unwrap();
         assert_eq!(b, 9);
@@ -533,23 +554,24 @@ mod tests {
         let hdr_len = 32u32;
         let mut f = vec![0u8; 0x40];
         let fields = [
-            base + 0x40,          // header_addr
-            base,                 // load_addr
+            base + 0x40,               // header_addr
+            base,                      // load_addr
             base + 0x40 + hdr_len + 4, // load_end_addr
-            base + 0x2000,        // bss_end_addr
-            base + 0x40 + hdr_len, // entry_addr
+            base + 0x2000,             // bss_end_addr
+            base + 0x40 + hdr_len,     // entry_addr
         ];
         f.extend_from_slice(&header(F_AOUT_KLUDGE, Some(fields)));
         f.extend_from_slice(&[0xf4, 1, 2, 3, 0xee, 0xee]); // last two bytes past load_end
-        m.write_slice(&[0x55; 16], GuestAddress(u64::from(base) + 0x40 + u64::from(hdr_len) + 4))
-            .unwrap();
+        m.write_slice(
+            &[0x55; 16],
+            GuestAddress(u64::from(base) + 0x40 + u64::from(hdr_len) + 4),
+        )
+        .unwrap();
         let k = load(&m, RAM, &f, &boot("", None)).unwrap();
         assert_eq!(k.start.entry, u64::from(base + 0x40 + hdr_len));
         let b: u8 = m.read_obj(GuestAddress(k.start.entry)).unwrap();
         assert_eq!(b, 0xf4);
-        let past: u8 = m
-            .read_obj(GuestAddress(k.start.entry + 4))
-            .unwrap();
+        let past: u8 = m.read_obj(GuestAddress(k.start.entry + 4)).unwrap();
         assert_eq!(past, 0, "bytes past load_end_addr are BSS, zeroed");
         assert_eq!(k.end, u64::from(base) + 0x2000);
         assert_eq!(info(&m, 20), 0, "no modules");
