@@ -113,7 +113,15 @@ run_qemu() { # name file smp args params timeout -> sets RES, WHY
     0) RES=PASS ;;
     77) RES=SKIP ;;
     124) RES=FAIL; WHY="(timeout; duration=$6)" ;;
-    *) RES=FAIL; [ -z "$WHY" ] && WHY="(status $ret: $(grep -av '^timeout' "$log" | tail -1 | tr -d '\0\r' | cut -c1-100))" ;;
+    *)
+        RES=FAIL
+        local err
+        # QEMU's own complaint when there is one (e.g. it aborts setting up -cpu max), else
+        # the log's last line.
+        err=$(grep -a -m1 '^qemu-system[^:]*: ' "$log" | sed 's/^qemu-system[^:]*: //')
+        [ -z "$err" ] && err=$(grep -av '^timeout' "$log" | tr -d '\0\r' | sed 's/^ *//' | grep -a . | tail -1)
+        [ -z "$WHY" ] && WHY="(status $ret: $(cut -c1-100 <<<"$err"))"
+        ;;
     esac
 }
 
