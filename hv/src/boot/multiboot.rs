@@ -6,9 +6,11 @@
 //! specification requires: 32-bit protected mode, flat segments, paging and interrupts off,
 //! EAX = 0x2BADB002, EBX = the information structure's address.
 //!
-//! Where things go: the image where it asks; the boot information at [`INFO_ADDR`] in low
-//! memory (where QEMU's multiboot option ROM puts it) with the memory map, module list, names
-//! and command line in the pages after it; modules page-aligned after the image's last byte.
+//! Where things go: the image where it asks; modules page-aligned after the image's last byte;
+//! the boot information (the structure, then the memory map, module list, names and command
+//! line in the two pages from it) at [`INFO_ADDR`] in low memory, where QEMU's multiboot option
+//! ROM puts it, or, for an image that loads over that (kvm-unit-tests' realmode.flat loads at
+//! 0x8000), page-aligned after the modules.
 
 use vm_memory::GuestMemoryMmap;
 
@@ -41,16 +43,17 @@ const I_LOADER_NAME: u32 = 1 << 9;
 
 /// Boot information layout (low memory, below any kernel that loads at 1 MiB or higher).
 pub const INFO_ADDR: u64 = 0x9000;
-const MMAP_ADDR: u64 = INFO_ADDR + 0x100;
-const MODS_ADDR: u64 = INFO_ADDR + 0x300;
-const LOADER_NAME_ADDR: u64 = INFO_ADDR + 0x340;
-const MOD_STRING_ADDR: u64 = INFO_ADDR + 0x400;
+/// Offsets from the information structure.
+const MMAP_OFF: u64 = 0x100;
+const MODS_OFF: u64 = 0x300;
+const LOADER_NAME_OFF: u64 = 0x340;
+const MOD_STRING_OFF: u64 = 0x400;
 const MOD_STRING_MAX: usize = 0x400;
-pub const CMDLINE_ADDR: u64 = INFO_ADDR + 0x1000;
+const CMDLINE_OFF: u64 = 0x1000;
 /// Longest command line, NUL included.
 pub const CMDLINE_MAX: usize = 0x1000;
-/// First byte after the boot information.
-const INFO_END: u64 = CMDLINE_ADDR + CMDLINE_MAX as u64;
+/// Bytes the boot information takes.
+const INFO_LEN: u64 = CMDLINE_OFF + CMDLINE_MAX as u64;
 
 /// Conventional memory the map reports: 0-0x9fc00 RAM (639 KiB, as a PC BIOS leaves it), then
 /// the EBDA and the BIOS area reserved, RAM again from 1 MiB.
@@ -136,12 +139,6 @@ pub(crate) fn load(
                 ram_bytes >> 20
             )));
         };
-        if s.addr < INFO_END && seg_end > INFO_ADDR {
-            return Err(Rejected::Invalid(format!(
-                "a segment at {:#x}-{seg_end:#x} overlaps the boot information at {INFO_ADDR:#x}-{INFO_END:#x}",
-                s.addr
-            )));
-        }
         end = end.max(seg_end);
     }
     for s in &segments {
@@ -157,24 +154,39 @@ pub(crate) fn load(
         )?;
     }
 
+    // The boot information's place: low memory unless the image loads over it.
+    let low_taken = segments
+        .iter()
+        .any(|s| s.addr < INFO_ADDR + INFO_LEN && s.addr + s.mem_len > INFO_ADDR);
     // Modules: page-aligned after the image (always aligned, so bit 0 is honoured).
     let mut flags = I_MEM | I_MMAP | I_CMDLINE | I_LOADER_NAME;
     let mut mods_count = 0u32;
+    let mut module = None;
     if let Some(rd) = &boot.initrd {
         let at = align_up(end, 4096);
         put(mem, ram_bytes, at, rd)?;
         end = at + rd.len() as u64;
+        module = Some((at, end));
+    }
+    let base = if low_taken {
+        let b = align_up(end, 4096);
+        end = b + INFO_LEN;
+        b
+    } else {
+        INFO_ADDR
+    };
+    if let Some((at, mod_end)) = module {
         let mut name = boot.initrd_name.as_bytes().to_vec();
         name.retain(|&b| b != 0);
         name.truncate(MOD_STRING_MAX - 1);
         name.push(0);
-        put(mem, ram_bytes, MOD_STRING_ADDR, &name)?;
+        put(mem, ram_bytes, base + MOD_STRING_OFF, &name)?;
         let mut m = Vec::with_capacity(16);
         m.extend_from_slice(&(at as u32).to_le_bytes());
-        m.extend_from_slice(&(end as u32).to_le_bytes());
-        m.extend_from_slice(&(MOD_STRING_ADDR as u32).to_le_bytes());
+        m.extend_from_slice(&(mod_end as u32).to_le_bytes());
+        m.extend_from_slice(&((base + MOD_STRING_OFF) as u32).to_le_bytes());
         m.extend_from_slice(&0u32.to_le_bytes());
-        put(mem, ram_bytes, MODS_ADDR, &m)?;
+        put(mem, ram_bytes, base + MODS_OFF, &m)?;
         flags |= I_MODS;
         mods_count = 1;
     }
@@ -184,8 +196,8 @@ pub(crate) fn load(
 
     let mut line = cmdline.into_bytes();
     line.push(0);
-    put(mem, ram_bytes, CMDLINE_ADDR, &line)?;
-    put(mem, ram_bytes, LOADER_NAME_ADDR, b"hvlab\0")?;
+    put(mem, ram_bytes, base + CMDLINE_OFF, &line)?;
+    put(mem, ram_bytes, base + LOADER_NAME_OFF, b"hvlab\0")?;
     let map = memory_map(ram_bytes);
     let mut mm = Vec::with_capacity(map.len() * 24);
     for (base, len, kind) in &map {
@@ -194,7 +206,7 @@ pub(crate) fn load(
         mm.extend_from_slice(&len.to_le_bytes());
         mm.extend_from_slice(&kind.to_le_bytes());
     }
-    put(mem, ram_bytes, MMAP_ADDR, &mm)?;
+    put(mem, ram_bytes, base + MMAP_OFF, &mm)?;
 
     let mut info = [0u8; 88];
     let mut set = |off: usize, v: u32| info[off..off + 4].copy_from_slice(&v.to_le_bytes());
@@ -204,17 +216,18 @@ pub(crate) fn load(
         8,
         ((ram_bytes.min(u64::from(u32::MAX)) - HIGH_RAM) / 1024) as u32,
     ); // mem_upper
-    set(16, CMDLINE_ADDR as u32);
+    set(16, (base + CMDLINE_OFF) as u32);
     set(20, mods_count);
-    set(24, if mods_count > 0 { MODS_ADDR as u32 } else { 0 });
+    let mods_addr = base + MODS_OFF;
+    set(24, if mods_count > 0 { mods_addr as u32 } else { 0 });
     set(44, mm.len() as u32);
-    set(48, MMAP_ADDR as u32);
-    set(64, LOADER_NAME_ADDR as u32);
-    put(mem, ram_bytes, INFO_ADDR, &info)?;
+    set(48, (base + MMAP_OFF) as u32);
+    set(64, (base + LOADER_NAME_OFF) as u32);
+    put(mem, ram_bytes, base, &info)?;
 
     let mut start = StartState::protected(entry);
     start.rax = u64::from(BOOTLOADER_MAGIC);
-    start.rbx = INFO_ADDR;
+    start.rbx = base;
     Ok(LoadedKernel {
         format: Format::Multiboot,
         start,
@@ -579,6 +592,27 @@ mod tests {
     }
 
     #[test]
+    fn an_image_loaded_over_the_low_boot_information_gets_it_after_itself() {
+        // As kvm-unit-tests' realmode.flat: loaded at 0x8000, over INFO_ADDR.
+        let m = mem();
+        let mut low = elf(false, &[0xf4], 0x2000);
+        low[52 + 12..52 + 16].copy_from_slice(&0x8000u32.to_le_bytes());
+        let k = load(&m, RAM, &low, &boot("x", Some(vec![1; 10]))).unwrap();
+        let seg_end = 0x8000 + 12 + 1 + 0x2000;
+        assert!(
+            k.start.rbx >= seg_end + 10 && k.start.rbx % 4096 == 0,
+            "{:#x}",
+            k.start.rbx
+        );
+        let b: u8 = m.read_obj(GuestAddress(0x8000 + 12)).unwrap();
+        assert_eq!(b, 0xf4, "the image is intact");
+        let at = |off: u64| -> u32 { m.read_obj(GuestAddress(k.start.rbx + off)).unwrap() };
+        assert_eq!(cstr(&m, at(16)), "x86/test.flat x");
+        assert_eq!(at(20), 1);
+        assert_eq!(k.end, k.start.rbx + INFO_LEN);
+    }
+
+    #[test]
     fn finds_the_header_only_aligned_within_8k_and_with_a_good_checksum() {
         let mut f = vec![0u8; 8192 + 64];
         let h = header(0, None);
@@ -616,10 +650,6 @@ mod tests {
         let p = 52;
         big[p + 20..p + 24].copy_from_slice(&0x4000_0000u32.to_le_bytes());
         assert!(e(&big).contains("does not fit"));
-        // ELF whose segment lands on the boot information.
-        let mut low = elf(false, &[0xf4], 0);
-        low[p + 12..p + 16].copy_from_slice(&0x9800u32.to_le_bytes());
-        assert!(e(&low).contains("overlaps the boot information"));
         // Truncated program headers.
         let mut t = elf(true, &[0xf4], 0);
         t[56..58].copy_from_slice(&40u16.to_le_bytes());
