@@ -69,7 +69,16 @@ hv_args() {
     while [ $i -lt ${#p[@]} ]; do
         local o=${p[$i]} v=${p[$((i + 1))]:-}
         case $o in
-        -m) out+=" --mem $v"; [[ $v =~ [0-9]$ ]] && out+="M"; i=$((i + 2)) ;;
+        -m)
+            local mib=${v%[MmGg]}
+            [[ $v == *[Gg] ]] && mib=$((mib * 1024))
+            if [ "$mib" -gt 3072 ]; then
+                echo "SKIP:needs -m $v (hv keeps guest RAM below its MMIO window at 3 GiB)"
+                return
+            fi
+            out+=" --mem ${mib}M"
+            i=$((i + 2))
+            ;;
         -smp) out+=" --smp ${v%%,*}"; i=$((i + 2)) ;;
         -append) APPEND=$v; i=$((i + 2)) ;;
         -cpu)
@@ -137,7 +146,7 @@ run_hv() { # name file smp args params timeout -> sets RES, WHY
         ret=$(cat "$log.rc")
     else
         # shellcheck disable=SC2086
-        "$HV" boot "$KUT/x86/$2" --smp "$3" $extra --append "$APPEND" --initrd "$ENVFILE" \
+        "$HV" boot "$KUT/x86/$2" --smp "$3" $extra --append="$APPEND" --initrd "$ENVFILE" \
             --timeout "$secs" >"$log" 2>"$log.err" </dev/null
         ret=$?
         echo $ret >"$log.rc"
