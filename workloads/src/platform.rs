@@ -432,7 +432,7 @@ mod guest {
         outb(PIC1 + 1, 0xfb);
         outb(PIC2 + 1, 0xff);
         let end = (inb(PIC1 + 1), inb(PIC2 + 1));
-        let f = p.end(30);
+        let f = p.end(28); // port accesses
         expect(
             "PIC masks read back",
             seen == [0; 4],
@@ -474,7 +474,7 @@ mod guest {
         let header = pci_read(0, 0xc);
         let absent = pci_read(0x1f << 3, 0);
         outl(PCI_ADDRESS, 0);
-        let f = p.end(8);
+        let f = p.end(11); // port accesses
         expect(
             "PCI address register reads back",
             back == 0x8000_0000,
