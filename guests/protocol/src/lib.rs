@@ -315,6 +315,33 @@ pub mod kvm_pv {
     }
 }
 
+/// Multiboot v1 boot of the guest image (its header is in `guests/image`): what the entry sees
+/// and how the command line is read.
+pub mod multiboot {
+    /// EAX a multiboot v1 loader passes to the kernel.
+    pub const BOOT_MAGIC: u32 = 0x2BAD_B002;
+    /// Multiboot information `flags` bit: `cmdline` (offset 16) is valid.
+    pub const INFO_CMDLINE: u32 = 1 << 2;
+
+    /// The kernel's own arguments from a multiboot command line. Loaders put the kernel's file
+    /// name first (QEMU: "FILE ARGS", GRUB likewise), while hvlab's line is `<workload>
+    /// key=value ...`: a leading word is a file name when it has a `/`, or when the next word
+    /// is not `key=value` either (a workload name is followed only by `key=value` words).
+    pub fn kernel_args(line: &str) -> &str {
+        let line = line.trim_start();
+        let mut words = line.split_whitespace();
+        let (Some(first), second) = (words.next(), words.next()) else {
+            return line;
+        };
+        let is_file = first.contains('/') || second.is_some_and(|w| !w.contains('='));
+        if is_file && !first.contains('=') {
+            line[first.len()..].trim_start()
+        } else {
+            line
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +368,23 @@ mod tests {
             kvm_pv::pvclock_scale(u64::MAX >> 1, u32::MAX, 0),
             (((u64::MAX >> 1) as u128 * u32::MAX as u128) >> 32) as u64
         );
+    }
+
+    #[test]
+    fn multiboot_command_lines_lose_the_loaders_file_name_only() {
+        use multiboot::kernel_args;
+        assert_eq!(kernel_args("/tmp/g.elf platform cpus=2"), "platform cpus=2");
+        assert_eq!(
+            kernel_args("g.elf platform"),
+            "platform",
+            "no slash, next word bare"
+        );
+        assert_eq!(kernel_args("/tmp/g.elf"), "", "file name alone");
+        assert_eq!(kernel_args("platform cpus=2"), "platform cpus=2");
+        assert_eq!(kernel_args("platform"), "platform");
+        assert_eq!(kernel_args("  exit-floor iters=5"), "exit-floor iters=5");
+        assert_eq!(kernel_args("cpus=2 a=b"), "cpus=2 a=b");
+        assert_eq!(kernel_args(""), "");
     }
 
     #[test]

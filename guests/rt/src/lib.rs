@@ -87,8 +87,7 @@ static mut CMDLINE: [u8; args::MAX_CMDLINE] = [0; args::MAX_CMDLINE];
 fn read_cmdline(start_info: u32) -> Result<&'static str, Fail> {
     const PVH_MAGIC: u32 = 0x336e_c578;
     if multiboot::entered() {
-        return copy_cmdline(multiboot::cmdline_addr(start_info)?)
-            .map(multiboot::strip_kernel_name);
+        return copy_cmdline(multiboot::cmdline_addr(start_info)?).map(multiboot::kernel_args);
     }
     let base = u64::from(start_info);
     if base == 0 || base >= hvlab_protocol::MAX_GUEST_RAM {

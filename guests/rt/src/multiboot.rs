@@ -4,10 +4,8 @@
 
 use crate::Fail;
 
-/// EAX a multiboot v1 loader passes to the kernel.
-pub const BOOT_MAGIC: u32 = 0x2BAD_B002;
-/// `flags` bit: `cmdline` (offset 16) is valid.
-const INFO_CMDLINE: u32 = 1 << 2;
+use hvlab_protocol::multiboot::INFO_CMDLINE;
+pub use hvlab_protocol::multiboot::{BOOT_MAGIC, kernel_args};
 
 /// Written by the image's 32-bit multiboot stub before anything else runs; stays 0 on the PVH
 /// path (the loader zeroes the bss).
@@ -40,22 +38,4 @@ pub fn cmdline_addr(info: u32) -> Result<u64, Fail> {
     } else {
         0
     })
-}
-
-/// The kernel's own arguments from a multiboot command line. Loaders put the kernel's file name
-/// first (QEMU: "FILE ARGS", GRUB likewise), while hvlab's line is `<workload> key=value ...`:
-/// a leading word is a file name when it has a `/`, or when the next word is not `key=value`
-/// either (a workload name is followed only by `key=value` words).
-pub fn strip_kernel_name(line: &str) -> &str {
-    let line = line.trim_start();
-    let mut words = line.split_whitespace();
-    let (Some(first), second) = (words.next(), words.next()) else {
-        return line;
-    };
-    let is_file = first.contains('/') || second.is_some_and(|w| !w.contains('='));
-    if is_file && !first.contains('=') {
-        line[first.len()..].trim_start()
-    } else {
-        line
-    }
 }
