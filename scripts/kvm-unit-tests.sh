@@ -80,6 +80,7 @@ hv_args() {
             i=$((i + 2))
             ;;
         -smp) out+=" --smp ${v%%,*}"; i=$((i + 2)) ;;
+        -enable-kvm) i=$((i + 1)) ;; # hv is KVM
         -append) APPEND=$v; i=$((i + 2)) ;;
         -cpu)
             local model=${v%%,*} feats
