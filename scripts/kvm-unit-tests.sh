@@ -128,7 +128,8 @@ run_qemu() { # name file smp args params timeout -> sets RES, WHY
         local err
         # QEMU's own complaint when there is one (e.g. it aborts setting up -cpu max), else
         # the log's last line.
-        err=$(grep -a -m1 '^qemu-system[^:]*: ' "$log" | sed 's/^qemu-system[^:]*: //')
+        err=$(grep -a -m1 '^qemu-system[^:]*: .*error' "$log" | sed 's/^qemu-system[^:]*: //')
+        [ -z "$err" ] && err=$(grep -a -m1 '^qemu-system[^:]*: ' "$log" | sed 's/^qemu-system[^:]*: //')
         [ -z "$err" ] && err=$(grep -av '^timeout' "$log" | tr -d '\0\r' | sed 's/^ *//' | grep -a . | tail -1)
         [ -z "$WHY" ] && WHY="(status $ret: $(cut -c1-100 <<<"$err"))"
         ;;
