@@ -9,6 +9,7 @@
 //! together.
 
 pub mod error;
+pub mod kut;
 pub mod peer;
 pub mod suite;
 pub mod variants;

@@ -91,6 +91,9 @@ pub struct PartitionConfig {
     /// Install seccomp filters on the vCPU and device worker threads (`hv/src/isolation`); a
     /// call outside a thread's allowlist ends the run with `RunStatus::SeccompViolation`.
     pub seccomp: bool,
+    /// Boot a third-party kernel (`hv boot`: PVH, multiboot or bzImage, with its own command
+    /// line, used as is) instead of an hvlab guest image.
+    pub kernel: Option<boot::KernelBoot>,
 }
 
 impl Default for PartitionConfig {
@@ -115,6 +118,7 @@ impl Default for PartitionConfig {
             platform: false,
             enlightenments: None,
             seccomp: true,
+            kernel: None,
         }
     }
 }
@@ -304,8 +308,10 @@ impl Partition {
             }
         }
 
-        let entry = boot::load_elf(&mem, image)?;
-        boot::write_start_info(&mem, cfg.mem_bytes, &cmdline)?;
+        let start = match &cfg.kernel {
+            Some(k) => boot::load_kernel(&mem, cfg.mem_bytes, image, k)?.start,
+            None => boot::load_guest(&mem, cfg.mem_bytes, image, &cmdline)?,
+        };
 
         let base_cpuid = supported_cpuid(kvm)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
@@ -333,7 +339,7 @@ impl Partition {
             }
             if i == 0 {
                 let mut sregs = fd.get_sregs().map_err(HvError::kvm("KVM_GET_SREGS"))?;
-                let regs = boot::pvh_entry_state(&mut sregs, entry.pvh_entry);
+                let regs = start.apply(&mut sregs);
                 fd.set_sregs(&sregs)
                     .map_err(HvError::kvm("KVM_SET_SREGS"))?;
                 fd.set_regs(&regs).map_err(HvError::kvm("KVM_SET_REGS"))?;

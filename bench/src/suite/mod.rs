@@ -159,7 +159,9 @@ fn execute(kvm: &Kvm, run: &PlannedRun, base: &RecordContext) -> Vec<RunRecord> 
             )];
         }
     };
-    let mut records = if crate::peer::qemu::PEER_VMMS.contains(&run.vmm.as_str()) {
+    let mut records = if run.experiment.workload == crate::kut::WORKLOAD {
+        crate::kut::records(kvm, &run.vmm, &req, &ctx)
+    } else if crate::peer::qemu::PEER_VMMS.contains(&run.vmm.as_str()) {
         match crate::peer::qemu::run_qemu_as(&run.vmm, &req, &ctx) {
             Ok(r) => r,
             Err(e) => vec![run_record(

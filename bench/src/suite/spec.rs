@@ -258,7 +258,8 @@ impl Spec {
             if !names.insert(e.name.as_str()) {
                 return Err(bad(e, "experiment names must be unique".into()));
             }
-            let Some(info) = hvlab_workloads::find(&e.workload) else {
+            let found = hvlab_workloads::find(&e.workload);
+            let Some(info) = found.or(crate::kut::workload_info(&e.workload)) else {
                 let valid: Vec<_> = hvlab_workloads::ALL.iter().map(|w| w.name).collect();
                 return Err(bad(
                     e,

@@ -1,6 +1,7 @@
 //! `hv`: run hvlab workloads on KVM, probe the host, run experiment suites and write reports.
 
 mod args;
+mod boot_cmd;
 mod suite_cmd;
 mod table;
 
@@ -63,6 +64,14 @@ enum Command {
     Report(suite_cmd::ReportArgs),
     /// Put two result sets side by side (two hosts, or two commits): B/A per metric.
     Compare(suite_cmd::CompareArgs),
+    /// Boot a kernel (PVH ELF, multiboot, bzImage; e.g. a kvm-unit-tests .flat) with its
+    /// console on stdout. Exit status as QEMU's isa-debug-exit (port 0xf4): a guest write of v
+    /// gives (v << 1) | 1; 124 = timeout; 2 = hv ended the run or could not start it.
+    ///
+    /// Example:
+    ///   hv boot x86/msr.flat --smp 1 --append "arg" --initrd env.txt --timeout 90
+    #[command(verbatim_doc_comment)]
+    Boot(boot_cmd::BootArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +103,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Suite(a) => suite_cmd::cmd_suite(a),
         Command::Report(a) => suite_cmd::cmd_report(a),
         Command::Compare(a) => suite_cmd::cmd_compare(a),
+        Command::Boot(a) => boot_cmd::cmd_boot(a),
         Command::List => {
             print!("{}", table::workloads());
             Ok(ExitCode::SUCCESS)

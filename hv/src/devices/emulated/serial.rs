@@ -19,6 +19,8 @@ pub struct ConsoleCapture {
     pub dropped: u64,
     echo_prefix: Option<String>,
     at_line_start: bool,
+    /// Also copy every byte to stdout as is (`hv boot`'s console).
+    echo_stdout: bool,
 }
 
 impl ConsoleCapture {
@@ -29,7 +31,13 @@ impl ConsoleCapture {
             dropped: 0,
             echo_prefix,
             at_line_start: true,
+            echo_stdout: false,
         }
+    }
+
+    /// Copies every byte the guest writes to stdout from now on (a line at a time).
+    pub fn echo_to_stdout(&mut self) {
+        self.echo_stdout = true;
     }
 
     /// The captured text (invalid UTF-8 replaced).
@@ -42,6 +50,13 @@ impl ConsoleCapture {
         let take = room.min(buf.len());
         self.bytes.extend_from_slice(&buf[..take]);
         self.dropped += (buf.len() - take) as u64;
+        if self.echo_stdout {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(buf);
+            if buf.contains(&b'\n') {
+                let _ = out.flush();
+            }
+        }
         if let Some(prefix) = &self.echo_prefix {
             let mut err = io::stderr().lock();
             for &b in buf {
