@@ -453,10 +453,13 @@ mod guest {
                     for (i, op) in ops.iter().enumerate() {
                         let buf = arena((slot0 + i) * bs as usize);
                         let t0 = cpu::rdtsc();
-                        let r = if op.write {
-                            a.write(op.lba, n as u32, buf)
-                        } else {
-                            a.read(op.lba, n as u32, buf)
+                        // SAFETY: each op's slot in the arena holds `bs` bytes = `n` sectors.
+                        let r = unsafe {
+                            if op.write {
+                                a.write(op.lba, n as u32, buf)
+                            } else {
+                                a.read(op.lba, n as u32, buf)
+                            }
                         };
                         hist.record(cpu::rdtsc().wrapping_sub(t0));
                         match r {
@@ -728,10 +731,7 @@ mod guest {
         let irq0 = IRQS.load(Ordering::Relaxed);
         let kick0 = dev.kicks();
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
-        let mut made = [Op {
-            write: false,
-            lba: 0,
-        }; MAX_SLOTS];
+        let mut made;
         let p = phase::begin(name);
         let mut errors = 0;
         for b in 0..batches {
@@ -850,7 +850,8 @@ mod guest {
                 .map_err(|_| Fail::Unsupported("no ATA disk"))?;
                 match how {
                     "past-end" => {
-                        let r = a.read(a.sectors - 1, 2, arena(0));
+                        // SAFETY: the arena holds far more than two sectors.
+                        let r = unsafe { a.read(a.sectors - 1, 2, arena(0)) };
                         let ok = matches!(r, Err(AtaError::Device { error, .. }) if error & ata::ERR_IDNF != 0);
                         report_hostile(how, "error", u64::from(ata::error()), ok)
                     }
@@ -865,7 +866,8 @@ mod guest {
                         let e = ata::error();
                         let ok = s & ata::ST_ERR != 0 && e & ata::ERR_ABRT != 0;
                         // The device recovers: a normal read works afterwards.
-                        a.read(0, 1, arena(0))
+                        // SAFETY: the arena holds far more than one sector.
+                        unsafe { a.read(0, 1, arena(0)) }
                             .map_err(|_| Fail::Check("ATA did not recover"))?;
                         report_hostile(how, "error", u64::from(e), ok)
                     }

@@ -56,7 +56,7 @@ pub use guest::run;
 mod guest {
     use core::sync::atomic::{AtomicU32, Ordering};
 
-    use hvlab_guest_rt::cpu::{inb, inl, inw, outb, outl, outw};
+    use hvlab_guest_rt::cpu::{inb, inl, inw, outb, outl};
     use hvlab_guest_rt::drivers::fw_cfg;
     use hvlab_guest_rt::{Ctx, Fail, phase, println, smp};
 

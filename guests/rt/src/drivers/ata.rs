@@ -279,7 +279,10 @@ impl Ata {
     }
 
     /// Reads `count` sectors (at most 256, or 65536 with LBA48) at `lba` into `buf`.
-    pub fn read(&self, lba: u64, count: u32, buf: *mut u8) -> Result<(), AtaError> {
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes of `count` × 512 bytes.
+    pub unsafe fn read(&self, lba: u64, count: u32, buf: *mut u8) -> Result<(), AtaError> {
         self.transfer(false, lba, count, |offset, bytes| {
             // SAFETY: the caller's buffer holds `count` sectors; `transfer` passes offsets
             // within them.
@@ -288,7 +291,10 @@ impl Ata {
     }
 
     /// Writes `count` sectors from `buf` at `lba`.
-    pub fn write(&self, lba: u64, count: u32, buf: *const u8) -> Result<(), AtaError> {
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads of `count` × 512 bytes.
+    pub unsafe fn write(&self, lba: u64, count: u32, buf: *const u8) -> Result<(), AtaError> {
         self.transfer(true, lba, count, |offset, bytes| {
             // SAFETY: the caller's buffer holds `count` sectors; `transfer` passes offsets
             // within them.
