@@ -27,6 +27,7 @@ pub mod partition;
 pub mod peer;
 pub mod record;
 pub mod run;
+pub mod scale;
 pub mod status;
 pub mod suite;
 pub mod tiny_guest;

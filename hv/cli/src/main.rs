@@ -1,6 +1,7 @@
 //! `hv`: run hvlab workloads on KVM, probe the host, run experiment suites and write reports.
 
 mod args;
+mod scale_out;
 mod suite_cmd;
 mod table;
 
@@ -248,10 +249,23 @@ fn cmd_run_one(
         for r in &result.records {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
+    } else if req.partitions > scale_out::COLLAPSE_ABOVE {
+        write!(out, "{}", scale_out::collapsed(&req, &result))?;
     } else {
         write!(out, "{}", table::run_result(&req, &result))?;
     }
-    for p in &result.partitions {
+    if !a.json && result.partitions.len() > 1 {
+        let ok = result
+            .partitions
+            .iter()
+            .filter(|p| p.outcome.status.is_ok());
+        write!(out, "{}", result.host_cost.summary(ok.count()))?;
+    }
+    for p in result
+        .partitions
+        .iter()
+        .take(if a.json { usize::MAX } else { 20 })
+    {
         if !p.outcome.status.is_ok() {
             eprintln!("hv: partition {}: {}", p.outcome.index, p.outcome.status);
             if let Some(f) = &p.report.fault {
