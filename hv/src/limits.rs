@@ -783,6 +783,7 @@ mod tests {
         );
         let tight = HostResources {
             nofile_hard: 70,
+            nofile_ceiling: 70,
             ..host()
         };
         let e = check_host_resources(&ask(4, 2, 16 << 20), &tight).unwrap_err();

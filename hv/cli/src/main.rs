@@ -2,6 +2,7 @@
 
 mod args;
 mod scale_out;
+mod slurm_cmd;
 mod suite_cmd;
 mod table;
 
@@ -63,6 +64,14 @@ enum Command {
     Report(suite_cmd::ReportArgs),
     /// Put two result sets side by side (two hosts, or two commits): B/A per metric.
     Compare(suite_cmd::CompareArgs),
+    /// Run a suite on a Slurm cluster: a job array with one shard per task, then a merge job
+    /// that writes the report over every shard (listing shards and runs that failed).
+    ///
+    /// Examples:
+    ///   hv slurm bench/specs/default.toml --shards 8 --partition kvm --time 2:00:00 --dry-run
+    ///   hv slurm bench/specs/scale.toml --shards 4 --constraint kvm --out /shared/results/scale
+    #[command(verbatim_doc_comment)]
+    Slurm(slurm_cmd::SlurmArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +103,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Suite(a) => suite_cmd::cmd_suite(a),
         Command::Report(a) => suite_cmd::cmd_report(a),
         Command::Compare(a) => suite_cmd::cmd_compare(a),
+        Command::Slurm(a) => slurm_cmd::cmd_slurm(a),
         Command::List => {
             print!("{}", table::workloads());
             Ok(ExitCode::SUCCESS)
