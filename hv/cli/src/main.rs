@@ -89,7 +89,9 @@ fn main() -> ExitCode {
                         c,
                         hv::caps::CapsError::Kvm(h) if h.is_host_access()
                     )
-                });
+                })
+                || e.downcast_ref::<hv::suite::slurm::SlurmError>()
+                    .is_some_and(|s| s.is_usage());
             eprintln!("hv: {e:#}");
             ExitCode::from(if host_access { 2 } else { 1 })
         }

@@ -47,6 +47,13 @@ pub enum SlurmError {
     NoJobId { cmd: String, stdout: String },
 }
 
+impl SlurmError {
+    /// True when the command line is wrong (not Slurm or the file system).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SlurmError::NoShards | SlurmError::BadValue { .. })
+    }
+}
+
 /// One `hv slurm` request, paths absolute (the nodes run them from wherever Slurm starts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmJob {
