@@ -21,6 +21,7 @@
 //! | run records of one run ([`MAX_RECORDS_PER_RUN`]) | 8192 | later records dropped; the last one kept says how many |
 //! | partitions per run | the host's: memory, vCPUs, file descriptors, threads, memory mappings ([`check_host_resources`]) | the request is refused naming the limit |
 //! | grace for vCPU threads, then for device workers, after a run ends ([`VCPU_EXIT_GRACE`]) | 2 s each | left behind, status `device-stuck` (`DeviceStuck` / `WorkerStuck`) |
+//! | more grace for a vCPU thread that is runnable, not blocked (CPU overcommit) ([`RUNNABLE_EXIT_GRACE`]) | 30 s | as above |
 //!
 //! With these caps one partition's records hold at most about
 //! `(MAX_PHASES + MAX_SKIPS) * (MAX_NOTES + MAX_DEVICE_NOTES + 1) * MAX_NOTE_BYTES` bytes of
@@ -82,6 +83,43 @@ pub const HOST_BYTES_PER_PARTITION: u64 = 1 << 20;
 /// exit, stop) before they are given up as stuck (`RunStatus::DeviceStuck`), and then how
 /// long its device workers get to stop (`RunStatus::WorkerStuck`).
 pub const VCPU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a vCPU thread that is past [`VCPU_EXIT_GRACE`] but runnable (waiting for a CPU,
+/// not blocked: [`threads_runnable`]) may still take to leave. Under CPU overcommit (hundreds
+/// of vCPU threads sharing a few host CPUs) the first partition to end may wait seconds for a
+/// CPU to run its thread's last lines; a thread blocked in a device is not given this time.
+pub const RUNNABLE_EXIT_GRACE: Duration = Duration::from_secs(30);
+
+/// True when any thread of this process named one of `names` is runnable (state `R` in
+/// `/proc/self/task/*/stat`). Names are compared as the kernel keeps them (15 bytes).
+pub fn threads_runnable(names: &[String]) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    dir.flatten().any(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        task_runnable_named(&stat, names)
+    })
+}
+
+/// Whether a `/proc/.../stat` line names one of `names` (cut to 15 bytes) in state `R`.
+pub fn task_runnable_named(stat: &str, names: &[String]) -> bool {
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    state == Some('R')
+        && names.iter().any(|n| {
+            let mut end = n.len().min(15);
+            while !n.is_char_boundary(end) {
+                end -= 1;
+            }
+            &n[..end] == comm
+        })
+}
 
 /// Cuts `msg` to [`MAX_NOTE_BYTES`] at a character boundary.
 pub fn clip_note(mut msg: String) -> String {
@@ -755,6 +793,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(to >= 1510 && to <= 1 << 20, "{to}");
+    }
+
+    #[test]
+    fn runnable_threads_are_found_by_name() {
+        let names = vec!["p12-vcpu0".to_string()];
+        assert!(task_runnable_named("123 (p12-vcpu0) R 1 2 3", &names));
+        assert!(!task_runnable_named("123 (p12-vcpu0) S 1 2 3", &names));
+        assert!(!task_runnable_named("123 (p12-vcpu1) R 1 2 3", &names));
+        // The kernel keeps 15 bytes of a name.
+        let long = vec!["p123456-vcpu12345".to_string()];
+        assert!(task_runnable_named("9 (p123456-vcpu1) R 0", &long));
+        assert!(!task_runnable_named("garbage", &names));
+        // This test's own thread is running.
+        let me = std::thread::current().name().unwrap_or("").to_string();
+        if !me.is_empty() {
+            assert!(threads_runnable(&[me]));
+        }
     }
 
     #[test]

@@ -823,9 +823,24 @@ impl RunningPartition {
         let mut status = self.control.wait(deadline, limit);
         let wall = self.started.elapsed();
         let ended = Instant::now();
-        let stuck = self
+        let mut stuck = self
             .control
             .wait_threads_left(Instant::now() + crate::limits::VCPU_EXIT_GRACE);
+        // Under CPU overcommit a thread that has left the guest may still wait for a CPU: one
+        // that is runnable (not blocked in a device) gets more time (limits::RUNNABLE_EXIT_GRACE).
+        let hard = Instant::now() + crate::limits::RUNNABLE_EXIT_GRACE;
+        while !stuck.is_empty() && Instant::now() < hard {
+            let names: Vec<String> = stuck
+                .iter()
+                .map(|i| format!("p{}-vcpu{i}", self.index))
+                .collect();
+            if !crate::limits::threads_runnable(&names) {
+                break;
+            }
+            stuck = self
+                .control
+                .wait_threads_left(Instant::now() + Duration::from_millis(100));
+        }
         for (i, t) in self.threads.into_iter().enumerate() {
             if stuck.contains(&i) {
                 // Detached: dropping the handle does not wait for the thread.

@@ -338,7 +338,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
     samples.build_threads = build_threads;
     samples.partitions = built.len() as u32;
     let t_start = Instant::now();
-    let (ready, mut startup) = prepare_all(built)?;
+    let (ready, startup) = prepare_all(built)?;
     samples.start = t_start.elapsed();
     samples.up = crate::scale::ProcSample::now();
     samples.touched_up = crate::scale::touched_guest_bytes(ready.iter().map(|r| r.memory()));
@@ -390,7 +390,7 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             c.teardown_ns = u64::try_from(p.outcome.teardown.as_nanos()).unwrap_or(u64::MAX);
         }
         c.startup_ns = startup
-            .get_mut(r.partition as usize)
+            .get(r.partition as usize)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         r.host_cost = Some(c);
         if let Some(n) = &host_note {

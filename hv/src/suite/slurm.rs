@@ -232,10 +232,8 @@ impl SlurmJob {
                 let _ = writeln!(s, "#SBATCH --dependency=afterany:{id}");
             }
             None => {
-                let _ = writeln!(
-                    s,
-                    "#SBATCH --dependency=afterany:ARRAY_JOB_ID  # hv slurm writes the array's id here"
-                );
+                s.push_str("# hv slurm writes the array's job id here when it submits:\n");
+                let _ = writeln!(s, "#SBATCH --dependency=afterany:ARRAY_JOB_ID");
             }
         }
         let _ = writeln!(s, "#SBATCH --nodes=1");
