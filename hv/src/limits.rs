@@ -792,7 +792,7 @@ mod tests {
         let to = check_host_resources(&ask(100, 1, 4 << 20), &root)
             .unwrap()
             .unwrap();
-        assert!(to >= 1510 && to <= 1 << 20, "{to}");
+        assert!((1510..=1 << 20).contains(&to), "{to}");
     }
 
     #[test]

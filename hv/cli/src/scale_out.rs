@@ -35,7 +35,9 @@ pub fn collapsed(req: &RunRequest, res: &RunResult) -> String {
         ok,
         res.partitions.len() - ok
     );
-    let mut phases: BTreeMap<(u32, &str), (usize, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    // (phase id, name) -> (records, ns/op values, exits/op values)
+    type PhaseStats = (usize, Vec<f64>, Vec<f64>);
+    let mut phases: BTreeMap<(u32, &str), PhaseStats> = BTreeMap::new();
     for r in res.records.iter().filter(|r| r.role.is_empty()) {
         let e = phases.entry((r.phase_id, r.phase.as_str())).or_default();
         e.0 += 1;
