@@ -84,10 +84,11 @@ pub const HOST_BYTES_PER_PARTITION: u64 = 1 << 20;
 /// long its device workers get to stop (`RunStatus::WorkerStuck`).
 pub const VCPU_EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// How long a vCPU thread that is past [`VCPU_EXIT_GRACE`] but runnable (waiting for a CPU,
-/// not blocked: [`threads_runnable`]) may still take to leave. Under CPU overcommit (hundreds
-/// of vCPU threads sharing a few host CPUs) the first partition to end may wait seconds for a
-/// CPU to run its thread's last lines; a thread blocked in a device is not given this time.
+/// How long a vCPU thread that is past [`VCPU_EXIT_GRACE`] may still take to leave while it is
+/// runnable ([`threads_runnable`]) or hv is CPU-overcommitted ([`overcommitted`]). With
+/// hundreds of vCPU threads sharing a few host CPUs the first partition to end may wait
+/// seconds for a CPU, or for a lock (glibc's thread-stack cache, say) whose holder waits for
+/// one; without overcommit a thread blocked in a device is not given this time.
 pub const RUNNABLE_EXIT_GRACE: Duration = Duration::from_secs(30);
 
 /// True when any thread of this process named one of `names` is runnable (state `R` in
@@ -102,6 +103,26 @@ pub fn threads_runnable(names: &[String]) -> bool {
         };
         task_runnable_named(&stat, names)
     })
+}
+
+/// True when more of this process's threads are runnable than there are CPUs to run them:
+/// then a thread blocked on a lock may be waiting behind a holder that waits for a CPU.
+pub fn overcommitted() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    let runnable = dir
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                st.rfind(')')
+                    .and_then(|i| st[i + 1..].trim_start().chars().next())
+                    == Some('R')
+            })
+        })
+        .count();
+    runnable > cpus
 }
 
 /// Whether a `/proc/.../stat` line names one of `names` (cut to 15 bytes) in state `R`.

@@ -826,15 +826,15 @@ impl RunningPartition {
         let mut stuck = self
             .control
             .wait_threads_left(Instant::now() + crate::limits::VCPU_EXIT_GRACE);
-        // Under CPU overcommit a thread that has left the guest may still wait for a CPU: one
-        // that is runnable (not blocked in a device) gets more time (limits::RUNNABLE_EXIT_GRACE).
+        // Under CPU overcommit a thread that has left the guest may still wait for a CPU (or for
+        // a lock whose holder does): it gets more time (limits::RUNNABLE_EXIT_GRACE).
         let hard = Instant::now() + crate::limits::RUNNABLE_EXIT_GRACE;
         while !stuck.is_empty() && Instant::now() < hard {
             let names: Vec<String> = stuck
                 .iter()
                 .map(|i| format!("p{}-vcpu{i}", self.index))
                 .collect();
-            if !crate::limits::threads_runnable(&names) {
+            if !crate::limits::threads_runnable(&names) && !crate::limits::overcommitted() {
                 break;
             }
             stuck = self
