@@ -824,7 +824,7 @@ mod tests {
         assert!(!task_runnable_named("123 (p12-vcpu1) R 1 2 3", &names));
         // The kernel keeps 15 bytes of a name.
         let long = vec!["p123456-vcpu12345".to_string()];
-        assert!(task_runnable_named("9 (p123456-vcpu1) R 0", &long));
+        assert!(task_runnable_named("9 (p123456-vcpu123) R 0", &long));
         assert!(!task_runnable_named("garbage", &names));
         // This test's own thread is running.
         let me = std::thread::current().name().unwrap_or("").to_string();
