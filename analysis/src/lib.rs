@@ -25,6 +25,7 @@ pub mod hdr;
 mod model;
 mod plots;
 mod report;
+mod scale;
 pub mod stats;
 
 pub use frame::records_frame;

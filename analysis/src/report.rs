@@ -658,6 +658,7 @@ pub fn write_report(
     if !ends.is_empty() {
         b.extend(crate::ends::blocks(&ends));
     }
+    b.extend(crate::scale::blocks(&l.records, &plot_dir, out_dir)?);
     b.push(Block::Heading(2, "Plots".into()));
     let (plots, notes) = make_plots(&m, &plot_dir)?;
     for p in &plots {

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod kut;
+pub mod lifecycle;
 pub mod peer;
 pub mod suite;
 pub mod variants;
@@ -134,6 +135,16 @@ pub fn raw_pio_exits(kvm: &Kvm, n: u32) -> Duration {
 /// hv: create a partition, run to its first exit (the exit port), tear down.
 pub fn hv_create_run_destroy(kvm: &Kvm, elf: &[u8]) {
     let p = Partition::new(kvm, hv_config(), elf).expect("partition");
+    let o = p.start().expect("start").wait(
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    assert!(o.status.is_ok(), "{}", o.status);
+}
+
+/// hv with `cfg`: create a partition, run to its first exit, tear down.
+pub fn hv_lifecycle(kvm: &Kvm, cfg: PartitionConfig, elf: &[u8]) {
+    let p = Partition::new(kvm, cfg, elf).expect("partition");
     let o = p.start().expect("start").wait(
         Instant::now() + Duration::from_secs(10),
         Duration::from_secs(10),

@@ -61,8 +61,9 @@ pub enum HvError {
     #[error("{0}")]
     Setup(String),
     /// The request needs more than the host has (memory, vCPUs, file descriptors).
+    // Not a `source`: the message already holds it, and `{:#}` would print it twice.
     #[error("host limit: {0}")]
-    Limit(#[from] crate::limits::LimitError),
+    Limit(crate::limits::LimitError),
     /// Writing results failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -103,6 +104,13 @@ impl HvError {
 
 /// /dev/kvm for unit tests that run guests: without KVM access they fail, naming the fix, the
 /// same way the integration tests do (no test passes by skipping silently).
+/// `?` on a limit check.
+impl From<crate::limits::LimitError> for HvError {
+    fn from(e: crate::limits::LimitError) -> HvError {
+        HvError::Limit(e)
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn kvm_for_tests() -> kvm_ioctls::Kvm {
     open_kvm().unwrap_or_else(|e| panic!("this test runs guests and needs /dev/kvm: {e}"))

@@ -26,6 +26,7 @@ pub mod neighbour;
 pub mod partition;
 pub mod record;
 pub mod run;
+pub mod scale;
 pub mod status;
 pub mod tiny_guest;
 pub mod units;

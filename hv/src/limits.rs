@@ -19,8 +19,9 @@
 //! | entries on one `rec=hist` line ([`MAX_HIST_ENTRIES`]) | `HIST_BUCKETS` (256) | the line is malformed |
 //! | console bytes captured per partition ([`CONSOLE_CAPTURE_BYTES`]) | 4 MiB | dropped and counted |
 //! | run records of one run ([`MAX_RECORDS_PER_RUN`]) | 8192 | later records dropped; the last one kept says how many |
-//! | partitions per run ([`MAX_PARTITIONS`]) | 64 | the request is refused |
+//! | partitions per run | the host's: memory, vCPUs, file descriptors, threads, memory mappings ([`check_host_resources`]) | the request is refused naming the limit |
 //! | grace for vCPU threads, then for device workers, after a run ends ([`VCPU_EXIT_GRACE`]) | 2 s each | left behind, status `device-stuck` (`DeviceStuck` / `WorkerStuck`) |
+//! | more grace for a vCPU thread that is runnable, not blocked (CPU overcommit) ([`RUNNABLE_EXIT_GRACE`]) | 30 s | as above |
 //!
 //! With these caps one partition's records hold at most about
 //! `(MAX_PHASES + MAX_SKIPS) * (MAX_NOTES + MAX_DEVICE_NOTES + 1) * MAX_NOTE_BYTES` bytes of
@@ -30,12 +31,22 @@
 //! before the caps the same guest with 300 of each reached 3.9 GiB, and the issue measured
 //! 13.3 GB with 2,000).
 //!
-//! Host resources are checked before any partition is built ([`check_host_resources`]):
-//! the total guest memory of all partitions against `MemAvailable` (guest memory is mapped
-//! `MAP_NORESERVE` by vm-memory, so an over-large request would not fail at mmap but the host's
-//! OOM killer would end hv mid-run), the vCPUs of one partition against KVM_CAP_MAX_VCPUS, and
-//! the file descriptors of all partitions against RLIMIT_NOFILE (the soft limit is raised to the
-//! hard limit when that is enough).
+//! Host resources are checked before any partition is built ([`check_host_resources`]); there
+//! is no fixed partition count, the host's limits decide:
+//! - memory: all partitions' guest memory plus hv's own cost per partition
+//!   ([`HOST_BYTES_PER_PARTITION`]) against `MemAvailable`. Guest memory is mapped
+//!   `MAP_NORESERVE` by vm-memory and only the pages a guest touches cost anything, so an
+//!   over-large request would not fail at mmap; but any guest may touch all of its memory, and
+//!   then the host's OOM killer would end hv mid-run. The check is for that worst case.
+//! - the vCPUs of one partition against KVM_CAP_MAX_VCPUS;
+//! - file descriptors of all partitions against RLIMIT_NOFILE: the soft limit is raised to the
+//!   hard limit when that is enough, and an hv with CAP_SYS_RESOURCE raises the hard limit up
+//!   to `fs.nr_open` too; when tracepoint counters (16 fds per vCPU) are what does not fit,
+//!   `run::run` runs without them and says so in every record;
+//! - threads (one per vCPU plus device workers) against RLIMIT_NPROC (enforced for unprivileged
+//!   users only), `kernel.threads-max` and `kernel.pid_max`, counting the threads that exist;
+//! - memory mappings (guest memory, thread stacks and their guard pages) against
+//!   `vm.max_map_count`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -64,12 +75,72 @@ pub const MAX_HIST_ENTRIES: usize = hvlab_protocol::HIST_BUCKETS;
 pub const CONSOLE_CAPTURE_BYTES: usize = 4 << 20;
 /// Run records one run produces, over all its partitions.
 pub const MAX_RECORDS_PER_RUN: usize = 8192;
-/// Partitions one run may have.
-pub const MAX_PARTITIONS: u32 = 64;
+/// hv's own host memory per partition beyond the guest's memory, for the up-front memory
+/// check: measured at about 0.2-0.6 MiB (user space plus KVM's kernel memory, `hv run
+/// --partitions 1000`, see `crate::scale`); 1 MiB leaves room.
+pub const HOST_BYTES_PER_PARTITION: u64 = 1 << 20;
 /// How long a partition's vCPU threads get to leave once its run has ended (deadline, guest
 /// exit, stop) before they are given up as stuck (`RunStatus::DeviceStuck`), and then how
 /// long its device workers get to stop (`RunStatus::WorkerStuck`).
 pub const VCPU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a vCPU thread that is past [`VCPU_EXIT_GRACE`] may still take to leave while it is
+/// runnable ([`threads_runnable`]) or hv is CPU-overcommitted ([`overcommitted`]). With
+/// hundreds of vCPU threads sharing a few host CPUs the first partition to end may wait
+/// seconds for a CPU, or for a lock (glibc's thread-stack cache, say) whose holder waits for
+/// one; without overcommit a thread blocked in a device is not given this time.
+pub const RUNNABLE_EXIT_GRACE: Duration = Duration::from_secs(30);
+
+/// True when any thread of this process named one of `names` is runnable (state `R` in
+/// `/proc/self/task/*/stat`). Names are compared as the kernel keeps them (15 bytes).
+pub fn threads_runnable(names: &[String]) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    dir.flatten().any(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        task_runnable_named(&stat, names)
+    })
+}
+
+/// True when more of this process's threads are runnable than there are CPUs to run them:
+/// then a thread blocked on a lock may be waiting behind a holder that waits for a CPU.
+pub fn overcommitted() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    let runnable = dir
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                st.rfind(')')
+                    .and_then(|i| st[i + 1..].trim_start().chars().next())
+                    == Some('R')
+            })
+        })
+        .count();
+    runnable > cpus
+}
+
+/// Whether a `/proc/.../stat` line names one of `names` (cut to 15 bytes) in state `R`.
+pub fn task_runnable_named(stat: &str, names: &[String]) -> bool {
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    state == Some('R')
+        && names.iter().any(|n| {
+            let mut end = n.len().min(15);
+            while !n.is_char_boundary(end) {
+                end -= 1;
+            }
+            &n[..end] == comm
+        })
+}
 
 /// Cuts `msg` to [`MAX_NOTE_BYTES`] at a character boundary.
 pub fn clip_note(mut msg: String) -> String {
@@ -173,8 +244,26 @@ pub struct HostResources {
     /// RLIMIT_NOFILE soft and hard limits.
     pub nofile_soft: u64,
     pub nofile_hard: u64,
+    /// How far this process may raise the hard RLIMIT_NOFILE: `fs.nr_open` with
+    /// CAP_SYS_RESOURCE, else the hard limit itself.
+    pub nofile_ceiling: u64,
     /// File descriptors this process has open now.
     pub fds_open: u64,
+    /// Threads the kernel allows in all (the smaller of `kernel.threads-max` and
+    /// `kernel.pid_max`) and how many exist now (`/proc/loadavg`); `None`: not checked.
+    pub threads: Option<Headroom>,
+    /// RLIMIT_NPROC for this user and the user's threads now; `None` when not enforced
+    /// (unlimited, or CAP_SYS_RESOURCE) or unreadable.
+    pub nproc: Option<Headroom>,
+    /// `vm.max_map_count` and this process's mappings now; `None`: not checked.
+    pub maps: Option<Headroom>,
+}
+
+/// A limit and how much of it is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    pub limit: u64,
+    pub used: u64,
 }
 
 /// A request the host cannot hold.
@@ -194,7 +283,7 @@ pub enum LimitError {
     )]
     Vcpus { vcpus: u32, max: u32 },
     #[error(
-        "the run needs about {needed} file descriptors ({open} open now + {per_partition} per partition), but RLIMIT_NOFILE allows {hard} (hard limit); raise it (ulimit -Hn) or run fewer partitions/vCPUs"
+        "the run needs about {needed} file descriptors ({open} open now + {per_partition} per partition), but RLIMIT_NOFILE allows {hard} (hard limit, which this process cannot raise further); raise it (ulimit -Hn, as root) or run fewer partitions/vCPUs, or pass --no-tracepoints (16 fds per vCPU)"
     )]
     Fds {
         needed: u64,
@@ -202,8 +291,29 @@ pub enum LimitError {
         per_partition: u64,
         hard: u64,
     },
-    #[error("--partitions must be 1..={max}, not {asked} (limit: hv::limits::MAX_PARTITIONS)")]
-    Partitions { asked: u32, max: u32 },
+    #[error("--partitions must be at least 1, not {asked}")]
+    Partitions { asked: u32 },
+    #[error(
+        "{partitions} partition(s) need about {needed} threads ({per_partition} each: vCPUs and device workers) beside the {used} that exist, but {limit} allows {max}; run fewer partitions/vCPUs"
+    )]
+    Threads {
+        partitions: u32,
+        per_partition: u64,
+        needed: u64,
+        used: u64,
+        max: u64,
+        limit: &'static str,
+    },
+    #[error(
+        "{partitions} partition(s) need about {needed} memory mappings ({per_partition} each: guest memory, thread stacks and guards) beside the {used} this process has, but vm.max_map_count is {max}; raise it (sysctl vm.max_map_count) or run fewer partitions"
+    )]
+    Maps {
+        partitions: u32,
+        per_partition: u64,
+        needed: u64,
+        used: u64,
+        max: u64,
+    },
 }
 
 /// Kernel tracepoints hv opens per vCPU thread (one perf fd each); see counters::tracepoints.
@@ -223,15 +333,37 @@ pub fn fds_per_partition(vcpus: u32, tracepoints: bool) -> u64 {
     per_vm + u64::from(vcpus) * per_vcpu
 }
 
-/// What to do about file descriptors: nothing, raise the soft limit to `Some(n)`.
+/// Threads one partition runs: one per vCPU, up to two device workers (the synthetic block
+/// and console devices) and the short-lived thread that releases its devices at the end.
+pub fn threads_per_partition(vcpus: u32) -> u64 {
+    u64::from(vcpus) + 3
+}
+
+/// Memory mappings one partition adds: its guest memory, and per thread a stack and its
+/// guard page; two to spare (allocator arenas).
+pub fn maps_per_partition(vcpus: u32) -> u64 {
+    1 + 2 * threads_per_partition(vcpus) + 2
+}
+
+fn check_headroom(
+    partitions: u32,
+    per_partition: u64,
+    room: Option<Headroom>,
+) -> Option<(u64, Headroom)> {
+    let room = room?;
+    let needed = u64::from(partitions).saturating_mul(per_partition);
+    (room.used.saturating_add(needed) > room.limit).then_some((needed, room))
+}
+
+/// What to do about file descriptors: nothing, or raise RLIMIT_NOFILE to `Some(n)` (the soft
+/// limit, and the hard one too when `n` is above it, which needs privilege).
 pub fn check_host_resources(
     ask: &ResourceAsk,
     host: &HostResources,
 ) -> Result<Option<u64>, LimitError> {
-    if ask.partitions == 0 || ask.partitions > MAX_PARTITIONS {
+    if ask.partitions == 0 {
         return Err(LimitError::Partitions {
             asked: ask.partitions,
-            max: MAX_PARTITIONS,
         });
     }
     if ask.vcpus > host.max_vcpus {
@@ -240,7 +372,8 @@ pub fn check_host_resources(
             max: host.max_vcpus,
         });
     }
-    let total = u64::from(ask.partitions).saturating_mul(ask.mem_bytes);
+    let total = u64::from(ask.partitions)
+        .saturating_mul(ask.mem_bytes.saturating_add(HOST_BYTES_PER_PARTITION));
     if let Some(avail) = host.mem_available {
         if total > avail {
             return Err(LimitError::Memory {
@@ -251,18 +384,49 @@ pub fn check_host_resources(
             });
         }
     }
+    let threads = threads_per_partition(ask.vcpus);
+    for (room, limit) in [
+        (host.threads, "kernel.threads-max/pid_max"),
+        (host.nproc, "RLIMIT_NPROC (ulimit -u)"),
+    ] {
+        if let Some((needed, room)) = check_headroom(ask.partitions, threads, room) {
+            return Err(LimitError::Threads {
+                partitions: ask.partitions,
+                per_partition: threads,
+                needed,
+                used: room.used,
+                max: room.limit,
+                limit,
+            });
+        }
+    }
+    let maps = maps_per_partition(ask.vcpus);
+    if let Some((needed, room)) = check_headroom(ask.partitions, maps, host.maps) {
+        return Err(LimitError::Maps {
+            partitions: ask.partitions,
+            per_partition: maps,
+            needed,
+            used: room.used,
+            max: room.limit,
+        });
+    }
     let per_partition = fds_per_partition(ask.vcpus, ask.tracepoints);
     let needed = host.fds_open + u64::from(ask.partitions) * per_partition;
     if needed <= host.nofile_soft {
         Ok(None)
     } else if needed <= host.nofile_hard {
         Ok(Some(host.nofile_hard))
+    } else if needed <= host.nofile_ceiling {
+        // Some room above what the run needs: the counts are estimates.
+        Ok(Some(
+            needed.saturating_add(needed / 4).min(host.nofile_ceiling),
+        ))
     } else {
         Err(LimitError::Fds {
             needed,
             open: host.fds_open,
             per_partition,
-            hard: host.nofile_hard,
+            hard: host.nofile_ceiling.max(host.nofile_hard),
         })
     }
 }
@@ -280,37 +444,132 @@ pub fn host_resources(kvm: &kvm_ioctls::Kvm) -> HostResources {
     let mem_available = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| parse_mem_available(&t));
-    let (nofile_soft, nofile_hard) = nofile_limits();
+    let (nofile_soft, nofile_hard) = rlimit(libc::RLIMIT_NOFILE);
     let fds_open = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count() as u64)
         .unwrap_or(0);
+    let privileged = has_sys_resource();
+    let nofile_ceiling = if privileged {
+        read_sysctl("/proc/sys/fs/nr_open").map_or(nofile_hard, |n| n.max(nofile_hard))
+    } else {
+        nofile_hard
+    };
+    let threads = match (
+        read_sysctl("/proc/sys/kernel/threads-max"),
+        read_sysctl("/proc/sys/kernel/pid_max"),
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| parse_loadavg_threads(&t)),
+    ) {
+        (Some(tm), Some(pm), Some(used)) => Some(Headroom {
+            limit: tm.min(pm),
+            used,
+        }),
+        _ => None,
+    };
+    let (nproc_soft, _) = rlimit(libc::RLIMIT_NPROC);
+    let nproc = (!privileged && nproc_soft != libc::RLIM_INFINITY).then(|| Headroom {
+        limit: nproc_soft,
+        // SAFETY: getuid has no preconditions.
+        used: user_threads(unsafe { libc::getuid() }),
+    });
+    let maps = read_sysctl("/proc/sys/vm/max_map_count").map(|limit| Headroom {
+        limit,
+        used: std::fs::read_to_string("/proc/self/maps")
+            .map(|t| t.lines().count() as u64)
+            .unwrap_or(0),
+    });
     HostResources {
         mem_available,
         max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
         nofile_soft,
         nofile_hard,
+        nofile_ceiling,
         fds_open,
+        threads,
+        nproc,
+        maps,
     }
 }
 
-fn nofile_limits() -> (u64, u64) {
+/// CAP_SYS_RESOURCE in this process's effective set (lets it raise hard rlimits and exempts
+/// it from RLIMIT_NPROC); root in a container may lack it.
+fn has_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            let hex = t
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+fn read_sysctl(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The number of threads that exist, from `/proc/loadavg` (`0.1 0.2 0.3 2/345 678`).
+pub fn parse_loadavg_threads(text: &str) -> Option<u64> {
+    let field = text.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.1.parse().ok()
+}
+
+/// Threads of all processes of real user `uid` (what RLIMIT_NPROC counts).
+fn user_threads(uid: libc::uid_t) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in dir.flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_ascii_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            n += field("Threads:").unwrap_or(1);
+        }
+    }
+    n
+}
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit struct, which `r` is.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+    if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
         return (u64::MAX, u64::MAX);
     }
     (r.rlim_cur, r.rlim_max)
 }
 
-/// Raises the soft RLIMIT_NOFILE to `to` (at most the hard limit).
+/// Raises the soft RLIMIT_NOFILE to `to`, and the hard limit with it when `to` is above it
+/// (which only a privileged process may do).
 pub fn raise_nofile(to: u64) -> std::io::Result<()> {
-    let (_, hard) = nofile_limits();
+    let (_, hard) = rlimit(libc::RLIMIT_NOFILE);
     let r = libc::rlimit {
-        rlim_cur: to.min(hard),
-        rlim_max: hard,
+        rlim_cur: to,
+        rlim_max: hard.max(to),
     };
     // SAFETY: setrlimit reads one rlimit struct, which `r` is.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
@@ -319,12 +578,19 @@ pub fn raise_nofile(to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Checks `ask` against this host and raises the fd soft limit when that makes it fit.
+/// Checks `ask` against this host and raises the fd limit when that makes it fit.
 pub fn ensure_host_resources(kvm: &kvm_ioctls::Kvm, ask: &ResourceAsk) -> Result<(), LimitError> {
     let host = host_resources(kvm);
     if let Some(to) = check_host_resources(ask, &host)? {
-        // Failure here leaves the old limit; the run then reports EMFILE where it happens.
-        let _ = raise_nofile(to);
+        if raise_nofile(to).is_err() && to > host.nofile_hard {
+            // The hard limit could not be raised after all (no CAP_SYS_RESOURCE).
+            return Err(LimitError::Fds {
+                needed: to,
+                open: host.fds_open,
+                per_partition: fds_per_partition(ask.vcpus, ask.tracepoints),
+                hard: host.nofile_hard,
+            });
+        }
     }
     Ok(())
 }
@@ -421,7 +687,17 @@ mod tests {
             max_vcpus: 8,
             nofile_soft: 64,
             nofile_hard: 1024,
+            nofile_ceiling: 1024,
             fds_open: 10,
+            threads: Some(Headroom {
+                limit: 10_000,
+                used: 500,
+            }),
+            nproc: None,
+            maps: Some(Headroom {
+                limit: 65_530,
+                used: 100,
+            }),
         }
     }
 
@@ -444,7 +720,7 @@ mod tests {
         assert!(matches!(
             e,
             LimitError::Memory {
-                total_mib: 1280,
+                total_mib: 1285,
                 avail_mib: 1024,
                 ..
             }
@@ -462,9 +738,108 @@ mod tests {
         let e = check_host_resources(&ask(1, 9, 16 << 20), &host()).unwrap_err();
         assert_eq!(e, LimitError::Vcpus { vcpus: 9, max: 8 });
         assert!(e.to_string().contains("KVM_CAP_MAX_VCPUS"));
-        let e = check_host_resources(&ask(MAX_PARTITIONS + 1, 1, 16 << 20), &host());
-        assert!(matches!(e, Err(LimitError::Partitions { .. })));
-        assert!(check_host_resources(&ask(0, 1, 16 << 20), &host()).is_err());
+        assert!(matches!(
+            check_host_resources(&ask(0, 1, 16 << 20), &host()),
+            Err(LimitError::Partitions { asked: 0 })
+        ));
+        // No fixed cap: 1,000 partitions fit a host with the room for them.
+        let roomy = HostResources {
+            nofile_soft: 1 << 20,
+            nofile_hard: 1 << 20,
+            nofile_ceiling: 1 << 20,
+            mem_available: Some(64 << 30),
+            ..host()
+        };
+        assert_eq!(
+            check_host_resources(&ask(1000, 1, 8 << 20), &roomy),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn threads_and_mappings_are_checked_naming_the_limit() {
+        let roomy = HostResources {
+            nofile_soft: 1 << 20,
+            nofile_hard: 1 << 20,
+            nofile_ceiling: 1 << 20,
+            mem_available: Some(1 << 40),
+            ..host()
+        };
+        // 500 threads exist, 10,000 allowed, 4 per one-vCPU partition: 2,375 fit, 2,376 do not.
+        assert_eq!(threads_per_partition(1), 4);
+        assert!(check_host_resources(&ask(2375, 1, 4 << 20), &roomy).is_ok());
+        let e = check_host_resources(&ask(2376, 1, 4 << 20), &roomy).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LimitError::Threads {
+                    max: 10_000,
+                    used: 500,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("threads-max"), "{e}");
+        let nproc = HostResources {
+            nproc: Some(Headroom {
+                limit: 600,
+                used: 590,
+            }),
+            ..roomy
+        };
+        let e = check_host_resources(&ask(3, 1, 4 << 20), &nproc).unwrap_err();
+        assert!(e.to_string().contains("RLIMIT_NPROC"), "{e}");
+        let maps = HostResources {
+            maps: Some(Headroom {
+                limit: 1000,
+                used: 900,
+            }),
+            ..roomy
+        };
+        let e = check_host_resources(&ask(10, 1, 4 << 20), &maps).unwrap_err();
+        assert!(matches!(e, LimitError::Maps { .. }), "{e}");
+        assert!(e.to_string().contains("vm.max_map_count"), "{e}");
+    }
+
+    #[test]
+    fn a_privileged_process_may_raise_the_hard_fd_limit() {
+        let root = HostResources {
+            nofile_ceiling: 1 << 20,
+            mem_available: Some(1 << 40),
+            ..host()
+        };
+        // 10 + 100 * 15 = 1510 > 1024 (hard): raised above the hard limit, with room.
+        let to = check_host_resources(&ask(100, 1, 4 << 20), &root)
+            .unwrap()
+            .unwrap();
+        assert!((1510..=1 << 20).contains(&to), "{to}");
+    }
+
+    #[test]
+    fn runnable_threads_are_found_by_name() {
+        let names = vec!["p12-vcpu0".to_string()];
+        assert!(task_runnable_named("123 (p12-vcpu0) R 1 2 3", &names));
+        assert!(!task_runnable_named("123 (p12-vcpu0) S 1 2 3", &names));
+        assert!(!task_runnable_named("123 (p12-vcpu1) R 1 2 3", &names));
+        // The kernel keeps 15 bytes of a name.
+        let long = vec!["p123456-vcpu12345".to_string()];
+        assert!(task_runnable_named("9 (p123456-vcpu123) R 0", &long));
+        assert!(!task_runnable_named("garbage", &names));
+        // This test's own thread is running.
+        let me = std::thread::current().name().unwrap_or("").to_string();
+        if !me.is_empty() {
+            assert!(threads_runnable(&[me]));
+        }
+    }
+
+    #[test]
+    fn loadavg_gives_the_thread_count() {
+        assert_eq!(
+            parse_loadavg_threads("0.98 1.56 1.61 3/1234 5678\n"),
+            Some(1234)
+        );
+        assert_eq!(parse_loadavg_threads("garbage"), None);
     }
 
     #[test]
@@ -484,6 +859,7 @@ mod tests {
         );
         let tight = HostResources {
             nofile_hard: 70,
+            nofile_ceiling: 70,
             ..host()
         };
         let e = check_host_resources(&ask(4, 2, 16 << 20), &tight).unwrap_err();

@@ -540,6 +540,14 @@ impl Partition {
 
     /// Starts one thread per vCPU.
     pub fn start(self) -> Result<RunningPartition, HvError> {
+        Ok(self.prepare()?.go())
+    }
+
+    /// Starts one thread per vCPU and waits until each is set up (pinned, counters open,
+    /// filtered), without letting the guest run: [`ReadyPartition::go`] does. A run with many
+    /// partitions readies them all first, so they start together and the host's cost of all
+    /// of them can be measured at one point (`crate::scale`).
+    pub fn prepare(self) -> Result<ReadyPartition, HvError> {
         let control = Arc::new(
             RunControl::new(self.vcpus.len(), self.seccomp.clone()).map_err(HvError::Thread)?,
         );
@@ -676,23 +684,57 @@ impl Partition {
             }
             return Err(e);
         }
-        for g in &go {
+        Ok(ReadyPartition {
+            go,
+            running: RunningPartition {
+                index: self.cfg.index,
+                control,
+                threads,
+                meter,
+                console: self.console,
+                mem: self.mem,
+                started,
+                tsc_khz: self.tsc_khz,
+                _vm: self.vm,
+                keep_alive: self.keep_alive,
+                device_notes: self.device_notes,
+                enlightenments: self.enlightenments,
+            },
+        })
+    }
+}
+
+/// A partition whose vCPU threads are set up and wait for the go ([`Partition::prepare`]).
+#[derive(Debug)]
+pub struct ReadyPartition {
+    go: Vec<std::sync::mpsc::Sender<bool>>,
+    running: RunningPartition,
+}
+
+impl ReadyPartition {
+    /// Lets the guest run; its wall time starts now.
+    pub fn go(mut self) -> RunningPartition {
+        self.running.started = Instant::now();
+        for g in &self.go {
             let _ = g.send(true);
         }
-        Ok(RunningPartition {
-            index: self.cfg.index,
-            control,
-            threads,
-            meter,
-            console: self.console,
-            mem: self.mem,
-            started,
-            tsc_khz: self.tsc_khz,
-            _vm: self.vm,
-            keep_alive: self.keep_alive,
-            device_notes: self.device_notes,
-            enlightenments: self.enlightenments,
-        })
+        self.running
+    }
+
+    /// Ends the threads without running the guest (another partition failed to start); the
+    /// outcome says `stopped` with `why`.
+    pub fn cancel(self, why: &str) -> PartitionOutcome {
+        self.running.stop(why);
+        for g in &self.go {
+            let _ = g.send(false);
+        }
+        let now = Instant::now();
+        self.running.wait(now, Duration::ZERO)
+    }
+
+    /// Guest memory (for `crate::scale`'s count of touched pages).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.running.mem
     }
 }
 
@@ -779,8 +821,12 @@ pub struct PartitionOutcome {
     pub notes: Vec<String>,
     pub wall: Duration,
     pub tsc_khz: Option<u32>,
-    /// Guest memory, for host-side checks after the run.
+    /// Guest memory, for host-side checks after the run (`run::run` releases it once the
+    /// records are made: then it is empty).
     pub memory: GuestMemoryMmap,
+    /// From the end of the guest's run to the VM's release: vCPU threads joined, devices
+    /// stopped, KVM's VM closed (`crate::scale`).
+    pub teardown: Duration,
 }
 
 impl RunningPartition {
@@ -803,9 +849,25 @@ impl RunningPartition {
     pub fn wait(self, deadline: Instant, limit: Duration) -> PartitionOutcome {
         let mut status = self.control.wait(deadline, limit);
         let wall = self.started.elapsed();
-        let stuck = self
+        let ended = Instant::now();
+        let mut stuck = self
             .control
             .wait_threads_left(Instant::now() + crate::limits::VCPU_EXIT_GRACE);
+        // Under CPU overcommit a thread that has left the guest may still wait for a CPU (or for
+        // a lock whose holder does): it gets more time (limits::RUNNABLE_EXIT_GRACE).
+        let hard = Instant::now() + crate::limits::RUNNABLE_EXIT_GRACE;
+        while !stuck.is_empty() && Instant::now() < hard {
+            let names: Vec<String> = stuck
+                .iter()
+                .map(|i| format!("p{}-vcpu{i}", self.index))
+                .collect();
+            if !crate::limits::threads_runnable(&names) && !crate::limits::overcommitted() {
+                break;
+            }
+            stuck = self
+                .control
+                .wait_threads_left(Instant::now() + Duration::from_millis(100));
+        }
         for (i, t) in self.threads.into_iter().enumerate() {
             if stuck.contains(&i) {
                 // Detached: dropping the handle does not wait for the thread.
@@ -859,7 +921,7 @@ impl RunningPartition {
             }
             Err(std::sync::TryLockError::WouldBlock) => (String::new(), 0),
         };
-        PartitionOutcome {
+        let mut outcome = PartitionOutcome {
             index: self.index,
             status,
             console,
@@ -870,6 +932,12 @@ impl RunningPartition {
             wall,
             tsc_khz: self.tsc_khz,
             memory: self.mem,
-        }
+            teardown: Duration::ZERO,
+        };
+        // The VM closes with its last reference: here, unless a stuck thread still holds one.
+        drop(self.enlightenments);
+        drop(self._vm);
+        outcome.teardown = ended.elapsed();
+        outcome
     }
 }

@@ -145,6 +145,10 @@ pub struct RunRecord {
     /// for the run's own partitions.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// What the run's partitions cost the host (memory, fds, threads per partition; build,
+    /// start and teardown times), `crate::scale`; absent for QEMU rows and older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cost: Option<crate::scale::HostCost>,
 }
 
 /// `results/<run-id>/manifest.json`: what produced a results directory.

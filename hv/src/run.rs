@@ -1,6 +1,7 @@
 //! One run: a workload request → partitions → run records.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hvlab_workloads::WorkloadInfo;
@@ -10,8 +11,10 @@ use crate::devices::{self, DeviceOptions, DeviceVariant};
 use crate::enlightenments::EnlightenmentSet;
 use crate::error::HvError;
 use crate::guest_output::{self, GuestReport};
-use crate::limits::{self, LimitError, MAX_PARTITIONS, MAX_RECORDS_PER_RUN, ResourceAsk};
-use crate::partition::{IrqChip, Partition, PartitionConfig, PartitionOutcome, RunningPartition};
+use crate::limits::{self, LimitError, MAX_RECORDS_PER_RUN, ResourceAsk};
+use crate::partition::{
+    IrqChip, Partition, PartitionConfig, PartitionOutcome, ReadyPartition, RunningPartition,
+};
 use crate::record::{HostInfo, RecordStatus, RunRecord, SCHEMA_VERSION};
 use crate::status::RunStatus;
 use crate::vcpu::UnmappedPolicy;
@@ -208,10 +211,9 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
             info.name, info.min_vcpus
         )));
     }
-    if req.partitions == 0 || req.partitions > MAX_PARTITIONS {
+    if req.partitions == 0 {
         return Err(HvError::Limit(LimitError::Partitions {
             asked: req.partitions,
-            max: MAX_PARTITIONS,
         }));
     }
     if let Some(cpus) = &req.cpus {
@@ -279,6 +281,8 @@ pub struct PartitionResult {
 pub struct RunResult {
     pub partitions: Vec<PartitionResult>,
     pub records: Vec<RunRecord>,
+    /// What the run's partitions cost the host (also in every record's `host_cost`).
+    pub host_cost: crate::scale::HostCost,
 }
 
 impl RunResult {
@@ -291,60 +295,61 @@ impl RunResult {
 /// Runs the request: builds every partition, starts them together, waits for all.
 pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult, HvError> {
     let info = validate(req)?;
-    limits::ensure_host_resources(
-        kvm,
-        &ResourceAsk {
-            // The neighbour is one more partition of the same size (one vCPU).
-            partitions: req.partitions + u32::from(req.neighbour.is_some()),
-            vcpus: req.vcpus,
-            mem_bytes: req.mem_bytes,
-            tracepoints: req.tracepoints,
-        },
-    )?;
+    let mut ask = ResourceAsk {
+        // The neighbour is one more partition of the same size (one vCPU).
+        partitions: req.partitions + u32::from(req.neighbour.is_some()),
+        vcpus: req.vcpus,
+        mem_bytes: req.mem_bytes,
+        tracepoints: req.tracepoints,
+    };
+    // Tracepoint counters are optional columns: when their fds are what does not fit, the run
+    // goes on without them and every record says why.
+    let mut host_note = None;
+    match limits::ensure_host_resources(kvm, &ask) {
+        Err(e @ LimitError::Fds { .. }) if ask.tracepoints => {
+            ask.tracepoints = false;
+            limits::ensure_host_resources(kvm, &ask).map_err(|_| e.clone())?;
+            host_note = Some(format!("kvm:* tracepoints not counted: {e}"));
+        }
+        r => r?,
+    }
     let image: &[u8] = req.image.as_deref().unwrap_or(crate::GUEST_IMAGE);
-    let mut built = Vec::with_capacity(req.partitions as usize);
-    // One wire joins the NICs of this run's partitions.
+    let without_tracepoints;
+    let req = if ask.tracepoints == req.tracepoints {
+        req
+    } else {
+        without_tracepoints = RunRequest {
+            tracepoints: false,
+            image: None,
+            ..req.clone()
+        };
+        &without_tracepoints
+    };
+    let mut samples = crate::scale::Samples {
+        before: crate::scale::ProcSample::now(),
+        ..Default::default()
+    };
+    let t_build = Instant::now();
+    // One wire joins the NICs of this run's partitions (and the tap, when asked for).
     let switch = devices::switch::Switch::new();
     let _tap = devices::tap_backend(&req.devices, info.devices, req.partitions, &switch)?;
-    for index in 0..req.partitions {
-        // Pin round-robin across all partitions' vCPUs, so `--partitions 2 --cpus 0,1` shares
-        // the same two host CPUs between both partitions.
-        let pin = req.cpus.as_ref().map(|cpus| {
-            (0..req.vcpus)
-                .map(|v| cpus[((index * req.vcpus + v) as usize) % cpus.len()])
-                .collect::<Vec<_>>()
-        });
-        let mut cfg = PartitionConfig {
-            index,
-            vcpus: req.vcpus,
-            mem_bytes: req.mem_bytes,
-            cmdline: String::new(),
-            pin,
-            unmapped: req.unmapped,
-            tracepoints: req.tracepoints,
-            kvm_stats: true,
-            max_exits: req.max_exits,
-            echo_console: req.echo_console,
-            kvm_pv_features: 0,
-            enlightenments: Some(req.enlightenments),
-            seccomp: req.seccomp,
-            ..PartitionConfig::default()
-        };
-        apply_host_features(info, &mut cfg);
-        // The guest learns its devices from command-line words, which depend only on the
-        // options, so the line is complete before the partition (and its start info) exists.
-        let device_words = devices::cmdline_words(&req.devices, info.devices);
-        cfg.cmdline = guest_cmdline(req, index, &device_words);
-        let mut p = Partition::new(kvm, cfg, image)?;
-        devices::attach(&mut p, &req.devices, info.devices)?;
-        devices::attach_net(&mut p, &req.devices, info.devices, &switch)?;
-        built.push(p);
-    }
+    let (mut built, build_threads) = build_all(kvm, req, info, image, &switch)?;
     let neighbour = req.neighbour.as_ref().map(|n| n.request(req));
     if let Some(nreq) = &neighbour {
-        built.push(crate::neighbour::build(kvm, req, nreq, image)?);
+        let t = Instant::now();
+        built.push((crate::neighbour::build(kvm, req, nreq, image)?, t.elapsed()));
     }
-    let running = start_all(built)?;
+    samples.build = t_build.elapsed();
+    samples.build_threads = build_threads;
+    samples.partitions = built.len() as u32;
+    let t_start = Instant::now();
+    let (ready, startup) = prepare_all(built)?;
+    samples.start = t_start.elapsed();
+    samples.up = crate::scale::ProcSample::now();
+    samples.touched_up = crate::scale::touched_guest_bytes(ready.iter().map(|r| r.memory()));
+    let t_run = Instant::now();
+    let sampler = crate::scale::PeakSampler::start(Duration::from_millis(20));
+    let running: Vec<RunningPartition> = ready.into_iter().map(ReadyPartition::go).collect();
     let deadline = Instant::now() + req.timeout;
     let mut partitions = Vec::with_capacity(running.len());
     for r in running {
@@ -352,6 +357,10 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
         let report = guest_output::parse(&outcome.console);
         partitions.push(PartitionResult { outcome, report });
     }
+    samples.peak = sampler.finish();
+    samples.run = t_run.elapsed();
+    samples.touched_end =
+        crate::scale::touched_guest_bytes(partitions.iter().map(|p| &p.outcome.memory));
     let params = effective_args(info, req);
     let records = cap_records(
         partitions
@@ -364,10 +373,173 @@ pub fn run(kvm: &Kvm, req: &RunRequest, ctx: &RecordContext) -> Result<RunResult
             })
             .collect(),
     );
+    // Teardown, last step: unmap every guest's memory (the records are made) and check that
+    // each mapping is gone.
+    let t_release = Instant::now();
+    let mut ranges = Vec::new();
+    for p in &mut partitions {
+        ranges.extend(crate::scale::mapped_ranges(&p.outcome.memory));
+        drop(std::mem::take(&mut p.outcome.memory));
+    }
+    samples.release = t_release.elapsed();
+    samples.released = ranges
+        .iter()
+        .filter(|(start, len)| crate::scale::resident_bytes(*start, *len).is_none())
+        .count() as u32;
+    let mut records = records;
+    let mut cost = samples.cost();
+    cost.limit_note = host_note.clone();
+    for r in &mut records {
+        let mut c = cost.clone();
+        if let Some(p) = partitions.iter().find(|p| p.outcome.index == r.partition) {
+            c.teardown_ns = u64::try_from(p.outcome.teardown.as_nanos()).unwrap_or(u64::MAX);
+        }
+        c.startup_ns = startup
+            .get(r.partition as usize)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        r.host_cost = Some(c);
+        if let Some(n) = &host_note {
+            r.notes.push(n.clone());
+        }
+    }
     Ok(RunResult {
         partitions,
         records,
+        host_cost: cost,
     })
+}
+
+/// Builds the request's partitions, on several threads when there are many (KVM_CREATE_VM,
+/// memory, vCPUs, devices and the image load of one partition do not depend on another's);
+/// each with how long it took to build. Returns them in index order, and the threads used.
+fn build_all(
+    kvm: &Kvm,
+    req: &RunRequest,
+    info: &'static WorkloadInfo,
+    image: &[u8],
+    switch: &Arc<devices::switch::Switch>,
+) -> Result<(Vec<(Partition, Duration)>, u32), HvError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Below a few dozen partitions a thread costs more than it saves.
+    let threads = cpus.min((req.partitions as usize).div_ceil(32)).max(1);
+    let build = |index: u32| -> Result<(Partition, Duration), HvError> {
+        let t = Instant::now();
+        let p = build_one(kvm, req, info, image, index, switch)?;
+        Ok((p, t.elapsed()))
+    };
+    if threads == 1 {
+        let all = (0..req.partitions).map(build).collect::<Result<_, _>>()?;
+        return Ok((all, 1));
+    }
+    let chunks: Vec<Result<Vec<(Partition, Duration)>, HvError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let build = &build;
+                // Interleaved: thread t builds t, t + threads, ...
+                std::thread::Builder::new()
+                    .name(format!("hv-build{t}"))
+                    .spawn_scoped(s, move || {
+                        (t as u32..req.partitions)
+                            .step_by(threads)
+                            .map(build)
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(HvError::Thread("a build thread panicked".into()))),
+                Err(e) => Err(HvError::Thread(format!("cannot start a build thread: {e}"))),
+            })
+            .collect()
+    });
+    let mut per_thread = Vec::with_capacity(threads);
+    for c in chunks {
+        per_thread.push(c?.into_iter());
+    }
+    let mut all = Vec::with_capacity(req.partitions as usize);
+    for i in 0..req.partitions as usize {
+        if let Some(p) = per_thread[i % threads].next() {
+            all.push(p);
+        }
+    }
+    Ok((all, threads as u32))
+}
+
+/// Builds partition `index` of the request with its devices.
+fn build_one(
+    kvm: &Kvm,
+    req: &RunRequest,
+    info: &'static WorkloadInfo,
+    image: &[u8],
+    index: u32,
+    switch: &Arc<devices::switch::Switch>,
+) -> Result<Partition, HvError> {
+    // Pin round-robin across all partitions' vCPUs, so `--partitions 2 --cpus 0,1` shares
+    // the same two host CPUs between both partitions.
+    let pin = req.cpus.as_ref().map(|cpus| {
+        (0..req.vcpus)
+            .map(|v| cpus[((index * req.vcpus + v) as usize) % cpus.len()])
+            .collect::<Vec<_>>()
+    });
+    let mut cfg = PartitionConfig {
+        index,
+        vcpus: req.vcpus,
+        mem_bytes: req.mem_bytes,
+        cmdline: String::new(),
+        pin,
+        unmapped: req.unmapped,
+        tracepoints: req.tracepoints,
+        kvm_stats: true,
+        max_exits: req.max_exits,
+        echo_console: req.echo_console,
+        kvm_pv_features: 0,
+        enlightenments: Some(req.enlightenments),
+        seccomp: req.seccomp,
+        ..PartitionConfig::default()
+    };
+    apply_host_features(info, &mut cfg);
+    // The guest learns its devices from command-line words, which depend only on the
+    // options, so the line is complete before the partition (and its start info) exists.
+    let device_words = devices::cmdline_words(&req.devices, info.devices);
+    cfg.cmdline = guest_cmdline(req, index, &device_words);
+    let mut p = Partition::new(kvm, cfg, image)?;
+    devices::attach(&mut p, &req.devices, info.devices)?;
+    devices::attach_net(&mut p, &req.devices, info.devices, switch)?;
+    Ok(p)
+}
+
+/// Readies every partition (vCPU threads set up, guests not yet running), adding each one's
+/// setup time to its build time; when one fails, the ready ones are cancelled (their threads
+/// end without running a guest instruction) before the error is returned.
+fn prepare_all(
+    built: Vec<(Partition, Duration)>,
+) -> Result<(Vec<ReadyPartition>, Vec<Duration>), HvError> {
+    let mut ready: Vec<ReadyPartition> = Vec::with_capacity(built.len());
+    let mut startup = Vec::with_capacity(built.len());
+    let mut rest = built.into_iter();
+    for (p, build_time) in rest.by_ref() {
+        let index = p.config().index;
+        let t = Instant::now();
+        match p.prepare() {
+            Ok(r) => {
+                ready.push(r);
+                startup.push(build_time + t.elapsed());
+            }
+            Err(e) => {
+                drop(rest);
+                let why = format!("partition {index} failed to start: {e}");
+                for r in ready {
+                    let _ = r.cancel(&why);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok((ready, startup))
 }
 
 /// Starts every partition; when one fails to start, the ones already running are stopped and
@@ -675,11 +847,14 @@ mod tests {
     fn partitions_and_cpus_are_checked_against_limits() {
         let mut req = RunRequest {
             workload: "exit-floor".into(),
-            partitions: MAX_PARTITIONS + 1,
+            partitions: 0,
             ..Default::default()
         };
         let e = validate(&req).unwrap_err().to_string();
-        assert!(e.contains("MAX_PARTITIONS") && e.contains("65"), "{e}");
+        assert!(e.contains("at least 1"), "{e}");
+        // No fixed cap: the host's limits are checked when the run starts.
+        req.partitions = 1000;
+        assert!(validate(&req).is_ok());
         req.partitions = 1;
         let allowed = limits::allowed_cpus().unwrap();
         req.cpus = Some(vec![allowed[0]]);

@@ -5,6 +5,7 @@
 
 pub mod matrix;
 pub mod results;
+pub mod slurm;
 pub mod spec;
 
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 
 mod args;
 mod boot_cmd;
+mod scale_out;
+mod slurm_cmd;
 mod suite_cmd;
 mod table;
 
@@ -72,6 +74,14 @@ enum Command {
     ///   hv boot x86/msr.flat --smp 1 --append "arg" --initrd env.txt --timeout 90
     #[command(verbatim_doc_comment)]
     Boot(boot_cmd::BootArgs),
+    /// Run a suite on a Slurm cluster: a job array with one shard per task, then a merge job
+    /// that writes the report over every shard (listing shards and runs that failed).
+    ///
+    /// Examples:
+    ///   hv slurm bench/specs/default.toml --shards 8 --partition kvm --time 2:00:00 --dry-run
+    ///   hv slurm bench/specs/scale.toml --shards 4 --constraint kvm --out /shared/results/scale
+    #[command(verbatim_doc_comment)]
+    Slurm(slurm_cmd::SlurmArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,7 +99,9 @@ fn main() -> ExitCode {
                         c,
                         hv::caps::CapsError::Kvm(h) if h.is_host_access()
                     )
-                });
+                })
+                || e.downcast_ref::<bench::suite::slurm::SlurmError>()
+                    .is_some_and(|s| s.is_usage());
             eprintln!("hv: {e:#}");
             ExitCode::from(if host_access { 2 } else { 1 })
         }
@@ -104,6 +116,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Report(a) => suite_cmd::cmd_report(a),
         Command::Compare(a) => suite_cmd::cmd_compare(a),
         Command::Boot(a) => boot_cmd::cmd_boot(a),
+        Command::Slurm(a) => slurm_cmd::cmd_slurm(a),
         Command::List => {
             print!("{}", table::workloads());
             Ok(ExitCode::SUCCESS)
@@ -265,10 +278,23 @@ fn cmd_run_one(
         for r in &result.records {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
+    } else if req.partitions > scale_out::COLLAPSE_ABOVE {
+        write!(out, "{}", scale_out::collapsed(&req, &result))?;
     } else {
         write!(out, "{}", table::run_result(&req, &result))?;
     }
-    for p in &result.partitions {
+    if !a.json && result.partitions.len() > 1 {
+        let ok = result
+            .partitions
+            .iter()
+            .filter(|p| p.outcome.status.is_ok());
+        write!(out, "{}", result.host_cost.summary(ok.count()))?;
+    }
+    for p in result
+        .partitions
+        .iter()
+        .take(if a.json { usize::MAX } else { 20 })
+    {
         if !p.outcome.status.is_ok() {
             eprintln!("hv: partition {}: {}", p.outcome.index, p.outcome.status);
             if let Some(f) = &p.report.fault {

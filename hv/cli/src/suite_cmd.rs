@@ -50,6 +50,11 @@ pub struct ReportArgs {
     /// results/merged-<time> for several).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Shards whose job failed: a DIR without results is listed in shards.md (with the runs
+    /// each shard planned but did not record, and the runs that failed) instead of refused;
+    /// the exit status is 1 when anything is missing or failed (`hv slurm`'s merge job).
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 /// `hv compare` arguments.
@@ -276,10 +281,16 @@ fn write_report(_dirs: &[PathBuf], out: &Path) -> Result<()> {
 }
 
 pub fn cmd_report(a: ReportArgs) -> Result<ExitCode> {
-    for d in &a.dirs {
-        if !d.join(bench::suite::results::RUNS).exists() {
+    let present: Vec<PathBuf> = a
+        .dirs
+        .iter()
+        .filter(|d| d.join(bench::suite::results::RUNS).exists())
+        .cloned()
+        .collect();
+    if !a.allow_missing {
+        if let Some(d) = a.dirs.iter().find(|d| !present.contains(d)) {
             bail!(
-                "{} has no {}: not a results directory",
+                "{} has no {}: not a results directory (--allow-missing lists such shards instead)",
                 d.display(),
                 bench::suite::results::RUNS
             );
@@ -290,8 +301,19 @@ pub fn cmd_report(a: ReportArgs) -> Result<ExitCode> {
         (None, [one]) => one.clone(),
         (None, _) => PathBuf::from("results").join(format!("merged-{}", hv::run::new_run_id())),
     };
-    write_report(&a.dirs, &out)?;
-    Ok(ExitCode::SUCCESS)
+    let complete = crate::slurm_cmd::shard_inventory(&a.dirs, &out)?;
+    if present.is_empty() {
+        bail!(
+            "no directory holds results; {} says why",
+            out.join("shards.md").display()
+        );
+    }
+    write_report(&present, &out)?;
+    Ok(if a.allow_missing && !complete {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(feature = "analysis")]

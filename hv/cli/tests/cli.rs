@@ -96,9 +96,13 @@ fn cpus_outside_the_affinity_mask_and_bad_limits_are_refused() {
         err.contains("CPU 1023 not available") && err.contains("may run on CPUs"),
         "{err}"
     );
-    let (code, _, err) = hv(&["run", "misbehave", "--partitions", "65"]);
+    let (code, _, err) = hv(&["run", "misbehave", "--partitions", "0"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("MAX_PARTITIONS"), "{err}");
+    assert!(err.contains("at least 1"), "{err}");
+    // No fixed cap: a request beyond this host's memory is refused naming the limit.
+    let (code, _, err) = hv(&["run", "misbehave", "--partitions", "100000", "--mem", "1G"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("MemAvailable"), "{err}");
     let (code, _, err) = hv(&["run", "misbehave", "--timeout=-1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--timeout"), "{err}");
