@@ -1027,6 +1027,22 @@ fn without_multiboot(image: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `-netdev dgram` (the pair's link) exists from QEMU 7.2 on; `version` is the first line of
+/// `--version`.
+fn dgram_support(version: &str) -> Result<(), String> {
+    let num = version
+        .strip_prefix("QEMU emulator version ")
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("");
+    let mut parts = num.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) >= (7, 2) => Ok(()),
+        _ => Err(format!(
+            "net-io under QEMU joins two VMs with -netdev dgram, which needs QEMU 7.2 or later; this is {version:?}"
+        )),
+    }
+}
+
 /// A directory of its own for a pair's sockets, removed on drop.
 struct SocketDir(PathBuf);
 
@@ -1198,6 +1214,11 @@ pub fn run_qemu_as(
         Ok(q) => q,
         Err(why) => return Ok(skipped(why)),
     };
+    if device_classes(req).contains(&"net")
+        && let Err(why) = dgram_support(&version_of(&qemu).unwrap_or_default())
+    {
+        return Ok(skipped(why));
+    }
     let tsc_khz = tsc_khz()?;
     let mut pair_notes = Vec::new();
     let outcome = if device_classes(req).contains(&"net") {
@@ -1408,6 +1429,81 @@ mod tests {
         RunRequest {
             workload: workload.into(),
             ..RunRequest::default()
+        }
+    }
+
+    #[test]
+    fn net_io_pair_gets_qemus_nics_with_the_switch_macs() {
+        let mut r = req("net-io");
+        r.partitions = 2;
+        r.devices = dev(DeviceVariant::Emulated);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Pc));
+        assert_eq!(supports_on(&r, Machine::Pc), Ok(()));
+        assert!(
+            supports_on(&r, Machine::Microvm)
+                .unwrap_err()
+                .contains("ne2k_isa")
+        );
+        let link = NetLink {
+            part: 1,
+            local: "/t/s,1.sock".into(),
+            remote: "/t/c.sock".into(),
+        };
+        let args = |r: &RunRequest, m| -> Vec<String> {
+            command_line_for(r, Path::new("/g"), m, None, Some(&link))
+                .unwrap_or_default()
+                .iter()
+                .map(|x| x.to_string_lossy().into_owned())
+                .collect()
+        };
+        let a = args(&r, Machine::Pc);
+        assert!(
+            a.contains(
+                &"ne2k_isa,iobase=0x300,irq=9,netdev=hvlab-net,mac=02:68:76:00:00:02".into()
+            ),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"dgram,id=hvlab-net,local.type=unix,local.path=/t/s,,1.sock,remote.type=unix,remote.path=/t/c.sock".into()),
+            "{a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|w| w.starts_with("net-io cpus=1 part=1 ") && w.contains(" net=ne2k")),
+            "{a:?}"
+        );
+        r.devices = dev(DeviceVariant::Synthetic);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Microvm));
+        let a = args(&r, Machine::Microvm);
+        assert!(
+            a.contains(
+                &"virtio-net-device,netdev=hvlab-net,mac=02:68:76:00:00:02,event_idx=on".into()
+            ),
+            "{a:?}"
+        );
+        assert!(a.iter().any(|w| w.contains(" net=virtio evidx=1")), "{a:?}");
+        for n in [1, 3] {
+            r.partitions = n;
+            assert!(supports(&r).unwrap_err().contains("exactly two"), "{n}");
+        }
+        r.partitions = 2;
+        r.devices.net_tap = true;
+        assert!(supports(&r).unwrap_err().contains("tap"));
+    }
+
+    #[test]
+    fn dgram_needs_qemu_7_2() {
+        assert_eq!(
+            dgram_support("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+            Ok(())
+        );
+        assert_eq!(dgram_support("QEMU emulator version 10.0.0"), Ok(()));
+        for old in [
+            "QEMU emulator version 7.1.0",
+            "QEMU emulator version 6.2.0",
+            "",
+        ] {
+            assert!(dgram_support(old).unwrap_err().contains("7.2"), "{old}");
         }
     }
 
