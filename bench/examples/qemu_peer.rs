@@ -1,7 +1,7 @@
 //! Runs one workload under QEMU (the peer column) and prints ns per operation per phase, or the
 //! run records as JSON lines with `--json`.
 //! `cargo run -p hv --release --example qemu_peer -- [--json] [--vcpus N] [--vmm qemu|qemu-pc]
-//! [--device emulated|synthetic|synthetic-noevidx] WORKLOAD [key=value ...]`
+//! [--device emulated|synthetic|synthetic-noevidx] [--partitions N] WORKLOAD [key=value ...]`
 use std::collections::BTreeMap;
 
 use hv::record::RecordStatus;
@@ -12,6 +12,7 @@ fn main() {
     let mut vcpus = 1;
     let mut vmm = String::from("qemu");
     let mut device = String::from("none");
+    let mut partitions = 1;
     let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next_if(|a| a.starts_with("--")) {
         match a.as_str() {
@@ -30,6 +31,10 @@ fn main() {
                     .next()
                     .unwrap_or_else(|| usage("--device needs a variant"))
             }
+            "--partitions" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => partitions = n,
+                None => usage("--partitions needs a number"),
+            },
             other => usage(&format!("unknown option {other}")),
         }
     }
@@ -47,6 +52,7 @@ fn main() {
         workload,
         args: kv,
         vcpus,
+        partitions,
         devices: bench::suite::device_options(&device),
         ..RunRequest::default()
     };
@@ -87,7 +93,7 @@ fn main() {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "{why}\nusage: qemu_peer [--json] [--vcpus N] [--vmm qemu|qemu-pc] [--device VARIANT] WORKLOAD [key=value ...]"
+        "{why}\nusage: qemu_peer [--json] [--vcpus N] [--vmm qemu|qemu-pc] [--device VARIANT] [--partitions N] WORKLOAD [key=value ...]"
     );
     std::process::exit(2);
 }

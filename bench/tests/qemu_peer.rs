@@ -274,3 +274,80 @@ fn blk_io_runs_on_qemus_ide_and_virtio_blk() {
         );
     }
 }
+
+/// net-io (`partitions` VMs) under the peer label `vmm` with the device variant `device`.
+fn run_net(vmm: &str, device: &str, partitions: u32, args: &[(&str, &str)]) -> Vec<RunRecord> {
+    let mut req = request("net-io", args);
+    req.devices = bench::suite::device_options(device);
+    req.partitions = partitions;
+    req.timeout = Duration::from_secs(60);
+    peer::qemu::run_qemu_as(vmm, &req, &RecordContext::adhoc()).expect("the QEMU peer runs")
+}
+
+/// net-io as two QEMU VMs (client part=0, server part=1) joined by `-netdev dgram`: QEMU's
+/// ne2k_isa on pc and virtio-net-device on microvm carry every ping and pong intact (the
+/// guests check IP and UDP checksums and the payload pattern of each frame); what QEMU cannot
+/// pair is skipped with the reason.
+#[test]
+fn net_io_pingpong_runs_on_qemus_ne2k_and_virtio_net() {
+    let args = [("count", "6"), ("size", "1514")];
+    let records = run_net("qemu", "emulated", 2, &args);
+    if let Err(why) = qemu_binary() {
+        eprintln!("SKIPPED: net-io under QEMU not run: {why}");
+        assert_skipped_missing(&records, &why);
+        return;
+    }
+    for (device, machine, nic) in [
+        ("emulated", "-M pc", "ne2k_isa"),
+        ("synthetic", "-M microvm", "virtio"),
+        ("synthetic-noevidx", "-M microvm", "virtio"),
+    ] {
+        let records = if device == "emulated" {
+            records.clone()
+        } else {
+            run_net("qemu", device, 2, &args)
+        };
+        let r = ok_phase(&records, "net-pingpong");
+        assert_eq!(r.vmm, "qemu", "{device}");
+        assert_eq!(r.ops, 12, "{device}: two frames per round trip");
+        for m in ["bad", "wrong", "lost", "foreign"] {
+            assert_eq!(r.metrics.get(m), Some(&0.0), "{device} {m}: {r:#?}");
+        }
+        assert!(
+            r.latency
+                .as_ref()
+                .is_some_and(|l| l.count == 6 && l.p50 > 0.0),
+            "{device}: {r:#?}"
+        );
+        assert!(
+            notes_say(r, machine) && notes_say(r, nic),
+            "{device}: {:?}",
+            r.notes
+        );
+        assert!(notes_say(r, "02:68:76:00:00:02"), "{:?}", r.notes);
+        assert!(
+            r.metrics.get("interrupts").is_some_and(|&n| n >= 6.0),
+            "{device}: each pong interrupts: {r:#?}"
+        );
+        assert!(r.exits.is_empty(), "exits are not measured under QEMU");
+    }
+    let mut tap = request("net-io", &[]);
+    tap.devices = bench::suite::device_options("synthetic");
+    tap.devices.net_tap = true;
+    for (records, why) in [
+        (run_net("qemu", "emulated", 3, &args), "exactly two VMs"),
+        (run_net("qemu", "synthetic-poll", 2, &args), "polling"),
+        (run_net("qemu-pc", "synthetic", 2, &args), "PCI"),
+        (
+            peer::qemu::run_qemu_as("qemu", &tap, &RecordContext::adhoc())
+                .expect("the QEMU peer skips"),
+            "tap",
+        ),
+    ] {
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert!(
+            matches!(&records[0].status, RecordStatus::Skipped(s) if s.contains(why)),
+            "{why}: {records:#?}"
+        );
+    }
+}

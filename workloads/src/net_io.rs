@@ -71,6 +71,9 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
     host_features: &["full-irqchip"],
 };
 
+/// The line the server (partition 1) prints once its NIC is up and receiving.
+pub const SERVER_READY: &str = "net-io: server listening";
+
 #[cfg(target_os = "none")]
 pub use guest::run;
 
@@ -80,11 +83,14 @@ mod guest {
 
     use hvlab_guest_rt::drivers::ne2000::{self, Ne2000};
     use hvlab_guest_rt::drivers::virtio_net::{self, VirtioNet};
+    use hvlab_guest_rt::drivers::{ioapic, virtio};
     use hvlab_guest_rt::net::{
         self, BROADCAST, Endpoint, Frame, HDRS, MAX_FRAME, MIN_FRAME, Nic, NicCounters, NicError,
     };
     use hvlab_guest_rt::phase::{self, Histogram};
     use hvlab_guest_rt::{Ctx, Fail, cpu, println};
+
+    use super::SERVER_READY;
 
     const PORT: u16 = 7007;
     const MAGIC: u32 = 0x4856_4e49;
@@ -341,14 +347,25 @@ mod guest {
     fn open(ctx: &Ctx) -> Result<Card, Fail> {
         match ctx.args.str_or("net", "none") {
             "virtio" => {
-                let base = ctx.args.u64_or("net_mmio", 0)?;
-                let irq = ctx.args.u64_or("net_irq", 0)?;
-                if base == 0 {
-                    return Err(Fail::Unsupported("virtio-net without net_mmio="));
+                // hv names the transport (`net_mmio=`); QEMU's microvm lists its transports
+                // as `virtio_mmio.device=` words, and those hold the line until acknowledged.
+                let (base, irq, ack) = match ctx.args.u64_or("net_mmio", 0)? {
+                    0 => match virtio::find_on_cmdline(ctx.args.line(), virtio_net::DEVICE_ID) {
+                        Some((dev, irq)) => (dev.0, u64::from(irq), true),
+                        None => {
+                            return Err(Fail::Unsupported(
+                                "virtio-net: no net_mmio= and no network device among virtio_mmio.device=",
+                            ));
+                        }
+                    },
+                    base => (base, ctx.args.u64_or("net_irq", 0)?, false),
+                };
+                if irq >= u64::from(ioapic::PINS) {
+                    return Err(Fail::Unsupported("virtio-net IRQ beyond the IOAPIC's pins"));
                 }
                 let evidx = ctx.args.bool_or("evidx", true)?;
                 let poll = ctx.args.bool_or("poll", false)?;
-                VirtioNet::open(base, irq as u8, evidx, poll)
+                VirtioNet::open(base, irq as u8, evidx, poll, ack)
                     .map(Card::Virtio)
                     .map_err(nic_fail)
             }
@@ -405,6 +422,9 @@ mod guest {
             arp_seen: None,
         };
         if part == 1 {
+            // A peer VMM that starts the client only once the server can receive waits for
+            // this line (hv's switch needs no such gate).
+            println!("{SERVER_READY}");
             return serve(&mut host, window);
         }
         client(&mut host, mode, size, count, window)

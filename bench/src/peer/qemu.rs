@@ -119,18 +119,21 @@ fn device_classes(req: &RunRequest) -> &'static [&'static str] {
     }
 }
 
-/// The machine a peer label runs `req` on; `None` when `vmm` is not a QEMU peer label.
 /// Whether the workload checks the PC platform (fw_cfg, ACPI, PIC, PCI, what firmware leaves
 /// behind): it needs QEMU's `pc` with its full firmware, SeaBIOS.
 fn checks_platform(req: &RunRequest) -> bool {
     hvlab_workloads::find(&req.workload).is_some_and(|w| w.host_features.contains(&"pc-platform"))
 }
 
+/// The machine a peer label runs `req` on; `None` when `vmm` is not a QEMU peer label.
 pub fn machine_for(vmm: &str, req: &RunRequest) -> Option<Machine> {
-    let ata =
-        req.devices.variant == DeviceVariant::Emulated && device_classes(req).contains(&"block");
+    // ATA and the NE2000 are ISA devices of `pc` (microvm has no IDE; ne2k_isa is pc's).
+    let isa = req.devices.variant == DeviceVariant::Emulated
+        && device_classes(req)
+            .iter()
+            .any(|c| matches!(*c, "block" | "net"));
     match vmm {
-        "qemu" if ata || checks_platform(req) => Some(Machine::Pc),
+        "qemu" if isa || checks_platform(req) => Some(Machine::Pc),
         "qemu" => Some(Machine::Microvm),
         "qemu-pc" => Some(Machine::Pc),
         _ => None,
@@ -285,7 +288,19 @@ fn device_support(req: &RunRequest, machine: Machine) -> Result<(), String> {
                     "--disk-fault is hv's fault injection; the QEMU peer injects no faults".into(),
                 );
             }
-            ("block" | "console", _, _) => {}
+            ("net", DeviceVariant::Emulated, Machine::Microvm) => {
+                return Err(
+                    "NE2000 on -M microvm: the `qemu` and `qemu-pc` columns run QEMU's ne2k_isa on -M pc"
+                        .into(),
+                );
+            }
+            ("net", _, _) if d.net_tap => {
+                return Err(
+                    "--backend tap: the responder in a network namespace is hv's; the QEMU peer joins two VMs (client and server) over a datagram socket"
+                        .into(),
+                );
+            }
+            ("block" | "console" | "net", _, _) => {}
             (other, _, _) => {
                 return Err(format!(
                     "{other} devices: the QEMU peer has no counterpart wired for them"
@@ -300,7 +315,14 @@ fn device_support(req: &RunRequest, machine: Machine) -> Result<(), String> {
 /// are refused here (the record says skipped, with this reason) rather than run as something
 /// else.
 pub fn supports_on(req: &RunRequest, machine: Machine) -> Result<(), String> {
-    if req.partitions > 1 {
+    if device_classes(req).contains(&"net") {
+        if req.partitions != 2 && !req.devices.net_tap {
+            return Err(format!(
+                "--partitions {}: under QEMU net-io runs exactly two VMs, client (part=0) and server (part=1), on one datagram socket; hv's switch joins more (the hostile roles of partitions 2 and up)",
+                req.partitions
+            ));
+        }
+    } else if req.partitions > 1 {
         return Err(format!(
             "--partitions {}: the QEMU peer runs one VM; co-running partitions are hv's",
             req.partitions
@@ -383,6 +405,9 @@ fn device_words(req: &RunRequest) -> Vec<String> {
             ("block", true) => Some("blk=virtio"),
             ("console", false) => Some("con=uart"),
             ("console", true) => Some("con=virtio"),
+            // QEMU's ne2k_isa sits where hv's does (0x300, IRQ 9: the guest's defaults).
+            ("net", false) => Some("net=ne2k"),
+            ("net", true) => Some("net=virtio"),
             _ => None,
         })
         .map(String::from)
@@ -398,7 +423,12 @@ fn device_words(req: &RunRequest) -> Vec<String> {
 /// for enlightenments that are off (`apic=xapic`). microvm appends its `virtio_mmio.device=`
 /// words after these.
 pub fn qemu_guest_cmdline(req: &RunRequest) -> String {
-    let mut line = guest_cmdline(req, 0, &device_words(req));
+    guest_cmdline_of(req, 0)
+}
+
+/// [`qemu_guest_cmdline`] for the VM that plays partition `part` (`part=` on the line).
+fn guest_cmdline_of(req: &RunRequest, part: u32) -> String {
+    let mut line = guest_cmdline(req, part, &device_words(req));
     for w in req.enlightenments.cmdline_words() {
         line.push(' ');
         line.push_str(w);
@@ -415,6 +445,57 @@ fn mem_option(bytes: u64) -> Result<String, QemuError> {
     } else {
         Err(QemuError::Memory(bytes))
     }
+}
+
+/// One VM of a net-io pair under QEMU: the partition it plays and the two ends of its
+/// datagram link (Unix sockets, so no port is taken and nothing leaves the host).
+#[derive(Debug, Clone)]
+pub struct NetLink {
+    /// 0: the client; 1: the server.
+    pub part: u32,
+    /// The socket this VM's NIC receives on.
+    pub local: PathBuf,
+    /// The socket of the other VM's NIC.
+    pub remote: PathBuf,
+}
+
+/// The MAC of partition `part`'s NIC: the one hv's switch gives that partition's port.
+pub fn net_mac(part: u32) -> String {
+    let m = hv::devices::switch::port_mac(part);
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// A path as one value of a QEMU option (commas doubled).
+fn opt_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// QEMU's `-netdev` and NIC `-device` for `link`: `-netdev dgram` between two Unix sockets,
+/// `ne2k_isa` at hv's port and IRQ, or `virtio-net-device` on a microvm transport.
+fn net_options(req: &RunRequest, link: &NetLink) -> Vec<OsString> {
+    let netdev = format!(
+        "dgram,id=hvlab-net,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+        opt_path(&link.local),
+        opt_path(&link.remote)
+    );
+    let mac = net_mac(link.part);
+    let nic = if req.devices.variant == DeviceVariant::Synthetic {
+        let evidx = if req.devices.event_idx { "on" } else { "off" };
+        format!("virtio-net-device,netdev=hvlab-net,mac={mac},event_idx={evidx}")
+    } else {
+        format!(
+            "ne2k_isa,iobase={:#x},irq={},netdev=hvlab-net,mac={mac}",
+            hv::devices::emulated::ne2000::NE2000_BASE,
+            hv::devices::emulated::ne2000::NE2000_GSI
+        )
+    };
+    ["-netdev".into(), netdev, "-device".into(), nic]
+        .into_iter()
+        .map(OsString::from)
+        .collect()
 }
 
 /// QEMU's device options for the request on `machine`; `disk` is the image for a block device.
@@ -492,6 +573,17 @@ pub fn command_line(
     machine: Machine,
     disk: Option<&Path>,
 ) -> Result<Vec<OsString>, QemuError> {
+    command_line_for(req, kernel, machine, disk, None)
+}
+
+/// [`command_line`] for one VM of a net-io pair (`net`), which plays partition `net.part`.
+pub fn command_line_for(
+    req: &RunRequest,
+    kernel: &Path,
+    machine: Machine,
+    disk: Option<&Path>,
+    net: Option<&NetLink>,
+) -> Result<Vec<OsString>, QemuError> {
     let mut a: Vec<OsString> = [
         "-M",
         machine_option(machine),
@@ -526,8 +618,11 @@ pub fn command_line(
     a.push("-kernel".into());
     a.push(kernel.as_os_str().to_owned());
     a.push("-append".into());
-    a.push(qemu_guest_cmdline(req).into());
+    a.push(guest_cmdline_of(req, net.map_or(0, |n| n.part)).into());
     a.extend(device_options(req, machine, disk));
+    if let Some(link) = net {
+        a.extend(net_options(req, link));
+    }
     Ok(a)
 }
 
@@ -664,9 +759,19 @@ struct Captured {
 /// Drains `src` on a thread, keeping at most `limit` bytes (the rest is counted), optionally
 /// echoing to stderr. The result arrives on the channel when the pipe closes.
 fn spawn_reader(
+    src: impl Read + Send + 'static,
+    limit: usize,
+    echo: Option<io::Stderr>,
+) -> mpsc::Receiver<Captured> {
+    spawn_reader_until(src, limit, echo, None)
+}
+
+/// [`spawn_reader`] that also signals `ready.1` once the kept bytes contain `ready.0`.
+fn spawn_reader_until(
     mut src: impl Read + Send + 'static,
     limit: usize,
     echo: Option<io::Stderr>,
+    mut ready: Option<(&'static str, mpsc::Sender<()>)>,
 ) -> mpsc::Receiver<Captured> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -686,6 +791,14 @@ fn spawn_reader(
                     let room = limit.saturating_sub(c.bytes.len()).min(n);
                     c.bytes.extend_from_slice(&chunk[..room]);
                     c.dropped += (n - room) as u64;
+                    if let Some((marker, _)) = &ready
+                        && c.bytes
+                            .windows(marker.len())
+                            .any(|w| w == marker.as_bytes())
+                        && let Some((_, signal)) = ready.take()
+                    {
+                        let _ = signal.send(());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
@@ -744,72 +857,283 @@ fn map_exit(status: ExitStatus, console_empty: bool, stderr: &str) -> RunStatus 
 /// Boots the request's image under QEMU's `machine` once and waits (at most `req.timeout`;
 /// QEMU is killed then). `qemu` is the binary from [`qemu_binary`].
 pub fn boot(qemu: &Path, req: &RunRequest, machine: Machine) -> Result<QemuOutcome, QemuError> {
-    let image = TempImage::write(req.image.as_deref().unwrap_or(hv::GUEST_IMAGE))?;
-    let disk = PeerDisk::for_request(req)?;
-    let mut cmd = Command::new(qemu);
-    cmd.args(command_line(
-        req,
-        &image.0,
-        machine,
-        disk.as_ref().map(|d| d.path.as_path()),
-    )?)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if let Some(cpus) = &req.cpus {
-        pin_to(&mut cmd, cpus);
+    let vm = Vm::spawn(qemu, req, machine, None, None)?;
+    let deadline = vm.started + req.timeout;
+    vm.wait(deadline, req.timeout)
+}
+
+/// A QEMU process on its way, with the files it uses (removed when it is dropped, after the
+/// process is gone: fields drop in order).
+struct Vm {
+    child: KillOnDrop,
+    out: Option<mpsc::Receiver<Captured>>,
+    err: Option<mpsc::Receiver<Captured>>,
+    /// Signalled once the console shows the marker given to [`Vm::spawn`].
+    ready: Option<mpsc::Receiver<()>>,
+    started: Instant,
+    pid: u32,
+    _image: TempImage,
+    _disk: Option<PeerDisk>,
+}
+
+impl Vm {
+    /// Starts QEMU for `req` on `machine` (one VM of a net-io pair with `net`); `ready_on`
+    /// names a console line to be told about.
+    fn spawn(
+        qemu: &Path,
+        req: &RunRequest,
+        machine: Machine,
+        net: Option<&NetLink>,
+        ready_on: Option<&'static str>,
+    ) -> Result<Vm, QemuError> {
+        let bytes = req.image.as_deref().unwrap_or(hv::GUEST_IMAGE);
+        let image = match machine {
+            Machine::Microvm => TempImage::write(&without_multiboot(bytes))?,
+            Machine::Pc => TempImage::write(bytes)?,
+        };
+        let disk = PeerDisk::for_request(req)?;
+        let mut cmd = Command::new(qemu);
+        cmd.args(command_line_for(
+            req,
+            &image.0,
+            machine,
+            disk.as_ref().map(|d| d.path.as_path()),
+            net,
+        )?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(cpus) = &req.cpus {
+            pin_to(&mut cmd, cpus);
+        }
+        let started = Instant::now();
+        let mut child = KillOnDrop(cmd.spawn().map_err(|source| QemuError::Spawn {
+            path: qemu.display().to_string(),
+            source,
+        })?);
+        let pid = child.0.id();
+        let echo = req.echo_console.then(io::stderr);
+        let (ready_tx, ready) = match ready_on {
+            Some(m) => {
+                let (tx, rx) = mpsc::channel();
+                (Some((m, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
+        let out = child
+            .0
+            .stdout
+            .take()
+            .map(|s| spawn_reader_until(s, CONSOLE_CAPTURE_LIMIT, echo, ready_tx));
+        let err = child
+            .0
+            .stderr
+            .take()
+            .map(|s| spawn_reader(s, STDERR_LIMIT, None));
+        Ok(Vm {
+            child,
+            out,
+            err,
+            ready,
+            started,
+            pid,
+            _image: image,
+            _disk: disk,
+        })
     }
-    let started = Instant::now();
-    let mut child = KillOnDrop(cmd.spawn().map_err(|source| QemuError::Spawn {
-        path: qemu.display().to_string(),
-        source,
-    })?);
-    let pid = child.0.id();
-    let echo = req.echo_console.then(io::stderr);
-    let out = child
-        .0
-        .stdout
-        .take()
-        .map(|s| spawn_reader(s, CONSOLE_CAPTURE_LIMIT, echo));
-    let err = child
-        .0
-        .stderr
-        .take()
-        .map(|s| spawn_reader(s, STDERR_LIMIT, None));
-    let deadline = started + req.timeout;
-    let exit = loop {
-        if let Some(s) = child.0.try_wait().map_err(QemuError::Wait)? {
-            break Some(s);
+
+    /// Waits until the console showed the ready marker (true), or QEMU ended or `deadline`
+    /// passed (false).
+    fn wait_ready(&mut self, deadline: Instant) -> Result<bool, QemuError> {
+        let Some(rx) = &self.ready else {
+            return Ok(true);
+        };
+        loop {
+            if rx.try_recv().is_ok() {
+                return Ok(true);
+            }
+            if self.child.0.try_wait().map_err(QemuError::Wait)?.is_some()
+                || Instant::now() >= deadline
+            {
+                return Ok(false);
+            }
+            thread::sleep(POLL);
         }
-        if Instant::now() >= deadline {
-            // Kill and reap now; the status is the timeout, whatever the kill returns.
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            break None;
+    }
+
+    /// Waits for QEMU to exit, killing it at `deadline` (the status is then a timeout of
+    /// `timeout`).
+    fn wait(mut self, deadline: Instant, timeout: Duration) -> Result<QemuOutcome, QemuError> {
+        let exit = loop {
+            if let Some(s) = self.child.0.try_wait().map_err(QemuError::Wait)? {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                // Kill and reap now; the status is the timeout, whatever the kill returns.
+                let _ = self.child.0.kill();
+                let _ = self.child.0.wait();
+                break None;
+            }
+            thread::sleep(POLL);
+        };
+        let wall = self.started.elapsed();
+        let collect = |rx: Option<mpsc::Receiver<Captured>>| {
+            rx.and_then(|r| r.recv_timeout(READER_GRACE).ok())
+                .unwrap_or_default()
+        };
+        let out = collect(self.out.take());
+        let err = collect(self.err.take());
+        let console = String::from_utf8_lossy(&out.bytes).into_owned();
+        let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
+        let status = match exit {
+            Some(s) => map_exit(s, out.bytes.is_empty(), &stderr),
+            None => RunStatus::Timeout(timeout),
+        };
+        Ok(QemuOutcome {
+            status,
+            console,
+            console_dropped: out.dropped,
+            stderr,
+            wall,
+            first_line: out
+                .first_line
+                .map(|t| t.saturating_duration_since(self.started)),
+            pid: self.pid,
+        })
+    }
+}
+
+/// `image` with its multiboot header's magic cleared, so QEMU boots the PVH entry. QEMU's
+/// `-kernel` tries multiboot before PVH, and a multiboot guest gets the command line from the
+/// multiboot information QEMU built at load time, without the `virtio_mmio.device=` words
+/// microvm appends later (to fw_cfg's command line, which the PVH path reads): the guest
+/// would find no virtio transport. A header is a 4-aligned magic in the first 8 KiB whose
+/// checksum holds (magic + flags + checksum = 0).
+fn without_multiboot(image: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0x1bad_b002;
+    const SCAN: usize = 8192;
+    let mut out = image.to_vec();
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .and_then(|w| w.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let end = out.len().min(SCAN).saturating_sub(12);
+    for at in (0..=end).step_by(4) {
+        if let (Some(MAGIC), Some(flags), Some(sum)) =
+            (word(&out, at), word(&out, at + 4), word(&out, at + 8))
+            && MAGIC.wrapping_add(flags).wrapping_add(sum) == 0
+        {
+            out[at..at + 4].fill(0);
+            break;
         }
-        thread::sleep(POLL);
+    }
+    out
+}
+
+/// `-netdev dgram` (the pair's link) exists from QEMU 7.2 on; `version` is the first line of
+/// `--version`.
+fn dgram_support(version: &str) -> Result<(), String> {
+    let num = version
+        .strip_prefix("QEMU emulator version ")
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("");
+    let mut parts = num.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) >= (7, 2) => Ok(()),
+        _ => Err(format!(
+            "net-io under QEMU joins two VMs with -netdev dgram, which needs QEMU 7.2 or later; this is {version:?}"
+        )),
+    }
+}
+
+/// A directory of its own for a pair's sockets, removed on drop.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn create() -> Result<SocketDir, QemuError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hvlab-qemu-net-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).map_err(|source| QemuError::Image {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(SocketDir(path))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How a net-io pair under QEMU ended: the client's outcome (its records are the run's) and
+/// the server's status, with the server's stderr's last line when it failed.
+#[derive(Debug)]
+pub struct PairOutcome {
+    pub client: QemuOutcome,
+    pub server: RunStatus,
+    pub server_stderr: String,
+}
+
+/// Runs net-io as two QEMU VMs joined by `-netdev dgram` over two Unix sockets: the server
+/// (part=1) first, and the client (part=0) once the server's console says its NIC is up
+/// ([`hvlab_workloads::net_io::SERVER_READY`]), so that the client's first ARP request is
+/// not sent to a card that is not yet receiving. Both share `req.timeout`.
+pub fn boot_pair(
+    qemu: &Path,
+    req: &RunRequest,
+    machine: Machine,
+) -> Result<PairOutcome, QemuError> {
+    let dir = SocketDir::create()?;
+    let (client_sock, server_sock) = (dir.0.join("client.sock"), dir.0.join("server.sock"));
+    let server_link = NetLink {
+        part: 1,
+        local: server_sock.clone(),
+        remote: client_sock.clone(),
     };
-    let wall = started.elapsed();
-    let collect = |rx: Option<mpsc::Receiver<Captured>>| {
-        rx.and_then(|r| r.recv_timeout(READER_GRACE).ok())
-            .unwrap_or_default()
+    let client_link = NetLink {
+        part: 0,
+        local: client_sock,
+        remote: server_sock,
     };
-    let out = collect(out);
-    let err = collect(err);
-    let console = String::from_utf8_lossy(&out.bytes).into_owned();
-    let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
-    let status = match exit {
-        Some(s) => map_exit(s, out.bytes.is_empty(), &stderr),
-        None => RunStatus::Timeout(req.timeout),
-    };
-    Ok(QemuOutcome {
-        status,
-        console,
-        console_dropped: out.dropped,
-        stderr,
-        wall,
-        first_line: out.first_line.map(|t| t.saturating_duration_since(started)),
-        pid,
+    let mut server = Vm::spawn(
+        qemu,
+        req,
+        machine,
+        Some(&server_link),
+        Some(hvlab_workloads::net_io::SERVER_READY),
+    )?;
+    let deadline = server.started + req.timeout;
+    if !server.wait_ready(deadline)? {
+        let s = server.wait(Instant::now(), req.timeout)?;
+        let why = match &s.status {
+            RunStatus::Timeout(_) => "never printed that its NIC is up".to_string(),
+            other => format!("ended before its NIC was up: {other:?}"),
+        };
+        let mut client = s;
+        client.status = RunStatus::Stopped(format!(
+            "net-io server (part=1) under QEMU {why}; the client was not started"
+        ));
+        return Ok(PairOutcome {
+            server: client.status.clone(),
+            server_stderr: client.stderr.clone(),
+            client,
+        });
+    }
+    let client = Vm::spawn(qemu, req, machine, Some(&client_link), None)?;
+    let client = client.wait(deadline, req.timeout)?;
+    // The server ends right after answering DONE; it gets a moment more than the client.
+    let server = server.wait(Instant::now().max(deadline) + READER_GRACE, req.timeout)?;
+    Ok(PairOutcome {
+        client,
+        server: server.status,
+        server_stderr: server.stderr,
     })
 }
 
@@ -894,8 +1218,28 @@ pub fn run_qemu_as(
         Ok(q) => q,
         Err(why) => return Ok(skipped(why)),
     };
+    if device_classes(req).contains(&"net")
+        && let Err(why) = dgram_support(&version_of(&qemu).unwrap_or_default())
+    {
+        return Ok(skipped(why));
+    }
     let tsc_khz = tsc_khz()?;
-    let outcome = boot(&qemu, req, machine)?;
+    let mut pair_notes = Vec::new();
+    let outcome = if device_classes(req).contains(&"net") {
+        let pair = boot_pair(&qemu, req, machine)?;
+        pair_notes.push(format!(
+            "records are the client's (part=0); the server (part=1) ran as a second QEMU, NICs {} and {}, joined by -netdev dgram over two Unix sockets",
+            net_mac(0),
+            net_mac(1)
+        ));
+        if pair.server != RunStatus::GuestExit(0) {
+            let tail = pair.server_stderr.trim().lines().last().unwrap_or("");
+            pair_notes.push(format!("server: {:?} {tail}", pair.server));
+        }
+        pair.client
+    } else {
+        boot(&qemu, req, machine)?
+    };
     let report = guest_output::parse(&outcome.console);
     let mut notes = vec![
         version_of(&qemu).unwrap_or_else(|e| e),
@@ -904,6 +1248,7 @@ pub fn run_qemu_as(
     ];
     notes.extend(device_notes(req, machine).into_iter().map(String::from));
     notes.extend(adjust_note.map(String::from));
+    notes.extend(pair_notes);
     match tsc_khz {
         Some(_) => notes.push("tsc_khz from KVM_GET_TSC_KHZ of a throwaway vCPU".into()),
         None => notes.push("tsc_khz unknown: KVM_GET_TSC_KHZ failed".into()),
@@ -960,6 +1305,12 @@ fn device_notes(req: &RunRequest, machine: Machine) -> Vec<&'static str> {
         n.push("disk: QEMU's raw file (sparse, on tmpfs unless --disk names one), cache=writeback; hv's default disk is in memory");
         if !synthetic && machine == Machine::Pc {
             n.push("ATA PIO on QEMU's PIIX IDE (-M pc); like hv's, one command at a time (qd=1)");
+        }
+    }
+    if classes.contains(&"net") {
+        n.push("network: QEMU's NIC on -netdev dgram (Unix sockets between two QEMU processes), where hv copies frames between partitions through its in-process switch");
+        if !synthetic {
+            n.push("NE2000: QEMU's ne2k_isa on -M pc at 0x300, IRQ 9 through the IOAPIC");
         }
     }
     if classes.contains(&"console") && !synthetic {
@@ -1083,6 +1434,98 @@ mod tests {
             workload: workload.into(),
             ..RunRequest::default()
         }
+    }
+
+    #[test]
+    fn net_io_pair_gets_qemus_nics_with_the_switch_macs() {
+        let mut r = req("net-io");
+        r.partitions = 2;
+        r.devices = dev(DeviceVariant::Emulated);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Pc));
+        assert_eq!(supports_on(&r, Machine::Pc), Ok(()));
+        assert!(
+            supports_on(&r, Machine::Microvm)
+                .unwrap_err()
+                .contains("ne2k_isa")
+        );
+        let link = NetLink {
+            part: 1,
+            local: "/t/s,1.sock".into(),
+            remote: "/t/c.sock".into(),
+        };
+        let args = |r: &RunRequest, m| -> Vec<String> {
+            command_line_for(r, Path::new("/g"), m, None, Some(&link))
+                .unwrap_or_default()
+                .iter()
+                .map(|x| x.to_string_lossy().into_owned())
+                .collect()
+        };
+        let a = args(&r, Machine::Pc);
+        assert!(
+            a.contains(
+                &"ne2k_isa,iobase=0x300,irq=9,netdev=hvlab-net,mac=02:68:76:00:00:02".into()
+            ),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"dgram,id=hvlab-net,local.type=unix,local.path=/t/s,,1.sock,remote.type=unix,remote.path=/t/c.sock".into()),
+            "{a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|w| w.starts_with("net-io cpus=1 part=1 ") && w.contains(" net=ne2k")),
+            "{a:?}"
+        );
+        r.devices = dev(DeviceVariant::Synthetic);
+        assert_eq!(machine_for("qemu", &r), Some(Machine::Microvm));
+        let a = args(&r, Machine::Microvm);
+        assert!(
+            a.contains(
+                &"virtio-net-device,netdev=hvlab-net,mac=02:68:76:00:00:02,event_idx=on".into()
+            ),
+            "{a:?}"
+        );
+        assert!(a.iter().any(|w| w.contains(" net=virtio evidx=1")), "{a:?}");
+        for n in [1, 3] {
+            r.partitions = n;
+            assert!(supports(&r).unwrap_err().contains("exactly two"), "{n}");
+        }
+        r.partitions = 2;
+        r.devices.net_tap = true;
+        assert!(supports(&r).unwrap_err().contains("tap"));
+    }
+
+    #[test]
+    fn dgram_needs_qemu_7_2() {
+        assert_eq!(
+            dgram_support("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+            Ok(())
+        );
+        assert_eq!(dgram_support("QEMU emulator version 10.0.0"), Ok(()));
+        for old in [
+            "QEMU emulator version 7.1.0",
+            "QEMU emulator version 6.2.0",
+            "",
+        ] {
+            assert!(dgram_support(old).unwrap_err().contains("7.2"), "{old}");
+        }
+    }
+
+    #[test]
+    fn microvm_image_loses_only_its_multiboot_magic() {
+        let mut img = vec![0xaau8; 64];
+        let (flags, sum) = (3u32, 0u32.wrapping_sub(0x1bad_b002 + 3));
+        img[16..20].copy_from_slice(&0x1bad_b002u32.to_le_bytes());
+        img[20..24].copy_from_slice(&flags.to_le_bytes());
+        img[24..28].copy_from_slice(&sum.to_le_bytes());
+        let out = without_multiboot(&img);
+        assert_eq!(&out[16..20], &[0; 4]);
+        assert_eq!((&out[..16], &out[20..]), (&img[..16], &img[20..]));
+        // A magic whose checksum fails is data, left alone.
+        img[24] ^= 1;
+        assert_eq!(without_multiboot(&img), img);
+        // hv's guest image has a header, and QEMU would take it before the PVH note.
+        assert_ne!(without_multiboot(hv::GUEST_IMAGE), hv::GUEST_IMAGE);
     }
 
     #[test]

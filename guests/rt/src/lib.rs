@@ -88,12 +88,6 @@ static mut CMDLINE: [u8; args::MAX_CMDLINE] = [0; args::MAX_CMDLINE];
 fn read_cmdline(start_info: u32) -> Result<&'static str, Fail> {
     const PVH_MAGIC: u32 = 0x336e_c578;
     if multiboot::entered() {
-        // QEMU's microvm appends its `virtio_mmio.device=` words to the command line it keeps in
-        // fw_cfg after its multiboot loader has copied the original: prefer fw_cfg's when it has
-        // one (hv's platform and QEMU's `pc` leave it empty for multiboot kernels).
-        if let Some(line) = fw_cfg_cmdline() {
-            return Ok(line);
-        }
         return copy_cmdline(multiboot::cmdline_addr(start_info)?).map(multiboot::kernel_args);
     }
     let base = u64::from(start_info);
@@ -112,25 +106,6 @@ fn read_cmdline(start_info: u32) -> Result<&'static str, Fail> {
         return Err(Fail::BadArg("start_info magic"));
     }
     copy_cmdline(cmdline)
-}
-
-/// The kernel command line fw_cfg holds, when fw_cfg is there and the line is not empty.
-fn fw_cfg_cmdline() -> Option<&'static str> {
-    use drivers::fw_cfg;
-    if !fw_cfg::present() {
-        return None;
-    }
-    let size = u32::from_le_bytes(fw_cfg::read::<4>(fw_cfg::KEY_CMDLINE_SIZE)) as usize;
-    if size <= 1 {
-        return None;
-    }
-    // SAFETY: CMDLINE is written once, here, on the BSP before anything else reads it.
-    let buf = unsafe { &mut *core::ptr::addr_of_mut!(CMDLINE) };
-    let len = size.min(buf.len() - 1);
-    fw_cfg::select(fw_cfg::KEY_CMDLINE_DATA);
-    fw_cfg::read_bytes(&mut buf[..len]);
-    let len = buf[..len].iter().position(|&b| b == 0).unwrap_or(len);
-    core::str::from_utf8(&buf[..len]).ok()
 }
 
 /// Copies the NUL-terminated command line at `cmdline` (0 = none) into [`CMDLINE`].

@@ -26,9 +26,17 @@ pub const VECTOR: u8 = 0x41;
 
 /// Interrupts taken on [`VECTOR`].
 pub static IRQS: AtomicU64 = AtomicU64::new(0);
+/// The transport whose InterruptStatus the handler acknowledges (0: none). A transport found
+/// from `virtio_mmio.device=` (QEMU's microvm) holds its line until acknowledged, so with an
+/// edge-triggered IOAPIC pin an unacknowledged interrupt would be the last one.
+static ACK_BASE: AtomicU64 = AtomicU64::new(0);
 
 fn on_irq(_: u8) {
     IRQS.fetch_add(1, Ordering::Relaxed);
+    let base = ACK_BASE.load(Ordering::Relaxed);
+    if base != 0 {
+        virtio::ack_interrupt(Mmio(base));
+    }
 }
 
 #[repr(C, align(4096))]
@@ -66,9 +74,17 @@ pub struct VirtioNet {
 }
 
 impl VirtioNet {
-    /// Brings the device at `base` up, interrupting on IOAPIC pin `irq` (unless `poll`).
-    pub fn open(base: u64, irq: u8, evidx: bool, poll: bool) -> Result<VirtioNet, NicError> {
+    /// Brings the device at `base` up, interrupting on IOAPIC pin `irq` (unless `poll`);
+    /// `ack`: the interrupt handler acknowledges InterruptStatus (a level-style transport).
+    pub fn open(
+        base: u64,
+        irq: u8,
+        evidx: bool,
+        poll: bool,
+        ack: bool,
+    ) -> Result<VirtioNet, NicError> {
         let dev = Mmio(base);
+        ACK_BASE.store(if ack { base } else { 0 }, Ordering::Relaxed);
         // SAFETY: one driver instance per guest owns the ring memory.
         let (rxm, txm) = unsafe {
             (
