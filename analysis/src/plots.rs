@@ -28,8 +28,9 @@ fn er<E: std::fmt::Debug>(e: E) -> String {
 }
 
 pub fn color(i: usize) -> RGBColor {
-    // Tableau 10: distinguishable, and readable on white.
-    const C: [RGBColor; 10] = [
+    // Tableau 10, then its light companions (tab20): a default suite has about 15 variant
+    // names, each keeps its own colour.
+    const C: [RGBColor; 20] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -40,6 +41,16 @@ pub fn color(i: usize) -> RGBColor {
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
+        RGBColor(174, 199, 232),
+        RGBColor(255, 187, 120),
+        RGBColor(152, 223, 138),
+        RGBColor(255, 152, 150),
+        RGBColor(197, 176, 213),
+        RGBColor(196, 156, 148),
+        RGBColor(247, 182, 210),
+        RGBColor(199, 199, 199),
+        RGBColor(219, 219, 141),
+        RGBColor(158, 218, 229),
     ];
     C[i % C.len()]
 }
@@ -54,7 +65,6 @@ pub trait Chart {
 #[derive(Debug, Clone)]
 pub struct Plot {
     pub title: String,
-    pub svg: String,
     pub svg_path: PathBuf,
     pub png_path: PathBuf,
 }
@@ -90,7 +100,6 @@ pub fn render(
     }
     Ok(Plot {
         title: title.to_string(),
-        svg,
         svg_path,
         png_path,
     })
@@ -532,8 +541,15 @@ impl Chart for Cdf {
             root.draw(&Text::new(label.to_string(), (left - 6, py), ts))
                 .map_err(er)?;
         }
+        let mut seen: Vec<RGBColor> = Vec::new();
         for (name, c, p) in &self.series {
             let c = *c;
+            // The second series of one variant (other arguments) is drawn dashed, the third with
+            // wider gaps, so they keep the variant's colour and still tell apart.
+            let width = 3u32
+                .saturating_sub(seen.iter().filter(|s| **s == c).count() as u32)
+                .max(1);
+            seen.push(c);
             // A step function: each bucket's upper value holds its fraction.
             let mut line = Vec::new();
             let mut prev = 0.0;
@@ -543,12 +559,22 @@ impl Chart for Cdf {
                 line.push((x, pct_y(f)));
                 prev = f;
             }
-            chart
-                .draw_series(LineSeries::new(line, c.stroke_width(2)))
+            let style = c.stroke_width(2);
+            let drawn = if width == 3 {
+                chart.draw_series(LineSeries::new(line, style))
+            } else {
+                chart.draw_series(DashedLineSeries::new(
+                    line,
+                    6,
+                    2 + 3 * (3 - width as i32),
+                    style,
+                ))
+            };
+            drawn
                 .map_err(er)?
                 .label(name.as_str())
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(2))
+                    PathElement::new(vec![(x, y), (x + 15, y)], c.stroke_width(width))
                 });
         }
         draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
@@ -683,7 +709,8 @@ mod tests {
             ],
         };
         let p = render(&bars, &dir, "bars", "exits").unwrap();
-        assert!(p.svg.contains("<svg") && p.svg.contains("synthetic+all"));
+        let svg = |p: &Plot| std::fs::read_to_string(&p.svg_path).unwrap();
+        assert!(svg(&p).contains("<svg") && svg(&p).contains("synthetic+all"));
         let png = std::fs::read(&p.png_path).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         let cdf = Cdf {
@@ -696,13 +723,14 @@ mod tests {
         };
         let p = render(&cdf, &dir, "cdf", "cdf").unwrap();
         // 1-2-5 ticks in ms over 10 µs..2 ms, and the p99 line.
-        let texts: Vec<&str> = p.svg.lines().map(str::trim).collect();
+        let text = svg(&p);
+        let texts: Vec<&str> = text.lines().map(str::trim).collect();
         for t in [
             "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "p50", "p99",
         ] {
-            assert!(texts.contains(&t), "no {t} in {}", p.svg);
+            assert!(texts.contains(&t), "no {t} in {text}");
         }
-        assert!(p.svg.contains("(ms, log scale)"));
+        assert!(text.contains("(ms, log scale)"));
         let lines = Lines {
             title: "scaling".into(),
             x_label: "vCPUs".into(),
@@ -712,7 +740,7 @@ mod tests {
             y_time: true,
         };
         let p = render(&lines, &dir, "lines", "scaling").unwrap();
-        assert!(p.svg.contains("time / op (µs)"), "{}", p.svg);
+        assert!(svg(&p).contains("time / op (µs)"), "{}", svg(&p));
         let eb = ErrorBars {
             title: "speed-up".into(),
             x_label: "x".into(),

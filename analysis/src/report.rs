@@ -1071,6 +1071,10 @@ impl CmpRow {
         let (Some(a), Some(b)) = (&self.a_row, &self.b_row) else {
             return false;
         };
+        // One repetition has no interval to speak of.
+        if a.reps < 2 || b.reps < 2 {
+            return false;
+        }
         let (Some(ca), Some(cb)) = (a.ci, b.ci) else {
             return false;
         };
@@ -1248,7 +1252,24 @@ pub fn write_compare(
             }
         ),
         format!(
-            "{differs} differ beyond both CIs (B's median outside A's 95% CI and A's outside B's): flagged ⚑ below."
+            "Over all {} rows, stable or not, {} ({}) have medians more than {}% apart.",
+            both.len(),
+            both.iter()
+                .filter(|r| r.rel_diff().is_some_and(|d| d > DRIFT))
+                .count(),
+            if both.is_empty() {
+                "–".to_string()
+            } else {
+                pct(both
+                    .iter()
+                    .filter(|r| r.rel_diff().is_some_and(|d| d > DRIFT))
+                    .count() as f64
+                    / both.len() as f64)
+            },
+            num(DRIFT * 100.0),
+        ),
+        format!(
+            "{differs} differ beyond both CIs (B's median outside A's 95% CI and A's outside B's, 2+ repetitions on each side): flagged ⚑ below."
         ),
         format!(
             "{} are unstable on at least one side (⚠): the comparison cannot resolve them.",
