@@ -361,6 +361,19 @@ impl Chart for Bars {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], sc.filled()));
         }
+        // Each bar's value at its end, so that a 0 reads as 0 and not as a missing bar.
+        for (j, (_, vals)) in self.series.iter().enumerate() {
+            for (i, v) in vals.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let mid = n - i as f64 - 0.1 - j as f64 * h - h * 0.45;
+                let (px, py) = chart.backend_coord(&(*v, mid));
+                let style = TextStyle::from((FONT, 11).into_font())
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Center));
+                root.draw(&Text::new(tick_label(*v), (px + 4, py), style))
+                    .map_err(er)?;
+            }
+        }
         if !single {
             draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         }
@@ -368,13 +381,16 @@ impl Chart for Bars {
     }
 }
 
+/// A line: its name, colour and (x, y) points.
+pub type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 /// Lines (x, y) per series, each in its colour.
 #[derive(Debug, Clone)]
 pub struct Lines {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
-    pub series: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    pub series: Vec<Series>,
     /// x values are times in ns: the axis is in µs/ms as fits.
     pub x_time: bool,
     /// y values are times in ns: the axis is in µs/ms as fits.
@@ -457,7 +473,7 @@ impl Chart for Lines {
 pub struct Cdf {
     pub title: String,
     /// (series name, colour, CDF points (latency in ns, fraction <= latency)).
-    pub series: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    pub series: Vec<Series>,
 }
 
 /// The y of fraction `f` on the percentile axis: -log10(1 - f), capped at p99.9.
