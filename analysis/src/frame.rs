@@ -376,6 +376,47 @@ mod tests {
     }
 
     #[test]
+    fn tlb_flushes_per_op_by_source_and_null_where_not_measured() {
+        let mut r = rec(
+            "tlb",
+            "tlb-shootdown",
+            "shootdown",
+            "hv-tlbflush",
+            0,
+            1000.0,
+        );
+        r.metrics.insert("invlpg_local".into(), 100.0);
+        r.metrics.insert("invlpg_remote".into(), 300.0);
+        r.kvm_stats.insert("invlpg".into(), 400);
+        r.kvm_stats.insert("tlb_flush".into(), 700);
+        r.kvm_stats.insert("vm.remote_tlb_flush".into(), 0);
+        r.kvm_stats
+            .insert("vm.remote_tlb_flush_requests".into(), 200);
+        r.tracepoints.insert("kvm_cr".into(), 50);
+        r.tracepoints.insert("kvm_pv_tlb_flush".into(), 1300);
+        r.exits_by_device
+            .insert("hv-enl:tlb_flushes_done".into(), 300);
+        // A QEMU row: nothing measured.
+        let mut q = rec("tlb", "tlb-shootdown", "shootdown", "none", 0, 1000.0);
+        q.vmm = "qemu".into();
+        let df = records_frame(&[r, q]).unwrap();
+        let f = |c: &str, i: usize| df.column(c).unwrap().f64().unwrap().get(i);
+        for (col, per_op) in [
+            ("tlb.guest_invlpg", 4.0),
+            ("tlb.kvm_invlpg", 4.0),
+            ("tlb.cr_access", 0.5),
+            ("tlb.kvm_flush", 7.0),
+            ("tlb.remote_flush", 0.0),
+            ("tlb.remote_flush_requests", 2.0),
+            ("tlb.pv_flush", 13.0),
+            ("tlb.hv_flushes_done", 3.0),
+        ] {
+            assert_eq!(f(col, 0), Some(per_op), "{col}");
+            assert_eq!(f(col, 1), None, "{col} of the QEMU row");
+        }
+    }
+
+    #[test]
     fn medians_group_ok_rows_only() {
         let mut recs = vec![
             rec("exp", "w", "p", "none", 0, 100.0),

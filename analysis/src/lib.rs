@@ -317,6 +317,40 @@ mod tests {
         assert_eq!(t1, t2);
     }
 
+    /// tlb-shootdown rows carry TLB flushes per op (KVM's plus hv's) and the full breakdown by
+    /// source; the key findings compare them with the baseline; a plot draws them.
+    #[test]
+    fn tlb_flushes_reach_tables_findings_and_a_plot() {
+        let mut recs = Vec::new();
+        for rep in 0..2 {
+            for (v, kvm, hv_done, ns) in [("none", 400, 0, 1000.0), ("hv-tlbflush", 0, 300, 800.0)]
+            {
+                let mut r = rec("tlb", "tlb-shootdown", "shootdown", v, rep, ns);
+                r.exits.insert("total".into(), 0);
+                r.kvm_stats.insert("tlb_flush".into(), kvm);
+                r.kvm_stats.insert("invlpg".into(), 400);
+                r.exits_by_device
+                    .insert("hv-enl:tlb_flushes_done".into(), hv_done);
+                recs.push(r);
+            }
+        }
+        let d = results_dir("tlb", &recs, None);
+        let out = temp_dir("tlb-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(
+            md.contains("TLB flushes per shootdown by source, every source:"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| shootdown | hv-tlbflush | hv | 4.00 | 0 | 3.00 |"),
+            "INVLPG in KVM, KVM tlb_flush, hv flushes done: {md}"
+        );
+        assert!(md.contains("TLB flushes/op 4.00 → 3.00"), "{md}");
+        assert!(out.join("plots/tlb_tlb_tlb-shootdown.png").is_file());
+    }
+
     #[test]
     fn load_skips_blank_lines_and_defaults_missing_manifest() {
         let (recs, _) = fixture();
