@@ -12,10 +12,11 @@ pub enum Block {
         head: Vec<String>,
         rows: Vec<Vec<String>>,
     },
-    /// A plot: its SVG text (inlined in HTML) and its files relative to the report.
+    /// A plot: its PNG (base64, embedded in HTML as a data URI, so the page stands alone and
+    /// its text is drawn with the embedded font) and its files relative to the report.
     Plot {
         title: String,
-        svg: String,
+        png_base64: String,
         svg_rel: String,
         png_rel: String,
     },
@@ -94,7 +95,7 @@ fn inline(s: &str) -> String {
     out
 }
 
-/// A standalone HTML page: styles inline, SVG plots inline, no external resources.
+/// A standalone HTML page: styles inline, plots as embedded PNG data, no external resources.
 pub fn html(title: &str, blocks: &[Block]) -> String {
     let mut out = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>\
@@ -102,7 +103,7 @@ body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;colo
 table{{border-collapse:collapse;margin:1em 0;font-size:0.9em}}\
 th,td{{border:1px solid #bbb;padding:0.25em 0.6em;text-align:right}}\
 th{{background:#eee}}td:first-child,th:first-child{{text-align:left}}\
-figure{{margin:1em 0}}code{{background:#f4f4f4}}</style></head><body>\n<h1>{}</h1>\n",
+figure{{margin:1em 0}}figure img{{max-width:100%;height:auto}}code{{background:#f4f4f4}}</style></head><body>\n<h1>{}</h1>\n",
         esc(title),
         esc(title)
     );
@@ -137,12 +138,13 @@ figure{{margin:1em 0}}code{{background:#f4f4f4}}</style></head><body>\n<h1>{}</h
                 }
                 out.push_str("</table>\n");
             }
-            Block::Plot { title, svg, .. } => {
-                let svg = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);
+            Block::Plot {
+                title, png_base64, ..
+            } => {
                 let _ = writeln!(
                     out,
-                    "<figure>{svg}<figcaption>{}</figcaption></figure>",
-                    esc(title)
+                    "<figure><img src=\"data:image/png;base64,{png_base64}\" alt=\"{t}\"><figcaption>{t}</figcaption></figure>",
+                    t = esc(title)
                 );
             }
         }
@@ -165,7 +167,7 @@ mod tests {
             },
             Block::Plot {
                 title: "t".into(),
-                svg: "<?xml version=\"1.0\"?><svg></svg>".into(),
+                png_base64: "iVBORw0K".into(),
                 svg_rel: "plots/t.svg".into(),
                 png_rel: "plots/t.png".into(),
             },
@@ -176,7 +178,6 @@ mod tests {
         let h = html("T", &blocks);
         assert!(h.contains("<h2>w &lt;1&gt;</h2>"));
         assert!(h.contains("<td><code>z</code></td>"));
-        assert!(h.contains("<figure><svg></svg>"));
-        assert!(!h.contains("<?xml"));
+        assert!(h.contains("<figure><img src=\"data:image/png;base64,iVBORw0K\" alt=\"t\">"));
     }
 }

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use hv::record::{RecordStatus, RunRecord};
 use polars::prelude::*;
+use polars_io::SerWriter;
+use polars_io::csv::write::CsvWriter;
+use polars_io::parquet::write::ParquetWriter;
 
 use crate::AnalysisError;
 
@@ -19,6 +22,62 @@ pub const SUMMARY_KEYS: [&str; 7] = [
     "vcpus",
     "partitions",
 ];
+
+/// The keys of a comparison group: rows that share them are variants measured under the same
+/// conditions ([`SUMMARY_KEYS`] without `variant`).
+pub const GROUP_KEYS: [&str; 6] = [
+    "experiment",
+    "workload",
+    "phase",
+    "vmm",
+    "vcpus",
+    "partitions",
+];
+
+/// TLB flushes per op by source: `(column, label)`. Each column is null where its source was
+/// not measured (no KVM stats, no tracepoints, a workload that does not report INVLPGs).
+pub const TLB_SOURCES: [(&str, &str); 8] = [
+    // The guest's own count of INVLPGs it executed (tlb-shootdown reports them).
+    ("tlb.guest_invlpg", "guest INVLPG"),
+    // KVM's `invlpg` statistic: INVLPGs KVM intercepted or emulated (every workload).
+    ("tlb.kvm_invlpg", "INVLPG in KVM"),
+    // `kvm:kvm_cr` tracepoint: control-register accesses that reached KVM (CR3 writes among
+    // them); it does not tell CR3 from other CRs.
+    ("tlb.cr_access", "CR accesses"),
+    // KVM's `tlb_flush` statistic: flushes KVM did for a vCPU (local or requested).
+    ("tlb.kvm_flush", "KVM tlb_flush"),
+    ("tlb.remote_flush", "remote_tlb_flush"),
+    ("tlb.remote_flush_requests", "remote flush requests"),
+    // `kvm:kvm_pv_tlb_flush`: KVM checked a vCPU's PV flush flag (pv-tlb-flush).
+    ("tlb.pv_flush", "PV flush checks"),
+    // hv's Hyper-V flush hypercall: vCPUs flushed on the guest's request.
+    ("tlb.hv_flushes_done", "hv flushes done"),
+];
+
+/// The count of TLB flush source `column` in `r`, `None` when not measured.
+fn tlb_count(r: &RunRecord, column: &str) -> Option<f64> {
+    let kvm = |k: &str| r.kvm_stats.get(k).map(|&v| v as f64);
+    let tp = |k: &str| r.tracepoints.get(k).map(|&v| v as f64);
+    match column {
+        "tlb.guest_invlpg" => {
+            let l = r.metrics.get("invlpg_local");
+            let rm = r.metrics.get("invlpg_remote");
+            (l.is_some() || rm.is_some())
+                .then(|| l.copied().unwrap_or(0.0) + rm.copied().unwrap_or(0.0))
+        }
+        "tlb.kvm_invlpg" => kvm("invlpg"),
+        "tlb.cr_access" => tp("kvm_cr"),
+        "tlb.kvm_flush" => kvm("tlb_flush"),
+        "tlb.remote_flush" => kvm("vm.remote_tlb_flush"),
+        "tlb.remote_flush_requests" => kvm("vm.remote_tlb_flush_requests"),
+        "tlb.pv_flush" => tp("kvm_pv_tlb_flush"),
+        "tlb.hv_flushes_done" => r
+            .exits_by_device
+            .get("hv-enl:tlb_flushes_done")
+            .map(|&v| v as f64),
+        _ => None,
+    }
+}
 
 /// `(kind, reason)` of a status.
 pub fn status_parts(s: &RecordStatus) -> (&'static str, &str) {
@@ -109,7 +168,19 @@ pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> 
         }),
         o("latency.p50", &|r| r.latency.as_ref().map(|l| l.p50)),
         o("latency.p99", &|r| r.latency.as_ref().map(|l| l.p99)),
+        Column::new(
+            "latency.unit".into(),
+            records
+                .iter()
+                .map(|r| r.latency.as_ref().map(|l| l.unit.clone()))
+                .collect::<Vec<Option<String>>>(),
+        ),
     ];
+    for (name, _) in TLB_SOURCES {
+        if records.iter().any(|r| tlb_count(r, name).is_some()) {
+            cols.push(o(name, &|r| tlb_count(r, name).and_then(|v| per_op(r, v))));
+        }
+    }
     let keys = |f: &dyn Fn(&RunRecord) -> Vec<String>| {
         records.iter().flat_map(f).collect::<BTreeSet<String>>()
     };
@@ -138,10 +209,97 @@ pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> 
     Ok(DataFrame::new(records.len(), cols)?)
 }
 
-/// Medians of every per-op column over the ok rows, grouped by `keys`, with a row count `n`.
-pub fn medians(df: &DataFrame, keys: &[&str]) -> Result<DataFrame, AnalysisError> {
+fn ok_rows(df: &DataFrame) -> LazyFrame {
+    df.clone().lazy().filter(col("status").eq(lit("ok")))
+}
+
+fn exprs(keys: &[&str]) -> Vec<Expr> {
+    keys.iter().map(|k| col(*k)).collect()
+}
+
+fn names(keys: &[&str]) -> Vec<PlSmallStr> {
+    keys.iter().map(|k| PlSmallStr::from(*k)).collect()
+}
+
+/// The report's summary: one row per [`SUMMARY_KEYS`] over the ok records, with `n` (records),
+/// `reps` (distinct repetitions), `device`, `enlightenments`, `latency.unit`, the median of
+/// every per-op column, and `cv`: the coefficient of variation (sample standard deviation /
+/// mean) of the per-repetition medians of `ns_per_op` (null with fewer than two repetitions).
+pub fn summary(df: &DataFrame) -> Result<DataFrame, AnalysisError> {
+    let mut aggs = vec![
+        col("repetition")
+            .n_unique()
+            .cast(DataType::UInt64)
+            .alias("reps"),
+        col("device").first(),
+        col("enlightenments").first(),
+        col("latency.unit").drop_nulls().first(),
+    ];
+    aggs.extend(median_aggs(df, &SUMMARY_KEYS));
+    let mut rep_keys = SUMMARY_KEYS.to_vec();
+    rep_keys.push("repetition");
+    let per_rep = ok_rows(df)
+        .group_by(exprs(&rep_keys))
+        .agg([col("ns_per_op").median().alias("rep_ns_per_op")])
+        .group_by(exprs(&SUMMARY_KEYS))
+        .agg([(col("rep_ns_per_op").std(1) / col("rep_ns_per_op").mean()).alias("cv")]);
+    Ok(ok_rows(df)
+        .group_by(exprs(&SUMMARY_KEYS))
+        .agg(aggs)
+        .join(
+            per_rep,
+            exprs(&SUMMARY_KEYS),
+            exprs(&SUMMARY_KEYS),
+            JoinArgs::new(JoinType::Left),
+        )
+        .sort(names(&SUMMARY_KEYS), SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// The bootstrap's input: `ns_per_op` of every ok record that has one, with its
+/// [`SUMMARY_KEYS`], repetition and partition, sorted by them.
+pub fn bootstrap_inputs(df: &DataFrame) -> Result<DataFrame, AnalysisError> {
+    let mut cols = SUMMARY_KEYS.to_vec();
+    cols.extend(["repetition", "partition", "ns_per_op"]);
+    let mut sort = SUMMARY_KEYS.to_vec();
+    sort.extend(["repetition", "partition"]);
+    Ok(ok_rows(df)
+        .filter(col("ns_per_op").is_not_null())
+        .select(exprs(&cols))
+        .sort(names(&sort), SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// Records that were not ok, counted per experiment, workload, variant, vmm, vCPUs,
+/// partitions, status and reason.
+pub fn not_ok(df: &DataFrame) -> Result<DataFrame, AnalysisError> {
+    let keys = [
+        "experiment",
+        "workload",
+        "variant",
+        "vmm",
+        "vcpus",
+        "partitions",
+        "status",
+        "status_reason",
+    ];
+    Ok(df
+        .clone()
+        .lazy()
+        .filter(col("status").neq(lit("ok")))
+        .group_by(exprs(&keys))
+        .agg([len().cast(DataType::UInt64).alias("records")])
+        .sort(names(&keys), SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// `n` (records) and the median of `ops` and of every Float64 column that is not a key.
+fn median_aggs(df: &DataFrame, keys: &[&str]) -> Vec<Expr> {
     let key_set: BTreeSet<&str> = keys.iter().copied().collect();
-    let mut aggs = vec![len().alias("n"), col("ops").median().alias("ops")];
+    let mut aggs = vec![
+        len().cast(DataType::UInt64).alias("n"),
+        col("ops").median().alias("ops"),
+    ];
     for c in df.get_column_names() {
         let name = c.as_str();
         if key_set.contains(name) {
@@ -154,6 +312,12 @@ pub fn medians(df: &DataFrame, keys: &[&str]) -> Result<DataFrame, AnalysisError
             aggs.push(col(name).median());
         }
     }
+    aggs
+}
+
+/// Medians of every per-op column over the ok rows, grouped by `keys`, with a row count `n`.
+pub fn medians(df: &DataFrame, keys: &[&str]) -> Result<DataFrame, AnalysisError> {
+    let aggs = median_aggs(df, keys);
     let key_exprs: Vec<Expr> = keys.iter().map(|k| col(*k)).collect();
     let sort_keys: Vec<PlSmallStr> = keys.iter().map(|k| PlSmallStr::from(*k)).collect();
     Ok(df
@@ -212,6 +376,47 @@ mod tests {
     }
 
     #[test]
+    fn tlb_flushes_per_op_by_source_and_null_where_not_measured() {
+        let mut r = rec(
+            "tlb",
+            "tlb-shootdown",
+            "shootdown",
+            "hv-tlbflush",
+            0,
+            1000.0,
+        );
+        r.metrics.insert("invlpg_local".into(), 100.0);
+        r.metrics.insert("invlpg_remote".into(), 300.0);
+        r.kvm_stats.insert("invlpg".into(), 400);
+        r.kvm_stats.insert("tlb_flush".into(), 700);
+        r.kvm_stats.insert("vm.remote_tlb_flush".into(), 0);
+        r.kvm_stats
+            .insert("vm.remote_tlb_flush_requests".into(), 200);
+        r.tracepoints.insert("kvm_cr".into(), 50);
+        r.tracepoints.insert("kvm_pv_tlb_flush".into(), 1300);
+        r.exits_by_device
+            .insert("hv-enl:tlb_flushes_done".into(), 300);
+        // A QEMU row: nothing measured.
+        let mut q = rec("tlb", "tlb-shootdown", "shootdown", "none", 0, 1000.0);
+        q.vmm = "qemu".into();
+        let df = records_frame(&[r, q]).unwrap();
+        let f = |c: &str, i: usize| df.column(c).unwrap().f64().unwrap().get(i);
+        for (col, per_op) in [
+            ("tlb.guest_invlpg", 4.0),
+            ("tlb.kvm_invlpg", 4.0),
+            ("tlb.cr_access", 0.5),
+            ("tlb.kvm_flush", 7.0),
+            ("tlb.remote_flush", 0.0),
+            ("tlb.remote_flush_requests", 2.0),
+            ("tlb.pv_flush", 13.0),
+            ("tlb.hv_flushes_done", 3.0),
+        ] {
+            assert_eq!(f(col, 0), Some(per_op), "{col}");
+            assert_eq!(f(col, 1), None, "{col} of the QEMU row");
+        }
+    }
+
+    #[test]
     fn medians_group_ok_rows_only() {
         let mut recs = vec![
             rec("exp", "w", "p", "none", 0, 100.0),
@@ -228,6 +433,6 @@ mod tests {
             m.column("ns_per_op").unwrap().f64().unwrap().get(0),
             Some(200.0)
         );
-        assert_eq!(m.column("n").unwrap().u32().unwrap().get(0), Some(3));
+        assert_eq!(m.column("n").unwrap().u64().unwrap().get(0), Some(3));
     }
 }

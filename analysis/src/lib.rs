@@ -102,6 +102,9 @@ pub struct ReportFiles {
     pub plots: Vec<PathBuf>,
     /// Parquet and CSV tables.
     pub tables: Vec<PathBuf>,
+    /// Lines worth printing: for a comparison, how many rows are stable, drift more than 5%
+    /// or differ beyond both CIs.
+    pub summary: Vec<String>,
 }
 
 /// Records and manifests of one or more results directories.
@@ -316,6 +319,40 @@ mod tests {
         assert_eq!(t1, t2);
     }
 
+    /// tlb-shootdown rows carry TLB flushes per op (KVM's plus hv's) and the full breakdown by
+    /// source; the key findings compare them with the baseline; a plot draws them.
+    #[test]
+    fn tlb_flushes_reach_tables_findings_and_a_plot() {
+        let mut recs = Vec::new();
+        for rep in 0..2 {
+            for (v, kvm, hv_done, ns) in [("none", 400, 0, 1000.0), ("hv-tlbflush", 0, 300, 800.0)]
+            {
+                let mut r = rec("tlb", "tlb-shootdown", "shootdown", v, rep, ns);
+                r.exits.insert("total".into(), 0);
+                r.kvm_stats.insert("tlb_flush".into(), kvm);
+                r.kvm_stats.insert("invlpg".into(), 400);
+                r.exits_by_device
+                    .insert("hv-enl:tlb_flushes_done".into(), hv_done);
+                recs.push(r);
+            }
+        }
+        let d = results_dir("tlb", &recs, None);
+        let out = temp_dir("tlb-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(
+            md.contains("TLB flushes per shootdown by source, every source:"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| shootdown | hv-tlbflush | hv | 4.00 | 0 | 3.00 |"),
+            "INVLPG in KVM, KVM tlb_flush, hv flushes done: {md}"
+        );
+        assert!(md.contains("TLB flushes/op 4.00 → 3.00"), "{md}");
+        assert!(out.join("plots/tlb_tlb_tlb-shootdown.png").is_file());
+    }
+
     #[test]
     fn load_skips_blank_lines_and_defaults_missing_manifest() {
         let (recs, _) = fixture();
@@ -388,16 +425,26 @@ mod tests {
             write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
         let md = std::fs::read_to_string(&files.markdown).unwrap();
         // Medians: emulated hv 1100 ns/op, 3 exits/op; synthetic 450 ns/op; ratio 450/1100.
+        // CV of the repetitions' medians: sd 100 / mean 1100 = 9.09%, sd 50 / mean 450 = 11.1%.
         assert!(
-            md.contains("| pio-out | emulated | hv | 1 | 1 | 3 | 100 | 1100 | 3.00 | io_out 2.00, hlt 1.00 |"),
+            md.contains("| pio-out | emulated | hv | 1 | 1 | 3 | 100 | 1.10 µs | 9.09% (CI ±"),
             "{md}"
         );
+        assert!(md.contains("| 3.00 | io_out 2.00, hlt 1.00 |"), "{md}");
         assert!(
-            md.contains(
-                "| pio-out | synthetic | hv | 1 | 1 | 3 | 100 | 450.0 | 0.500 | mmio_write 0.500 |"
-            ),
+            md.contains("| pio-out | synthetic | hv | 1 | 1 | 3 | 100 | 450 ns | 11.1% (CI ±"),
             "{md}"
         );
+        assert!(md.contains("| 0.500 | mmio_write 0.500 |"), "{md}");
+        // The key findings open the report: the headline ratio with its CI, exits/op against
+        // the baseline's.
+        let findings = md.find("## Key findings").unwrap();
+        assert!(findings < md.find("## Host").unwrap());
+        assert!(
+            md.contains("`synthetic` vs `emulated` (pio-out, 1v×1p): time ×0.409 ["),
+            "{md}"
+        );
+        assert!(md.contains("exits/op 3.00 → 0.500"), "{md}");
         assert!(
             md.contains(&format!("{}×", report::num(1100.0 / 450.0))),
             "{md}"
@@ -418,13 +465,11 @@ mod tests {
         assert!(md.contains("| failed | 1 | guest exit status 3 |"), "{md}");
         assert!(md.contains("Scaling: skipped"));
         let html = std::fs::read_to_string(&files.html).unwrap();
-        assert!(html.contains("<svg"));
-        assert!(
-            !html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("<img")
-        );
+        assert!(html.contains("<img src=\"data:image/png;base64,"));
+        assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
         assert!(html.contains("<td>synthetic</td>"));
-        // exits, latency, speed-up plots, each SVG + PNG.
-        assert_eq!(files.plots.len(), 6, "{:?}", files.plots);
+        // overview, exits, latency, time-vs-baseline plots, each SVG + PNG.
+        assert_eq!(files.plots.len(), 8, "{:?}", files.plots);
         assert!(files.plots.iter().all(|p| p.is_file()));
         for t in [
             "runs.parquet",
@@ -436,13 +481,25 @@ mod tests {
             assert!(out.join(t).is_file(), "{t}");
         }
         let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+        let head = summary.lines().next().unwrap();
         assert!(
-            summary
-                .lines()
-                .next()
-                .unwrap()
-                .starts_with("experiment,workload,phase,variant,vmm,vcpus,partitions,n,ops")
+            head.starts_with("experiment,workload,phase,variant,vmm,vcpus,partitions,"),
+            "{head}"
         );
+        for c in [
+            "n",
+            "reps",
+            "ops",
+            "ns_per_op",
+            "cv",
+            "baseline",
+            "time_vs_baseline",
+            "time_vs_baseline_lo",
+            "ns_per_op_hi",
+            "unstable",
+        ] {
+            assert!(head.split(',').any(|h| h == c), "no {c} in {head}");
+        }
         assert_eq!(summary.lines().count(), 4, "{summary}");
     }
 
@@ -479,7 +536,7 @@ mod tests {
             .find(|l| l.starts_with("| pio-out | emulated | hv |"))
             .unwrap();
         assert!(
-            hv_row.contains("| 2.00 |"),
+            hv_row.contains("| 2.00 µs |"),
             "vCPU 200 us / 100 ops: {hv_row}"
         );
         let kernel = md
@@ -547,7 +604,7 @@ mod tests {
         assert!(!md.contains("Scaling: skipped"), "{md}");
         assert!(md.contains("Latency CDF: skipped") && md.contains("Exits per operation: skipped"));
         assert!(
-            md.contains("| ipi | pv-ipi | hv | 4 | 1 | 2 | 100 | 2400 |"),
+            md.contains("| ipi | pv-ipi | hv | 4 | 1 | 2 | 100 | 2.40 µs |"),
             "{md}"
         );
         let svg = out.join("plots/scaling_vCPUs_ipi_ipi-pingpong_ipi_hv.svg");
@@ -577,11 +634,148 @@ mod tests {
         let f = compare(&[a], &[b], &out, &ReportOptions::default()).unwrap();
         let md = std::fs::read_to_string(&f.markdown).unwrap();
         assert!(
-            md.contains("| pio-out | emulated | hv | 1 | 1 | 1100 | 550.0 | 0.500 ["),
+            md.contains("| pio-out | emulated | hv | 1 | 1 | 1.10 µs | 550 ns | 0.500 ["),
             "{md}"
         );
         let html = std::fs::read_to_string(&f.html).unwrap();
-        assert!(html.contains("<svg") && !html.contains("src=\"http"));
+        assert!(html.contains("<img") && !html.contains("src=\"http"));
         assert!(out.join("compare.csv").is_file());
+        // Every time halved with no spread inside a side: outside both (degenerate) CIs.
+        assert!(md.contains("⚑ differs"), "{md}");
+        assert!(md.contains("## Repeatability"), "{md}");
+    }
+
+    /// The report's tables show what a polars query over the written runs.parquet gives:
+    /// medians of time/op and exits/op per phase, variant and vmm, formatted as the tables do.
+    #[test]
+    fn report_tables_equal_a_polars_query_over_runs_parquet() {
+        use polars::prelude::*;
+        use polars_io::SerReader;
+        use polars_io::parquet::read::ParquetReader;
+        let (mut recs, m) = fixture();
+        // A second partition in one repetition, so that medians pool partitions and
+        // repetitions.
+        let mut extra = recs[0].clone();
+        extra.partition = 1;
+        extra.guest_tsc = 97_000;
+        recs.push(extra);
+        let d = results_dir("polars-query", &recs, Some(&m));
+        let out = temp_dir("polars-query-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        let f = std::fs::File::open(out.join("runs.parquet")).unwrap();
+        let runs = ParquetReader::new(f).finish().unwrap();
+        assert_eq!(runs.height(), recs.len());
+        let q = runs
+            .lazy()
+            .filter(col("status").eq(lit("ok")))
+            .group_by([col("phase"), col("variant"), col("vmm")])
+            .agg([
+                col("ns_per_op").median(),
+                col("exits_total_per_op").median(),
+            ])
+            .collect()
+            .unwrap();
+        assert!(q.height() >= 3, "{q:?}");
+        let s = |c: &str, i: usize| {
+            q.column(c)
+                .unwrap()
+                .str()
+                .unwrap()
+                .get(i)
+                .unwrap()
+                .to_string()
+        };
+        let v = |c: &str, i: usize| q.column(c).unwrap().f64().unwrap().get(i);
+        for i in 0..q.height() {
+            let (phase, variant, vmm) = (s("phase", i), s("variant", i), s("vmm", i));
+            let prefix = format!("| {phase} | {variant} | {vmm} |");
+            let line = md
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("no row {prefix} in:\n{md}"));
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            let time = v("ns_per_op", i).map_or("–".to_string(), report::time);
+            assert_eq!(cells[7], time, "time/op of {prefix}: {line}");
+            let exits = v("exits_total_per_op", i).map_or("not measured".to_string(), report::num);
+            assert_eq!(cells[9], exits, "exits/op of {prefix}: {line}");
+        }
+    }
+
+    /// A Chromium, if one is installed.
+    fn chromium() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .flat_map(|d| ["chromium", "chromium-browser", "google-chrome"].map(|n| d.join(n)))
+            .find(|p| p.is_file())
+    }
+
+    /// Opens `html` in headless Chromium and returns (images, images not rendered).
+    fn rendered_images(chrome: &Path, html: &str, tag: &str) -> (usize, usize) {
+        let probe = "<script>window.addEventListener('load', () => { \
+            const im = [...document.images]; \
+            const bad = im.filter(i => !i.complete || i.naturalWidth === 0).length; \
+            document.body.setAttribute('data-images', im.length + ' ' + bad); });</script>";
+        let page = html.replace("</body>", &format!("{probe}</body>"));
+        let dir = temp_dir(tag);
+        let file = dir.join("page.html");
+        std::fs::write(&file, page).unwrap();
+        let out = std::process::Command::new(chrome)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("file://{}", file.display()))
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        let at = dom.find("data-images=\"").unwrap_or_else(|| {
+            panic!(
+                "chromium did not run the probe: {}\n{dom}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let rest = &dom[at + "data-images=\"".len()..];
+        let mut it = rest[..rest.find('"').unwrap()].split(' ');
+        let n = it.next().unwrap().parse().unwrap();
+        let bad = it.next().unwrap().parse().unwrap();
+        (n, bad)
+    }
+
+    /// report.html renders in headless Chromium with every plot present; a broken image is
+    /// caught (the control). Skips, saying so, where no Chromium is installed.
+    #[test]
+    fn report_html_renders_every_image_in_headless_chromium() {
+        let Some(chrome) = chromium() else {
+            eprintln!(
+                "SKIPPED report_html_renders_every_image_in_headless_chromium: no chromium on \
+                 PATH (apt-get install chromium)"
+            );
+            return;
+        };
+        let (recs, m) = fixture();
+        let d = results_dir("chromium", &recs, Some(&m));
+        let out = temp_dir("chromium-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let html = std::fs::read_to_string(&files.html).unwrap();
+        let pngs = files
+            .plots
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count();
+        assert!(pngs >= 4, "{:?}", files.plots);
+        assert_eq!(rendered_images(&chrome, &html, "chromium-page"), (pngs, 0));
+        // Control: one image's data cut short must be reported as not rendered.
+        let i = html.find("base64,").unwrap() + "base64,".len();
+        let broken = format!("{}AAAA{}", &html[..i], &html[i + 200..]);
+        assert_eq!(
+            rendered_images(&chrome, &broken, "chromium-broken"),
+            (pngs, 1)
+        );
     }
 }

@@ -7,9 +7,10 @@ use hv::record::HostInfo;
 use polars::prelude::*;
 
 use crate::doc::{Block, html, markdown};
+use crate::frame::TLB_SOURCES;
 use crate::frame::{SUMMARY_KEYS, medians, records_frame, write_csv, write_parquet};
-use crate::model::{GroupKey, Model, Row};
-use crate::plots::{Bars, ErrorBars, Lines, Plot, render, slug};
+use crate::model::{GroupKey, Model, Row, UNSTABLE_CI_WIDTH};
+use crate::plots::{Bars, Cdf, ErrorBars, Lines, Palette, Plot, render, slug};
 use crate::stats::{Estimate, bootstrap_ratio, fnv1a};
 use crate::{AnalysisError, Loaded, ReportFiles, ReportOptions, hdr};
 
@@ -190,6 +191,85 @@ fn by_workload(m: &Model) -> BTreeMap<Wl, Vec<&Row>> {
     out
 }
 
+/// A time in ns with a unit (ns, µs, ms, s) and 3 significant digits: "22.9 ms".
+pub fn time(ns: f64) -> String {
+    let (u, scale) = crate::plots::time_unit(ns);
+    format!("{} {u}", sig3(ns / scale))
+}
+
+/// 3 significant digits (at least one decimal place below 1000 is kept as digits allow).
+pub fn sig3(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.decimals$}");
+    // Rounding can add a digit (999.6 -> "1000"): that is still 3 significant digits' worth.
+    s
+}
+
+fn opt_time(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), time)
+}
+
+/// A latency cell: times when the unit is ns, else the number and its unit.
+fn latency(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if unit == "ns" || unit.is_empty() => time(v),
+        Some(v) => format!("{} {unit}", sig3(v)),
+    }
+}
+
+/// Coefficient of variation as a percentage.
+fn pct(v: f64) -> String {
+    format!("{}%", sig3(v * 100.0))
+}
+
+/// The stability cell: CV across repetitions and the CI width of the median, flagged when
+/// wider than [`UNSTABLE_CI_WIDTH`].
+fn stability(r: &Row) -> String {
+    if r.reps < 2 {
+        return "1 rep".into();
+    }
+    let cv = r.cv.map_or_else(|| "–".into(), pct);
+    match r.ci {
+        Some(e) if e.point > 0.0 => {
+            let w = (e.hi - e.lo) / e.point;
+            let flag = if r.unstable() { " ⚠ unstable" } else { "" };
+            format!("{cv} (CI ±{}){flag}", pct(w / 2.0))
+        }
+        _ => cv,
+    }
+}
+
+/// Label of a TLB source column.
+fn tlb_label(col: &str) -> &str {
+    TLB_SOURCES
+        .iter()
+        .find(|(c, _)| *c == col)
+        .map_or(col, |(_, l)| *l)
+}
+
+/// The non-zero TLB flush sources of a row, per op.
+fn tlb_cell(r: &Row) -> String {
+    if r.tlb.is_empty() {
+        return "not measured".into();
+    }
+    let nz: Vec<String> = r
+        .tlb
+        .iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(k, v)| format!("{} {}", tlb_label(k), num(*v)))
+        .collect();
+    if nz.is_empty() {
+        "0".into()
+    } else {
+        nz.join(", ")
+    }
+}
+
 fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
     let any = |f: &dyn Fn(&Row) -> bool| rows.iter().any(|r| f(r));
     let irqs = any(&|r| r.irqs_per_op.is_some());
@@ -197,6 +277,7 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
     let lat = any(&|r| r.lat_p50.is_some());
     let cpu = any(&|r| r.vcpu_us_per_op.is_some());
     let worker = any(&|r| r.worker_us_per_op.is_some());
+    let tlb = any(&|r| !r.tlb.is_empty());
     let peer = has_qemu && any(&|r| r.key.vmm == "qemu");
     let unit = rows
         .iter()
@@ -211,13 +292,18 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
         "parts",
         "reps",
         "ops",
-        "ns/op",
+        "time/op",
+        "CV (CI)",
         "exits/op",
         "top exits/op",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if tlb {
+        head.push("TLB flushes/op".into());
+        head.push("TLB by source /op".into());
+    }
     if irqs {
         head.push("irqs/op".into());
     }
@@ -225,14 +311,14 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
         head.push("halts/op".into());
     }
     if lat {
-        head.push(format!("p50 ({unit})"));
-        head.push(format!("p99 ({unit})"));
+        head.push("p50".into());
+        head.push("p99".into());
     }
     if cpu {
-        head.push("vCPU host µs/op".into());
+        head.push("vCPU host time/op".into());
     }
     if worker {
-        head.push("worker host µs/op".into());
+        head.push("worker host time/op".into());
     }
     head.push("time vs baseline [95% CI]".into());
     head.push("speed-up".into());
@@ -251,11 +337,12 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                 r.reps.to_string(),
                 r.ops.map_or_else(|| "–".into(), |v| format!("{v:.0}")),
                 match (r.ns_per_op, r.wall_ns_per_op) {
-                    (Some(ns), _) => num(ns),
+                    (Some(ns), _) => time(ns),
                     // No guest TSC frequency: host wall time between the markers instead.
-                    (None, Some(w)) => format!("{} (wall)", num(w)),
+                    (None, Some(w)) => format!("{} (wall)", time(w)),
                     (None, None) => "–".into(),
                 },
+                stability(r),
                 measured(r.exits_per_op),
                 if r.exits_per_op.is_none() {
                     "not measured".into()
@@ -267,6 +354,10 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                         .join(", ")
                 },
             ];
+            if tlb {
+                c.push(measured(r.tlb_flushes()));
+                c.push(tlb_cell(r));
+            }
             if irqs {
                 c.push(measured(r.irqs_per_op));
             }
@@ -274,14 +365,20 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
                 c.push(measured(r.halts_per_op));
             }
             if lat {
-                c.push(opt(r.lat_p50));
-                c.push(opt(r.lat_p99));
+                c.push(latency(r.lat_p50, &unit));
+                c.push(latency(r.lat_p99, &unit));
             }
             if cpu {
-                c.push(measured(r.vcpu_us_per_op));
+                c.push(
+                    r.vcpu_us_per_op
+                        .map_or_else(|| "not measured".into(), |v| time(v * 1e3)),
+                );
             }
             if worker {
-                c.push(measured(r.worker_us_per_op));
+                c.push(
+                    r.worker_us_per_op
+                        .map_or_else(|| "not measured".into(), |v| time(v * 1e3)),
+                );
             }
             if r.is_baseline {
                 c.push("baseline".into());
@@ -309,61 +406,195 @@ fn workload_table(rows: &[&Row], has_qemu: bool) -> Block {
     Block::Table { head, rows }
 }
 
-fn plot_block(p: &Plot, out_dir: &Path) -> Block {
+/// Every TLB flush source per op, one column each, for workloads that are about TLB flushes.
+fn tlb_table(rows: &[&Row]) -> Option<Block> {
+    let cols: Vec<&str> = TLB_SOURCES
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| rows.iter().any(|r| r.tlb.iter().any(|(k, _)| k == c)))
+        .collect();
+    if cols.is_empty() {
+        return None;
+    }
+    let mut head: Vec<String> = ["phase", "variant", "vmm"].map(String::from).to_vec();
+    head.extend(cols.iter().map(|c| format!("{} /op", tlb_label(c))));
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let mut c = vec![r.key.phase.clone(), r.variant.clone(), r.key.vmm.clone()];
+            for col in &cols {
+                c.push(measured(
+                    r.tlb.iter().find(|(k, _)| k == col).map(|(_, v)| *v),
+                ));
+            }
+            c
+        })
+        .collect();
+    Some(Block::Table { head, rows })
+}
+
+/// The report's opening: per experiment, each variant against its baseline (time ratio with
+/// CI, exits/op and TLB flushes/op of both), or against QEMU where the experiment has one
+/// variant. At most [`MAX_FINDINGS`] lines per experiment, in table order.
+fn key_findings(m: &Model) -> Vec<Block> {
+    let mut out = vec![Block::Heading(2, "Key findings".into())];
+    let mut by_exp: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for rows in m.groups.values() {
+        for r in rows {
+            by_exp.entry(r.key.experiment.as_str()).or_default().push(r);
+        }
+    }
+    fn find<'a>(m: &'a Model, r: &Row, v: &str) -> Option<&'a Row> {
+        m.groups.get(&r.key)?.iter().find(|x| x.variant == v)
+    }
+    let arrow = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{} → {}", num(a), num(b)),
+        _ => "not measured".into(),
+    };
+    let mut items = Vec::new();
+    for (exp, rows) in by_exp {
+        let mut lines = Vec::new();
+        for r in rows.iter().filter(|r| r.key.vmm == "hv" && !r.is_baseline) {
+            let (Some(e), Some(base)) = (r.vs_baseline, r.baseline.as_deref()) else {
+                continue;
+            };
+            let b = find(m, r, base);
+            lines.push(format!(
+                "`{}` vs `{base}` ({}, {}v×{}p): time ×{} [{}, {}]{}; exits/op {}; TLB flushes/op {}",
+                r.variant,
+                r.key.phase,
+                r.key.vcpus,
+                r.key.partitions,
+                num(e.point),
+                num(e.lo),
+                num(e.hi),
+                if r.unstable() || b.is_some_and(Row::unstable) {
+                    " ⚠ unstable"
+                } else {
+                    ""
+                },
+                arrow(b.and_then(|b| b.exits_per_op), r.exits_per_op),
+                arrow(b.and_then(Row::tlb_flushes), r.tlb_flushes()),
+            ));
+        }
+        if lines.is_empty() {
+            for r in rows.iter().filter(|r| r.key.vmm == "hv") {
+                let peer = r.vs_qemu.map_or(String::new(), |e| {
+                    format!(
+                        "; hv/qemu time ×{} [{}, {}]",
+                        num(e.point),
+                        num(e.lo),
+                        num(e.hi)
+                    )
+                });
+                lines.push(format!(
+                    "`{}` ({}): {}/op; exits/op {}; TLB flushes/op {}{peer}",
+                    r.variant,
+                    r.key.phase,
+                    opt_time(r.ns_per_op),
+                    measured(r.exits_per_op),
+                    measured(r.tlb_flushes()),
+                ));
+            }
+        }
+        let more = lines.len().saturating_sub(MAX_FINDINGS);
+        lines.truncate(MAX_FINDINGS);
+        if more > 0 {
+            lines.push(format!("... {more} more rows in the table below"));
+        }
+        items.extend(lines.into_iter().map(|l| format!("**{exp}**: {l}")));
+    }
+    if items.is_empty() {
+        out.push(Block::Para("No ok records.".into()));
+    } else {
+        out.push(Block::List(items));
+    }
+    out
+}
+
+/// Lines per experiment in the key findings.
+const MAX_FINDINGS: usize = 8;
+
+pub(crate) fn plot_block(p: &Plot, out_dir: &Path) -> Result<Block, AnalysisError> {
+    use base64::Engine as _;
     let rel = |q: &Path| q.strip_prefix(out_dir).unwrap_or(q).display().to_string();
-    Block::Plot {
+    let png = std::fs::read(&p.png_path).map_err(|source| AnalysisError::Read {
+        path: p.png_path.clone(),
+        source,
+    })?;
+    Ok(Block::Plot {
         title: p.title.clone(),
-        svg: p.svg.clone(),
+        png_base64: base64::engine::general_purpose::STANDARD.encode(png),
         svg_rel: rel(&p.svg_path),
         png_rel: rel(&p.png_path),
-    }
+    })
 }
 
 /// All plots of a model; returns the plots and a note for each kind that had no data.
 fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), AnalysisError> {
     let mut plots = Vec::new();
     let mut notes = Vec::new();
+    let palette = Palette::new(m.groups.values().flatten().map(|r| r.variant.as_str()));
     let wl = by_workload(m);
-    // (1) exits per op by variant, bars per phase.
+    // (0) Overview: every variant against its baseline, one figure for the report.
+    let over: Vec<&&Row> = wl
+        .values()
+        .flatten()
+        .filter(|r| !r.is_baseline && r.key.vmm == "hv")
+        .filter(|r| r.vs_baseline.is_some_and(|e| e.lo > 0.0))
+        .collect();
+    if over.is_empty() {
+        notes.push("Overview: skipped, no variant has a baseline to compare with.".into());
+    } else {
+        let shown = &over[..over.len().min(MAX_OVERVIEW)];
+        let title = "Overview: time per op vs baseline (95% CI; < 1 is faster)".to_string();
+        let chart = ErrorBars {
+            title: title.clone(),
+            x_label: "time(variant) / time(baseline), log scale".into(),
+            categories: shown
+                .iter()
+                .map(|r| format!("{}: {} · {}", r.key.experiment, r.variant, r.key.phase))
+                .collect(),
+            colors: shown.iter().map(|r| palette.of(&r.variant)).collect(),
+            points: shown
+                .iter()
+                .filter_map(|r| r.vs_baseline.map(|e| (e.lo, e.point, e.hi)))
+                .collect(),
+        };
+        plots.push(render(&chart, dir, "overview", &title)?);
+        if over.len() > MAX_OVERVIEW {
+            notes.push(format!(
+                "Overview: the first {MAX_OVERVIEW} of {} rows (the tables have all).",
+                over.len()
+            ));
+        }
+    }
+    // (1) exits per op, one bar per phase and variant, in the variant's colour.
     let mut n_exits = 0;
     for ((exp, w), rows) in &wl {
         let rows: Vec<&&Row> = rows.iter().filter(|r| r.exits_per_op.is_some()).collect();
         if rows.is_empty() {
             continue;
         }
-        let shapes: BTreeSet<(u32, u32)> = rows
+        let multi = rows
             .iter()
             .map(|r| (r.key.vcpus, r.key.partitions))
-            .collect();
-        let multi = shapes.len() > 1;
-        let mut cats: Vec<String> = Vec::new();
-        for r in &rows {
-            let l = row_label(r, multi);
-            if !cats.contains(&l) {
-                cats.push(l);
-            }
-        }
-        let phases: BTreeSet<&str> = rows.iter().map(|r| r.key.phase.as_str()).collect();
-        let series = phases
-            .iter()
-            .map(|ph| {
-                let vals = cats
-                    .iter()
-                    .map(|c| {
-                        rows.iter()
-                            .find(|r| r.key.phase == *ph && &row_label(r, multi) == c)
-                            .and_then(|r| r.exits_per_op)
-                    })
-                    .collect();
-                (ph.to_string(), vals)
-            })
-            .collect();
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1;
         let title = format!("{exp} / {w}: exits per operation");
         let chart = Bars {
             title: title.clone(),
-            y_label: "exits / op".into(),
-            categories: cats,
-            series,
+            x_label: "exits / op (median)".into(),
+            categories: rows
+                .iter()
+                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
+                .collect(),
+            category_colors: rows.iter().map(|r| palette.of(&r.variant)).collect(),
+            series: vec![(
+                "exits/op".into(),
+                rows.iter().map(|r| r.exits_per_op).collect(),
+            )],
         };
         plots.push(render(
             &chart,
@@ -376,7 +607,71 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
     if n_exits == 0 {
         notes.push("Exits per operation: skipped, no record has exit counts.".into());
     }
-    // (2) latency CDF per variant, per phase.
+    // (2) TLB flushes per op by source.
+    let mut tlb_zero = Vec::new();
+    let mut n_tlb = 0;
+    for ((exp, w), rows) in &wl {
+        let rows: Vec<&&Row> = rows.iter().filter(|r| !r.tlb.is_empty()).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let sources: Vec<&str> = TLB_SOURCES
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| {
+                rows.iter()
+                    .any(|r| r.tlb.iter().any(|(k, v)| k == c && *v > 0.0))
+            })
+            .collect();
+        if sources.is_empty() {
+            tlb_zero.push(format!("{exp} / {w}"));
+            continue;
+        }
+        let multi = rows
+            .iter()
+            .map(|r| (r.key.vcpus, r.key.partitions))
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1;
+        let title = format!("{exp} / {w}: TLB flushes per operation by source");
+        let chart = Bars {
+            title: title.clone(),
+            x_label: "per op (median)".into(),
+            categories: rows
+                .iter()
+                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
+                .collect(),
+            category_colors: Vec::new(),
+            series: sources
+                .iter()
+                .map(|c| {
+                    (
+                        tlb_label(c).to_string(),
+                        rows.iter()
+                            .map(|r| r.tlb.iter().find(|(k, _)| k == c).map(|(_, v)| *v))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        };
+        plots.push(render(
+            &chart,
+            dir,
+            &slug(&format!("tlb_{exp}_{w}")),
+            &title,
+        )?);
+        n_tlb += 1;
+    }
+    if !tlb_zero.is_empty() {
+        notes.push(format!(
+            "TLB flushes per operation: 0 from every source in {} (no plot).",
+            tlb_zero.join(", ")
+        ));
+    }
+    if n_tlb == 0 && tlb_zero.is_empty() {
+        notes.push("TLB flushes per operation: skipped, no record has KVM statistics.".into());
+    }
+    // (3) latency percentiles per variant, per phase.
     let mut n_lat = 0;
     for (k, rows) in &m.groups {
         let mut series = Vec::new();
@@ -394,26 +689,19 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
             if let Some(h) = merged {
                 let pts = hdr::cdf(&h);
                 if !pts.is_empty() {
-                    series.push((r.variant.clone(), pts));
+                    series.push((r.variant.clone(), palette.of(&r.variant), pts));
                 }
             }
         }
         if series.is_empty() {
             continue;
         }
-        let unit = rows
-            .iter()
-            .find(|r| !r.lat_unit.is_empty())
-            .map_or("ns", |r| r.lat_unit.as_str());
         let title = format!(
-            "{} / {} / {}: latency CDF ({}, {}v×{}p)",
+            "{} / {} / {}: latency percentiles ({}, {}v×{}p)",
             k.experiment, k.workload, k.phase, k.vmm, k.vcpus, k.partitions
         );
-        let chart = Lines {
+        let chart = Cdf {
             title: title.clone(),
-            x_label: format!("latency ({unit}, log scale)"),
-            y_label: "fraction of operations".into(),
-            log_x: true,
             series,
         };
         let name = slug(&format!(
@@ -426,41 +714,35 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
     if n_lat == 0 {
         notes.push("Latency CDF: skipped, no record has a latency histogram.".into());
     }
-    // (3) speed-up vs baseline with CI.
+    // (4) time vs baseline with CI.
     let mut n_sp = 0;
     for ((exp, w), rows) in &wl {
         let rows: Vec<&&Row> = rows
             .iter()
-            .filter(|r| !r.is_baseline && r.vs_baseline.is_some())
+            .filter(|r| !r.is_baseline && r.vs_baseline.is_some_and(|e| e.lo > 0.0))
             .collect();
-        let mut cats = Vec::new();
-        let mut points = Vec::new();
-        let shapes: BTreeSet<_> = rows
-            .iter()
-            .map(|r| (r.key.vcpus, r.key.partitions))
-            .collect();
-        for r in &rows {
-            if let Some(e) = r.vs_baseline
-                && e.point > 0.0
-                && e.lo > 0.0
-            {
-                cats.push(format!(
-                    "{} / {}",
-                    row_label(r, shapes.len() > 1),
-                    r.key.phase
-                ));
-                points.push((1.0 / e.hi, 1.0 / e.point, 1.0 / e.lo));
-            }
-        }
-        if cats.is_empty() {
+        if rows.is_empty() {
             continue;
         }
-        let title = format!("{exp} / {w}: speed-up vs baseline (95% CI)");
+        let multi = rows
+            .iter()
+            .map(|r| (r.key.vcpus, r.key.partitions))
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1;
+        let title = format!("{exp} / {w}: time per op vs baseline (95% CI)");
         let chart = ErrorBars {
             title: title.clone(),
-            y_label: "speed-up (baseline time / variant time)".into(),
-            categories: cats,
-            points,
+            x_label: "time(variant) / time(baseline), log scale; < 1 is faster".into(),
+            categories: rows
+                .iter()
+                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
+                .collect(),
+            colors: rows.iter().map(|r| palette.of(&r.variant)).collect(),
+            points: rows
+                .iter()
+                .filter_map(|r| r.vs_baseline.map(|e| (e.lo, e.point, e.hi)))
+                .collect(),
         };
         plots.push(render(
             &chart,
@@ -473,7 +755,7 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
     if n_sp == 0 {
         notes.push("Speed-up vs baseline: skipped, no group has a baseline and another variant with times.".into());
     }
-    // (4) scaling with vCPUs and partitions.
+    // (5) scaling with vCPUs and partitions.
     let mut n_sc = 0;
     let mut cells: BTreeMap<(String, String, String, String), Vec<&Row>> = BTreeMap::new();
     for (k, rows) in &m.groups {
@@ -514,11 +796,11 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
                         .push((f64::from(x_of(r)), ns));
                 }
             }
-            let series: Vec<(String, Vec<(f64, f64)>)> = series
+            let series: Vec<(String, _, Vec<(f64, f64)>)> = series
                 .into_iter()
                 .map(|(k, mut v)| {
                     v.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    (k.to_string(), v)
+                    (k.to_string(), palette.of(k), v)
                 })
                 .collect();
             if series.is_empty() {
@@ -529,13 +811,15 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
             } else {
                 "vCPUs"
             };
-            let title = format!("{exp} / {w} / {ph} ({vmm}): ns/op vs {axis} ({other} = {fixed})");
+            let title =
+                format!("{exp} / {w} / {ph} ({vmm}): time/op vs {axis} ({other} = {fixed})");
             let chart = Lines {
                 title: title.clone(),
                 x_label: axis.into(),
-                y_label: "ns / op (median)".into(),
-                log_x: false,
+                y_label: "time / op (median)".into(),
                 series,
+                x_time: false,
+                y_time: true,
             };
             plots.push(render(
                 &chart,
@@ -555,16 +839,19 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
     Ok((plots, notes))
 }
 
-fn write_tables(l: &Loaded, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-    let mut df = records_frame(&l.records)?;
+fn write_tables(
+    df: &mut DataFrame,
+    summary: &DataFrame,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, AnalysisError> {
     let mut tables = Vec::new();
     let p = out_dir.join("runs.parquet");
-    write_parquet(&mut df, &p)?;
+    write_parquet(df, &p)?;
     tables.push(p);
     let p = out_dir.join("runs.csv");
-    write_csv(&mut df, &p)?;
+    write_csv(df, &p)?;
     tables.push(p);
-    let mut summary = medians(&df, &SUMMARY_KEYS)?;
+    let mut summary = summary.clone();
     let p = out_dir.join("summary.csv");
     write_csv(&mut summary, &p)?;
     tables.push(p);
@@ -573,7 +860,7 @@ fn write_tables(l: &Loaded, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisErro
     tables.push(p);
     let mut keys = SUMMARY_KEYS.to_vec();
     keys.push("partition");
-    let mut parts = medians(&df, &keys)?;
+    let mut parts = medians(df, &keys)?;
     let p = out_dir.join("partitions.csv");
     write_csv(&mut parts, &p)?;
     tables.push(p);
@@ -599,6 +886,9 @@ fn run_ids(l: &Loaded) -> String {
 /// reason, with its fault address, per faulting seed).
 const MAX_NOT_OK_ROWS: usize = 100;
 
+/// Rows in the overview figure.
+const MAX_OVERVIEW: usize = 60;
+
 pub fn write_report(
     l: &Loaded,
     out_dir: &Path,
@@ -606,13 +896,16 @@ pub fn write_report(
 ) -> Result<ReportFiles, AnalysisError> {
     let plot_dir = out_dir.join("plots");
     mkdir(&plot_dir)?;
-    let tables = write_tables(l, out_dir)?;
+    // The frame is built once; the model, every table and every plot read it.
+    let mut df = records_frame(&l.records)?;
     let m = Model::build(
+        &df,
         &l.records,
         &l.manifests,
         opts.bootstrap_resamples,
         opts.seed,
-    );
+    )?;
+    let tables = write_tables(&mut df, &m.summary, out_dir)?;
     let title = opts
         .title
         .clone()
@@ -621,15 +914,22 @@ pub fn write_report(
     let mut b = vec![Block::Para(format!(
         "{} records ({} ok, {} skipped or failed) from {} results director{}. Medians over repetitions and partitions; \
          ratios are time(variant)/time(baseline) with a percentile bootstrap 95% CI over repetitions \
-         ({} resamples, seed {:#x}); speed-up = 1/ratio.",
+         ({} resamples, seed {:#x}); speed-up = 1/ratio. Times carry their unit (3 significant digits). \
+         CV (CI): coefficient of variation of the per-repetition medians of time/op, and the half-width \
+         of the 95% bootstrap CI of the median; a row whose CI is wider than {}% of its median is \
+         flagged ⚠ unstable (its time cannot carry a 5% difference). TLB flushes/op: flushes KVM did \
+         (`tlb_flush`) plus flushes hv did for the Hyper-V flush hypercall; by source also counts \
+         INVLPGs, CR accesses and remote flush requests.",
         l.records.len(),
         ok,
         l.records.len() - ok,
         l.dirs.len(),
         if l.dirs.len() == 1 { "y" } else { "ies" },
         opts.bootstrap_resamples,
-        opts.seed
+        opts.seed,
+        UNSTABLE_CI_WIDTH * 100.0
     ))];
+    b.extend(key_findings(&m));
     b.extend(host_blocks(l, ""));
     b.push(Block::Heading(2, "Results".into()));
     let wl = by_workload(&m);
@@ -651,6 +951,14 @@ pub fn write_report(
             )));
         }
         b.push(workload_table(rows, m.has_qemu));
+        if w == "tlb-shootdown"
+            && let Some(t) = tlb_table(rows)
+        {
+            b.push(Block::Para(
+                "TLB flushes per shootdown by source, every source:".into(),
+            ));
+            b.push(t);
+        }
     }
     b.extend(crate::breakdown::blocks(&l.records));
     // Experiments with runs that ended other than ok (chaos): end statuses and device errors.
@@ -662,7 +970,7 @@ pub fn write_report(
     b.push(Block::Heading(2, "Plots".into()));
     let (plots, notes) = make_plots(&m, &plot_dir)?;
     for p in &plots {
-        b.push(plot_block(p, out_dir));
+        b.push(plot_block(p, out_dir)?);
     }
     if !notes.is_empty() {
         b.push(Block::List(notes));
@@ -725,6 +1033,7 @@ pub fn write_report(
             .flat_map(|p| [p.svg_path.clone(), p.png_path.clone()])
             .collect(),
         tables,
+        summary: Vec::new(),
     })
 }
 
@@ -738,7 +1047,45 @@ struct CmpRow {
     a_exits: Option<f64>,
     b_exits: Option<f64>,
     ratio: Option<Estimate>,
+    /// Each side's median with its CI, CV and stability.
+    a_row: Option<Row>,
+    b_row: Option<Row>,
 }
+
+impl CmpRow {
+    /// Both sides stable (see [`Row::stable`]).
+    fn stable(&self) -> bool {
+        self.a_row.as_ref().is_some_and(Row::stable) && self.b_row.as_ref().is_some_and(Row::stable)
+    }
+
+    /// |B - A| / A of the medians.
+    fn rel_diff(&self) -> Option<f64> {
+        match (self.a, self.b) {
+            (Some(a), Some(b)) if a > 0.0 => Some((b - a).abs() / a),
+            _ => None,
+        }
+    }
+
+    /// The difference exceeds both CIs: B's median lies outside A's 95% CI and A's median
+    /// outside B's.
+    fn differs(&self) -> bool {
+        let (Some(a), Some(b)) = (&self.a_row, &self.b_row) else {
+            return false;
+        };
+        // One repetition has no interval to speak of.
+        if a.reps < 2 || b.reps < 2 {
+            return false;
+        }
+        let (Some(ca), Some(cb)) = (a.ci, b.ci) else {
+            return false;
+        };
+        (cb.point < ca.lo || cb.point > ca.hi) && (ca.point < cb.lo || ca.point > cb.hi)
+    }
+}
+
+/// Stable rows whose medians differ by more than this fraction are counted in the comparison's
+/// summary line.
+const DRIFT: f64 = 0.05;
 
 pub fn write_compare(
     la: &Loaded,
@@ -748,8 +1095,16 @@ pub fn write_compare(
 ) -> Result<ReportFiles, AnalysisError> {
     let plot_dir = out_dir.join("plots");
     mkdir(&plot_dir)?;
-    let ma = Model::build(&la.records, &la.manifests, 0, opts.seed);
-    let mb = Model::build(&lb.records, &lb.manifests, 0, opts.seed);
+    let build = |l: &Loaded| {
+        Model::build(
+            &records_frame(&l.records)?,
+            &l.records,
+            &l.manifests,
+            opts.bootstrap_resamples,
+            opts.seed,
+        )
+    };
+    let (ma, mb) = (build(la)?, build(lb)?);
     let index = |m: &Model| -> BTreeMap<(GroupKey, String), Row> {
         m.groups
             .values()
@@ -780,6 +1135,8 @@ pub fn write_compare(
                 a_exits: ra.and_then(|r| r.exits_per_op),
                 b_exits: rb.and_then(|r| r.exits_per_op),
                 ratio,
+                a_row: ra.cloned(),
+                b_row: rb.cloned(),
             }
         })
         .collect();
@@ -813,6 +1170,32 @@ pub fn write_compare(
             o(&|r| r.ratio.map(|e| e.hi), "b_over_a_hi"),
             o(&|r| r.a_exits, "a_exits_per_op"),
             o(&|r| r.b_exits, "b_exits_per_op"),
+            o(&|r| r.a_row.as_ref().and_then(|x| x.cv), "a_cv"),
+            o(&|r| r.b_row.as_ref().and_then(|x| x.cv), "b_cv"),
+            o(
+                &|r| r.a_row.as_ref().and_then(|x| x.ci).map(|e| e.lo),
+                "a_lo",
+            ),
+            o(
+                &|r| r.a_row.as_ref().and_then(|x| x.ci).map(|e| e.hi),
+                "a_hi",
+            ),
+            o(
+                &|r| r.b_row.as_ref().and_then(|x| x.ci).map(|e| e.lo),
+                "b_lo",
+            ),
+            o(
+                &|r| r.b_row.as_ref().and_then(|x| x.ci).map(|e| e.hi),
+                "b_hi",
+            ),
+            Column::new(
+                "stable".into(),
+                rows.iter().map(CmpRow::stable).collect::<Vec<bool>>(),
+            ),
+            Column::new(
+                "differs".into(),
+                rows.iter().map(CmpRow::differs).collect::<Vec<bool>>(),
+            ),
         ],
     )?;
     let csv = out_dir.join("compare.csv");
@@ -829,6 +1212,72 @@ pub fn write_compare(
          percentile bootstrap 95% CI over repetitions ({} resamples). B/A < 1 means B is faster.",
         opts.bootstrap_resamples
     ))];
+    let both: Vec<&CmpRow> = rows.iter().filter(|r| r.rel_diff().is_some()).collect();
+    let stable: Vec<&&CmpRow> = both.iter().filter(|r| r.stable()).collect();
+    let drift: Vec<&&&CmpRow> = stable
+        .iter()
+        .filter(|r| r.rel_diff().is_some_and(|d| d > DRIFT))
+        .collect();
+    let differs = both.iter().filter(|r| r.differs()).count();
+    b.push(Block::Heading(2, "Repeatability".into()));
+    let summary = vec![
+        format!("{} rows have a median time/op on both sides.", both.len()),
+        format!(
+            "{} are stable on both sides (2+ repetitions, CI of the median within ±{}%); of these {} ({}) have medians more than {}% apart{}.",
+            stable.len(),
+            num(UNSTABLE_CI_WIDTH * 50.0),
+            drift.len(),
+            if stable.is_empty() {
+                "–".to_string()
+            } else {
+                pct(drift.len() as f64 / stable.len() as f64)
+            },
+            num(DRIFT * 100.0),
+            if drift.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    drift
+                        .iter()
+                        .map(|r| format!(
+                            "{} / {} / {} ({})",
+                            r.key.experiment,
+                            r.variant,
+                            r.key.phase,
+                            r.rel_diff().map_or_else(String::new, pct)
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            }
+        ),
+        format!(
+            "Over all {} rows, stable or not, {} ({}) have medians more than {}% apart.",
+            both.len(),
+            both.iter()
+                .filter(|r| r.rel_diff().is_some_and(|d| d > DRIFT))
+                .count(),
+            if both.is_empty() {
+                "–".to_string()
+            } else {
+                pct(both
+                    .iter()
+                    .filter(|r| r.rel_diff().is_some_and(|d| d > DRIFT))
+                    .count() as f64
+                    / both.len() as f64)
+            },
+            num(DRIFT * 100.0),
+        ),
+        format!(
+            "{differs} differ beyond both CIs (B's median outside A's 95% CI and A's outside B's, 2+ repetitions on each side): flagged ⚑ below."
+        ),
+        format!(
+            "{} are unstable on at least one side (⚠): the comparison cannot resolve them.",
+            both.iter().filter(|r| !r.stable()).count()
+        ),
+    ];
+    b.push(Block::List(summary.clone()));
     b.extend(host_blocks(la, " A"));
     b.extend(host_blocks(lb, " B"));
     b.push(Block::Heading(2, "Results".into()));
@@ -849,9 +1298,12 @@ pub fn write_compare(
                 "vmm",
                 "vCPUs",
                 "parts",
-                "A ns/op",
-                "B ns/op",
+                "A time/op",
+                "B time/op",
                 "B/A [95% CI]",
+                "A CV (CI)",
+                "B CV (CI)",
+                "flag",
                 "A exits/op",
                 "B exits/op",
             ]
@@ -867,9 +1319,18 @@ pub fn write_compare(
                         r.key.vmm.clone(),
                         r.key.vcpus.to_string(),
                         r.key.partitions.to_string(),
-                        opt(r.a),
-                        opt(r.b),
+                        opt_time(r.a),
+                        opt_time(r.b),
                         est(r.ratio),
+                        r.a_row.as_ref().map_or_else(|| "–".into(), stability),
+                        r.b_row.as_ref().map_or_else(|| "–".into(), stability),
+                        if r.differs() {
+                            "⚑ differs".into()
+                        } else if r.rel_diff().is_some() && !r.stable() {
+                            "⚠ unstable".into()
+                        } else {
+                            String::new()
+                        },
                         opt(r.a_exits),
                         opt(r.b_exits),
                     ]
@@ -879,13 +1340,15 @@ pub fn write_compare(
         let with: Vec<&&CmpRow> = rs.iter().filter(|r| r.ratio.is_some()).collect();
         if !with.is_empty() {
             let title = format!("{exp} / {w}: B/A time (95% CI)");
+            let palette = Palette::new(with.iter().map(|r| r.variant.as_str()));
             let chart = ErrorBars {
                 title: title.clone(),
-                y_label: "time B / time A".into(),
+                x_label: "time B / time A, log scale".into(),
                 categories: with
                     .iter()
-                    .map(|r| format!("{} / {}", r.variant, r.key.phase))
+                    .map(|r| format!("{} · {}", r.key.phase, r.variant))
                     .collect(),
+                colors: with.iter().map(|r| palette.of(&r.variant)).collect(),
                 points: with
                     .iter()
                     .filter_map(|r| r.ratio.map(|e| (e.lo, e.point, e.hi)))
@@ -897,7 +1360,7 @@ pub fn write_compare(
                 &slug(&format!("compare_{exp}_{w}")),
                 &title,
             )?;
-            b.push(plot_block(&p, out_dir));
+            b.push(plot_block(&p, out_dir)?);
             plots.push(p);
         }
     }
@@ -916,5 +1379,6 @@ pub fn write_compare(
             .flat_map(|p| [p.svg_path.clone(), p.png_path.clone()])
             .collect(),
         tables: vec![csv],
+        summary,
     })
 }

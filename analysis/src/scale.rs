@@ -16,7 +16,7 @@ use hv::record::RunRecord;
 
 use crate::AnalysisError;
 use crate::doc::Block;
-use crate::plots::{Lines, render};
+use crate::plots::{Lines, color, render};
 
 /// Log-log exponent above which a per-partition cost counts as growing with the partition
 /// count (total cost super-linear).
@@ -265,30 +265,28 @@ pub fn blocks(
             rows,
         });
         for s in list.iter().filter(|s| !s.points.is_empty()) {
-            let mut series = vec![("measured".to_string(), s.points.clone())];
+            // Partition counts are log-spaced (1 ... 1,000): x is log10(partitions), so each
+            // decade gets the same width.
+            let logx = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+                pts.iter().map(|&(x, y)| (x.max(1.0).log10(), y)).collect()
+            };
+            let mut series = vec![("measured".to_string(), color(0), logx(&s.points))];
             if let Some((a, bb)) = s.line {
-                series.push((
-                    format!("fit a + b·n (b = {bb:.3e})"),
-                    s.points.iter().map(|p| (p.0, a + bb * p.0)).collect(),
-                ));
+                let fit: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, a + bb * p.0)).collect();
+                series.push((format!("fit a + b·n (b = {bb:.3e})"), color(1), logx(&fit)));
             }
             let title = format!("{exp}: {} vs partitions", s.name);
             let chart = Lines {
                 title: title.clone(),
-                x_label: "partitions (log scale)".into(),
+                x_label: "log10(partitions)".into(),
                 y_label: s.unit.into(),
-                log_x: true,
                 series,
+                x_time: false,
+                y_time: false,
             };
             let name = crate::plots::slug(&format!("scale_{exp}_{}", s.name));
             let p = render(&chart, plot_dir, &name, &title)?;
-            let rel = |q: &Path| q.strip_prefix(out_dir).unwrap_or(q).display().to_string();
-            b.push(Block::Plot {
-                title: p.title.clone(),
-                svg: p.svg.clone(),
-                svg_rel: rel(&p.svg_path),
-                png_rel: rel(&p.png_path),
-            });
+            b.push(crate::report::plot_block(&p, out_dir)?);
         }
     }
     Ok(b)

@@ -136,6 +136,37 @@ pub fn bootstrap_ratio(
     Some(Estimate { point, lo, hi })
 }
 
+/// `median` of the pooled clusters with a percentile bootstrap 95% CI: each resample draws as
+/// many clusters (repetitions) as there are, with replacement. `None` when there are no values;
+/// a single cluster gives a degenerate interval (nothing to resample between).
+pub fn bootstrap_median(clusters: &[Vec<f64>], resamples: usize, seed: u64) -> Option<Estimate> {
+    let all: Vec<f64> = clusters.iter().flatten().copied().collect();
+    let point = median(&all)?;
+    let mut rng = SplitMix64::new(seed);
+    let mut meds = Vec::with_capacity(resamples);
+    let mut buf = Vec::new();
+    let n = clusters.len();
+    for _ in 0..resamples {
+        let pick: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
+        if let Some(m) = pooled_median(clusters, pick.into_iter(), &mut buf) {
+            meds.push(m);
+        }
+    }
+    if meds.is_empty() {
+        return Some(Estimate {
+            point,
+            lo: point,
+            hi: point,
+        });
+    }
+    meds.sort_by(f64::total_cmp);
+    Some(Estimate {
+        point,
+        lo: quantile_sorted(&meds, 0.025).min(point),
+        hi: quantile_sorted(&meds, 0.975).max(point),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +224,20 @@ mod tests {
         let t = bootstrap_ratio(&tight_a, &tight_b, 2000, 1).unwrap();
         assert!((w.point - 0.5).abs() < 1e-12 && (t.point - 0.5).abs() < 1e-12);
         assert!(t.hi - t.lo < (w.hi - w.lo) / 3.0, "tight {t:?} wide {w:?}");
+    }
+
+    #[test]
+    fn bootstrap_median_interval_spans_the_repetitions() {
+        let c = clusters(&[100.0, 104.0, 96.0, 102.0, 98.0]);
+        let e = bootstrap_median(&c, 2000, 5).unwrap();
+        assert_eq!(e.point, 100.0);
+        assert!(
+            e.lo >= 96.0 && e.lo < 100.0 && e.hi <= 104.0 && e.hi > 100.0,
+            "{e:?}"
+        );
+        let one = bootstrap_median(&clusters(&[7.0]), 100, 5).unwrap();
+        assert_eq!((one.lo, one.point, one.hi), (7.0, 7.0, 7.0));
+        assert!(bootstrap_median(&[], 10, 5).is_none());
     }
 
     #[test]

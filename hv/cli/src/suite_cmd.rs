@@ -325,6 +325,9 @@ pub fn cmd_compare(a: CompareArgs) -> Result<ExitCode> {
         &out,
         &hvlab_analysis::ReportOptions::default(),
     )?;
+    for line in &files.summary {
+        println!("{line}");
+    }
     println!("comparison: {}", files.html.display());
     println!("            {}", files.markdown.display());
     Ok(ExitCode::SUCCESS)
