@@ -40,18 +40,10 @@ fn test_for_reason(reason: &str) -> Option<&'static str> {
 const IN_KERNEL_TEST: &str = "pio-kernel";
 const INTERRUPT_TEST: &str = "hlt";
 
+/// Median of the finite values.
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    crate::stats::median(&v)
 }
 
 /// Exit costs measured by exit-floor in these results: ns per exit by micro-test, and how many

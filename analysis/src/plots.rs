@@ -171,6 +171,21 @@ pub fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
+/// The 1-2-5 ticks just outside `lo` and `hi`, so the outermost ticks are on the axis.
+fn tick_span(lo: f64, hi: f64) -> (f64, f64) {
+    let lo_t = ticks_125(lo / 2.5, lo)
+        .last()
+        .copied()
+        .unwrap_or(lo)
+        .min(lo);
+    let hi_t = ticks_125(hi, hi * 2.5)
+        .first()
+        .copied()
+        .unwrap_or(hi)
+        .max(hi);
+    (lo_t, hi_t)
+}
+
 /// A tick label: up to 3 significant digits, no trailing zeros.
 pub fn tick_label(v: f64) -> String {
     let a = v.abs();
@@ -501,16 +516,7 @@ impl Chart for Cdf {
             (1.0, 10.0)
         };
         // Whole 1-2-5 steps around the data, so the outermost ticks are on the axis.
-        let lo_t = ticks_125(lo / 2.5, lo)
-            .last()
-            .copied()
-            .unwrap_or(lo)
-            .min(lo);
-        let hi_t = ticks_125(hi, hi * 2.5)
-            .first()
-            .copied()
-            .unwrap_or(hi)
-            .max(hi);
+        let (lo_t, hi_t) = tick_span(lo, hi);
         let (x0, x1) = (lo_t.log10(), hi_t.log10().max(lo_t.log10() + 0.1));
         let ymax = 3.0;
         let mut chart = ChartBuilder::on(root)
@@ -632,16 +638,7 @@ impl Chart for ErrorBars {
             .map(|p| p.2)
             .filter(|v| pos(*v))
             .fold(1.0, f64::max);
-        let lo_t = ticks_125(lo / 2.5, lo)
-            .last()
-            .copied()
-            .unwrap_or(lo)
-            .min(lo);
-        let hi_t = ticks_125(hi, hi * 2.5)
-            .first()
-            .copied()
-            .unwrap_or(hi)
-            .max(hi);
+        let (lo_t, hi_t) = tick_span(lo, hi);
         let (x0, x1) = (lo_t.log10(), hi_t.log10());
         let ticks: Vec<(f64, String)> = ticks_125(lo_t, hi_t)
             .into_iter()

@@ -145,6 +145,15 @@ fn host_blocks(l: &Loaded, label: &str) -> Vec<Block> {
     b
 }
 
+/// Whether the rows ran in more than one shape (vCPUs × partitions), so labels must say which.
+fn multi_shape(rows: &[&&Row]) -> bool {
+    rows.iter()
+        .map(|r| (r.key.vcpus, r.key.partitions))
+        .collect::<BTreeSet<_>>()
+        .len()
+        > 1
+}
+
 fn row_label(r: &Row, multi_shape: bool) -> String {
     let mut s = r.variant.clone();
     if r.key.vmm != "hv" {
@@ -576,12 +585,7 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
         if rows.is_empty() {
             continue;
         }
-        let multi = rows
-            .iter()
-            .map(|r| (r.key.vcpus, r.key.partitions))
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1;
+        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: exits per operation");
         let chart = Bars {
             title: title.clone(),
@@ -627,12 +631,7 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
             tlb_zero.push(format!("{exp} / {w}"));
             continue;
         }
-        let multi = rows
-            .iter()
-            .map(|r| (r.key.vcpus, r.key.partitions))
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1;
+        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: TLB flushes per operation by source");
         let chart = Bars {
             title: title.clone(),
@@ -724,12 +723,7 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
         if rows.is_empty() {
             continue;
         }
-        let multi = rows
-            .iter()
-            .map(|r| (r.key.vcpus, r.key.partitions))
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1;
+        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: time per op vs baseline (95% CI)");
         let chart = ErrorBars {
             title: title.clone(),

@@ -16,7 +16,7 @@ use kvm_ioctls::Kvm;
 
 use hv::boot::KernelBoot;
 use hv::boot::session::{self, BootRequest};
-use hv::record::{RecordStatus, RunRecord, SCHEMA_VERSION};
+use hv::record::{RecordStatus, RunRecord};
 use hv::run::{RecordContext, RunRequest};
 use hv::status::RunStatus;
 
@@ -94,25 +94,9 @@ fn cmdline(req: &RunRequest) -> String {
 /// Runs the experiment once under `vmm` (`hv` or `qemu`) and returns one record per reported
 /// test, or one record for the whole run when it was skipped or failed.
 pub fn records(kvm: &Kvm, vmm: &str, req: &RunRequest, ctx: &RecordContext) -> Vec<RunRecord> {
-    let base = RunRecord {
-        schema: SCHEMA_VERSION,
-        run_id: ctx.run_id.clone(),
-        timestamp: ctx.timestamp.clone(),
-        git_rev: ctx.git_rev.clone(),
-        hv_version: ctx.hv_version.clone(),
-        host: ctx.host.clone(),
-        experiment: ctx.experiment.clone(),
-        vmm: vmm.to_string(),
-        workload: WORKLOAD.to_string(),
-        params: req.args.clone(),
-        device: "none".into(),
-        variant: "none".into(),
-        vcpus: req.vcpus,
-        partitions: 1,
-        repetition: ctx.repetition,
-        phase: "run".into(),
-        ..RunRecord::default()
-    };
+    let mut base = hv::run::base_record(req, ctx, &req.args, vmm, 0);
+    base.workload = WORKLOAD.to_string();
+    base.phase = "run".into();
     let one = |status: RecordStatus| {
         vec![RunRecord {
             status,

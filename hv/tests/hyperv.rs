@@ -6,47 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{field, kvm};
-use hv::counters::meter::PhaseDelta;
-use hv::enlightenments::EnlightenmentSet;
-use hv::partition::{Partition, PartitionConfig, PartitionOutcome};
+use common::{boot_enlightened as boot, enl, exits, field, kvm, named_phase as phase};
 use hvlab_protocol::hyperv as tlfs;
-
-fn boot(kvm: &kvm_ioctls::Kvm, cmdline: &str, vcpus: u32, set: &str) -> PartitionOutcome {
-    let cfg = PartitionConfig {
-        cmdline: format!("{cmdline} cpus={vcpus}"),
-        vcpus,
-        enlightenments: Some(EnlightenmentSet::parse(set).expect("valid set")),
-        ..Default::default()
-    };
-    let p = Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
-    let r = p.start().expect("starts");
-    r.wait(
-        Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-}
-
-/// The phase the guest named `name` (ids from its `rec=phase` line).
-fn phase<'a>(o: &'a PartitionOutcome, name: &str) -> &'a PhaseDelta {
-    let id = field(o, &format!("name={name} "), "id").unwrap_or_else(|| {
-        panic!("no phase {name}:\n{}", o.console);
-    }) as u32;
-    o.phases.iter().find(|p| p.id == id).unwrap()
-}
-
-fn exits(p: &PhaseDelta, reason: &str) -> u64 {
-    p.exits.get(reason).copied().unwrap_or(0)
-}
-
-fn enl(p: &PhaseDelta, name: &str) -> u64 {
-    p.exits_by_device
-        .get(&format!("hv-enl:{name}"))
-        .copied()
-        .unwrap_or(0)
-}
 
 #[test]
 fn probe_guest_checks_leaves_msrs_status_codes_and_tsc_page() {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hv::counters::meter::PhaseDelta;
 use hv::partition::PartitionOutcome;
 use hv::run::RunRequest;
 
@@ -42,4 +43,50 @@ pub fn field(o: &PartitionOutcome, rec: &str, key: &str) -> Option<u64> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => v.parse().ok(),
     }
+}
+
+/// Boots `cmdline` (a workload and its arguments) on `vcpus` vCPUs with the enlightenment set
+/// `set` and waits up to 60 s for the outcome.
+pub fn boot_enlightened(
+    kvm: &kvm_ioctls::Kvm,
+    cmdline: &str,
+    vcpus: u32,
+    set: &str,
+) -> PartitionOutcome {
+    let cfg = hv::partition::PartitionConfig {
+        cmdline: format!("{cmdline} cpus={vcpus}"),
+        vcpus,
+        enlightenments: Some(hv::enlightenments::EnlightenmentSet::parse(set).expect("valid set")),
+        ..Default::default()
+    };
+    let p = hv::partition::Partition::new(kvm, cfg, hv::GUEST_IMAGE).expect("partition builds");
+    let r = p.start().expect("starts");
+    r.wait(
+        std::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+}
+
+/// The host's counters for the phase the guest named `name` (ids from its `rec=phase` line).
+pub fn named_phase<'a>(o: &'a PartitionOutcome, name: &str) -> &'a PhaseDelta {
+    let id = field(o, &format!("name={name} "), "id").unwrap_or_else(|| {
+        panic!("no phase {name}:\n{}", o.console);
+    }) as u32;
+    o.phases
+        .iter()
+        .find(|p| p.id == id)
+        .unwrap_or_else(|| panic!("no host counters for phase {name}"))
+}
+
+/// Exits of `reason` in the phase.
+pub fn exits(p: &PhaseDelta, reason: &str) -> u64 {
+    p.exits.get(reason).copied().unwrap_or(0)
+}
+
+/// The enlightenment host's counter `name` in the phase.
+pub fn enl(p: &PhaseDelta, name: &str) -> u64 {
+    p.exits_by_device
+        .get(&format!("hv-enl:{name}"))
+        .copied()
+        .unwrap_or(0)
 }
