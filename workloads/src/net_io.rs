@@ -92,17 +92,9 @@ mod guest {
 
     use super::SERVER_READY;
 
-    const PORT: u16 = 7007;
-    const MAGIC: u32 = 0x4856_4e49;
-    const K_PING: u8 = 1;
-    const K_PONG: u8 = 2;
-    const K_DATA: u8 = 3;
-    const K_ACK: u8 = 4;
-    const K_DONE: u8 = 5;
-    const K_DONE_ACK: u8 = 6;
-    /// Payload header: magic, kind, flags, seq, aux.
-    const PHDR: usize = 16;
-    const F_LAST: u8 = 1;
+    use hvlab_protocol::net::netio::{
+        F_LAST, K_ACK, K_DATA, K_DONE, K_DONE_ACK, K_PING, K_PONG, MAGIC, PHDR, PORT,
+    };
 
     static mut TX: [u8; MAX_FRAME] = [0; MAX_FRAME];
     static mut RX: [u8; MAX_FRAME] = [0; MAX_FRAME];

@@ -227,6 +227,24 @@ pub fn parse(f: &[u8], mac: [u8; 6], ip: [u8; 4]) -> Frame {
     }
 }
 
+/// `net-io`'s own datagram payload, shared by the guest workload and the host's tap responder:
+/// a 16-byte header (magic, kind, flags, sequence, aux) and data.
+pub mod netio {
+    /// `net-io`'s UDP port.
+    pub const PORT: u16 = 7007;
+    pub const MAGIC: u32 = 0x4856_4e49;
+    pub const K_PING: u8 = 1;
+    pub const K_PONG: u8 = 2;
+    pub const K_DATA: u8 = 3;
+    pub const K_ACK: u8 = 4;
+    pub const K_DONE: u8 = 5;
+    pub const K_DONE_ACK: u8 = 6;
+    /// Flag: the last datagram of a burst.
+    pub const F_LAST: u8 = 1;
+    /// Payload header: magic, kind, flags, seq, aux.
+    pub const PHDR: usize = 16;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,18 +24,10 @@ use super::switch::{MAX_FRAME, Port, Switch, port_mac};
 pub const TAP_NAME: &str = "hvtap0";
 /// Address of the responder (the server's, partition 1's, in `net-io`).
 pub const RESPONDER_IP: [u8; 4] = [10, 0, 0, 2];
-/// `net-io`'s UDP port.
-pub const PORT: u16 = 7007;
-
-const MAGIC: u32 = 0x4856_4e49;
-const K_PING: u8 = 1;
-const K_PONG: u8 = 2;
-const K_DATA: u8 = 3;
-const K_ACK: u8 = 4;
-const K_DONE: u8 = 5;
-const K_DONE_ACK: u8 = 6;
-const F_LAST: u8 = 1;
-const PHDR: usize = 16;
+pub use hvlab_protocol::net::netio::PORT;
+use hvlab_protocol::net::netio::{
+    F_LAST, K_ACK, K_DATA, K_DONE, K_DONE_ACK, K_PING, K_PONG, MAGIC, PHDR,
+};
 
 /// Why the tap backend could not be set up.
 #[derive(Debug, thiserror::Error)]
