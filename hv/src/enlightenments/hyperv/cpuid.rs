@@ -153,16 +153,7 @@ mod tests {
         for (i, e) in l.iter().enumerate() {
             assert_eq!(e.function, 0x4000_0000 + i as u32);
         }
-        let all = Features(
-            Features::VPINDEX
-                | Features::TIME
-                | Features::FREQUENCIES
-                | Features::TLBFLUSH
-                | Features::TLBFLUSH_EXT
-                | Features::IPI
-                | Features::SPINLOCKS
-                | Features::RELAXED,
-        );
+        let all = Features(Features::BASE);
         let l = leaves(all, 2);
         assert_eq!(
             l[3].eax,

@@ -41,6 +41,16 @@ impl Features {
     pub const SYNIC: u32 = 1 << 8;
     pub const STIMER: u32 = 1 << 9;
     pub const STIMER_DIRECT: u32 = 1 << 10;
+    /// Every enlightenment of the TLFS base interface (no SynIC or timers): what the in-kernel
+    /// backend also serves.
+    pub const BASE: u32 = Self::VPINDEX
+        | Self::TIME
+        | Self::FREQUENCIES
+        | Self::TLBFLUSH
+        | Self::TLBFLUSH_EXT
+        | Self::IPI
+        | Self::SPINLOCKS
+        | Self::RELAXED;
 
     /// True when every bit of `bits` is on.
     pub fn has(self, bits: u32) -> bool {
