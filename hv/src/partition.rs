@@ -479,6 +479,20 @@ impl Partition {
         &self.vm
     }
 
+    /// Offers `device` on a VMBus-style channel (needs `hv-synic` served by hv).
+    pub fn add_vmbus_device(
+        &mut self,
+        device: Box<dyn crate::devices::vmbus::ChannelDevice>,
+    ) -> Result<u32, HvError> {
+        let host = self.enlightenments.as_ref().ok_or_else(|| {
+            HvError::Config(format!(
+                "{}: VMBus-style channels need the hv-synic enlightenment",
+                device.name()
+            ))
+        })?;
+        host.add_vmbus_device(device).map_err(HvError::Config)
+    }
+
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
@@ -590,7 +604,9 @@ impl Partition {
         }
         if let Some(e) = &self.enlightenments {
             e.set_worker_filter(seccomp::Target::new(&self.seccomp, "hv-stimer"));
-            e.attach_control(control.clone());
+            for c in e.attach_control(control.clone()) {
+                meter.add_worker_clock(c);
+            }
             meter.add_source(e.counters());
             meter.note(format!("enlightenments: {}", e.set()));
         }

@@ -328,6 +328,71 @@ pub mod vmbus {
     pub const DEVICE_ECHO: u32 = 1;
     /// Packet kind of in-band data.
     pub const PACKET_DATA: u16 = 6;
+    /// Packet kind of a completion (VMBus's VM_PKT_COMP): the answer to a packet that asked
+    /// for one, with the request's transaction id.
+    pub const PACKET_COMPLETION: u16 = 11;
+    /// Packet flag: the sender wants a completion (VMBus's COMPLETION_REQUESTED).
+    pub const FLAG_COMPLETION_REQUESTED: u16 = 1;
+    /// hv -> guest management message: hv closed `channel` (u32 at 4) because the guest broke
+    /// its ring protocol; `reason` (u32 at 8) is one of the `CLOSED_*` codes. Later signals on
+    /// the channel get HV_STATUS_INVALID_PORT_ID until the guest opens it again.
+    pub const CHANNEL_CLOSED: u32 = 7;
+    /// A ring index was unaligned or past its ring.
+    pub const CLOSED_BAD_INDEX: u32 = 1;
+    /// A packet was larger than its ring or than hv reads.
+    pub const CLOSED_OVERSIZED: u32 = 2;
+    /// A packet descriptor was malformed.
+    pub const CLOSED_BAD_DESCRIPTOR: u32 = 3;
+    /// Guest memory behind the ring could not be accessed.
+    pub const CLOSED_MEMORY: u32 = 4;
+    /// Device class: block storage (the request/response protocol of [`blk`]).
+    pub const DEVICE_BLOCK: u32 = 2;
+    /// Device class: a console (the protocol of [`console`]).
+    pub const DEVICE_CONSOLE: u32 = 3;
+
+    /// The block device's protocol, a simplified storvsc. Each request is one
+    /// `PACKET_DATA` packet with
+    /// `FLAG_COMPLETION_REQUESTED` and a transaction
+    /// id of the guest's choosing; its payload is [`REQUEST_BYTES`] bytes: `op` u32 @0,
+    /// `sectors` u32 @4, `lba` u64 @8, buffer GPA u64 @16, reserved u64 @24. The buffer is one
+    /// guest-physical range of `sectors * 512` bytes (VMBus would send a GPA range list; the
+    /// guest runtime identity-maps RAM, so one range does). hv answers each request with one
+    /// `PACKET_COMPLETION` with the same transaction id and
+    /// a [`COMPLETION_BYTES`]-byte payload: `status` u32 @0, bytes transferred u32 @4, `value`
+    /// u64 @8 (the capacity in sectors for [`OP_INFO`], else 0). Requests are served in ring
+    /// order; a guest may have as many in flight as its rings hold.
+    pub mod blk {
+        /// Capacity query: the completion's `value` is the capacity in sectors, and its
+        /// `bytes` field is 1 when the disk is read-only, else 0.
+        pub const OP_INFO: u32 = 0;
+        pub const OP_READ: u32 = 1;
+        pub const OP_WRITE: u32 = 2;
+        pub const OP_FLUSH: u32 = 3;
+        pub const REQUEST_BYTES: usize = 32;
+        pub const COMPLETION_BYTES: usize = 16;
+        pub const STATUS_OK: u32 = 0;
+        /// The disk failed the request (an injected fault, an I/O error, past the end).
+        pub const STATUS_IOERR: u32 = 1;
+        /// Unknown `op`.
+        pub const STATUS_UNSUPPORTED: u32 = 2;
+        /// The buffer is not wholly in guest RAM, or the transfer is 0 or over
+        /// [`MAX_TRANSFER`] bytes, or the request is shorter than [`REQUEST_BYTES`].
+        pub const STATUS_BAD_REQUEST: u32 = 3;
+        /// Largest transfer of one request.
+        pub const MAX_TRANSFER: u32 = 256 * 1024;
+    }
+
+    /// The console's protocol. The guest sends its output as `PACKET_DATA`
+    /// packets whose payload is the byte count u32 @0, reserved u32 @4, then the bytes (at most
+    /// `MAX_LINE`). hv writes them to the partition's console; with
+    /// `FLAG_LOOPBACK` it also sends them back as one data packet of the
+    /// same format and transaction id (instead of a completion); with
+    /// `FLAG_COMPLETION_REQUESTED` alone it answers one
+    /// completion whose payload is the byte count u32 @0, reserved u32 @4.
+    pub mod console {
+        pub const FLAG_LOOPBACK: u16 = 2;
+        pub const MAX_LINE: usize = 1024;
+    }
 }
 
 /// KVM's paravirtual interface as Linux's `kvm_para.h` defines it: CPUID 0x40000001 EAX feature

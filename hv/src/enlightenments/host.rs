@@ -17,6 +17,10 @@ use super::EnlightenmentSet;
 use super::hyperv::synic::{Irq, Queued, Synic};
 use super::hyperv::{self, Features, calls, messages, msr::Msrs, stimer::Stimers};
 use crate::counters::CounterSource;
+use crate::counters::cputime::ThreadClock;
+use crate::devices::vmbus::channel::{Served, Vmbus};
+use crate::devices::vmbus::ring::RingError;
+use crate::devices::vmbus::{ChannelDevice, worker as vmbus_worker};
 use crate::vcpu::RunControl;
 use hvlab_protocol::vmbus;
 
@@ -74,6 +78,9 @@ counters! {
     vmbus_guest_signals: "vmbus_guest_signals",
     vmbus_signals_suppressed: "vmbus_signals_suppressed",
     vmbus_ring_errors: "vmbus_ring_errors",
+    vmbus_replies: "vmbus_replies",
+    vmbus_deferred: "vmbus_deferred",
+    vmbus_closed_notices: "vmbus_closed_notices",
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -102,9 +109,11 @@ pub struct EnlightenmentHost {
     flush_lock: Mutex<()>,
     flush_cv: Condvar,
     counters: Arc<EnlightenmentCounters>,
-    notes: Mutex<Vec<String>>,
+    notes: Arc<Mutex<Vec<String>>>,
     /// The Hyper-V interface, when a Hyper-V enlightenment is on.
     hyperv: Option<HypervState>,
+    /// The channel worker, once started (stops when dropped).
+    vmbus_worker: Mutex<Option<vmbus_worker::WorkerHandle>>,
 }
 
 /// The Hyper-V interface of one partition.
@@ -114,10 +123,10 @@ struct HypervState {
     msrs: Msrs,
     /// vCPU i wrote the transport MSR: its call runs once its exit is complete.
     pending: Box<[AtomicBool]>,
-    /// The SynIC, with `hv-synic`.
-    synic: Option<Synic>,
+    /// The SynIC, with `hv-synic` (shared with the channel worker).
+    synic: Option<Arc<Synic>>,
     /// hv's VMBus-style channels (offered with `hv-synic`).
-    vmbus: Option<crate::devices::vmbus::channel::Vmbus>,
+    vmbus: Option<Arc<Vmbus>>,
     /// The synthetic timers, with `hv-stimer` and a known reference time.
     stimers: Option<Arc<Stimers>>,
     /// vCPU i was kicked by the timer thread and has not looked at its timers since.
@@ -143,10 +152,12 @@ impl EnlightenmentHost {
             features,
             msrs: Msrs::new(features, vcpus, clock),
             pending: (0..vcpus).map(flags).collect(),
-            synic: features.has(Features::SYNIC).then(|| Synic::new(vcpus)),
+            synic: features
+                .has(Features::SYNIC)
+                .then(|| Arc::new(Synic::new(vcpus))),
             vmbus: features
                 .has(Features::SYNIC)
-                .then(crate::devices::vmbus::channel::Vmbus::new),
+                .then(|| Arc::new(Vmbus::new())),
             stimers: (features.has(Features::STIMER) && clock.is_some())
                 .then(|| Arc::new(Stimers::new(vcpus, features.has(Features::STIMER_DIRECT)))),
             stimer_kicked: (0..vcpus).map(flags).collect(),
@@ -180,8 +191,9 @@ impl EnlightenmentHost {
             flush_lock: Mutex::new(()),
             flush_cv: Condvar::new(),
             counters: Arc::new(EnlightenmentCounters::default()),
-            notes: Mutex::new(notes),
+            notes: Arc::new(Mutex::new(notes)),
             hyperv,
+            vmbus_worker: Mutex::new(None),
         }
     }
 
@@ -201,10 +213,64 @@ impl EnlightenmentHost {
         *lock(&self.worker_filter) = Some(target);
     }
 
-    /// Hands over the run control once the vCPU threads exist (for kicks and stop checks).
-    pub(crate) fn attach_control(&self, control: Arc<RunControl>) {
+    /// Offers `device` on a new VMBus-style channel (`--device vmbus`); its id. Needs
+    /// `hv-synic`, which carries the channels' messages and signals.
+    pub fn add_vmbus_device(&self, device: Box<dyn ChannelDevice>) -> Result<u32, String> {
+        let name = device.name();
+        let bus = self
+            .hyperv
+            .as_ref()
+            .and_then(|h| h.vmbus.as_ref())
+            .ok_or_else(|| {
+                format!("{name}: VMBus-style channels need the hv-synic enlightenment (served by hv, --hyperv-backend user)")
+            })?;
+        bus.add(device).ok_or_else(|| {
+            format!(
+                "{name}: a partition has at most {} channels",
+                crate::devices::vmbus::channel::MAX_CHANNELS
+            )
+        })
+    }
+
+    /// Hands over the run control once the vCPU threads exist (for kicks and stop checks) and
+    /// starts hv's own threads; returns the CPU clocks of those that serve devices.
+    pub(crate) fn attach_control(&self, control: Arc<RunControl>) -> Vec<ThreadClock> {
         let _ = self.control.set(control.clone());
+        let clocks = self.start_vmbus_worker(control.clone());
         self.start_timer_thread(control);
+        clocks
+    }
+
+    /// With `hv-synic`: the channel worker (`devices::vmbus::worker`).
+    fn start_vmbus_worker(&self, control: Arc<RunControl>) -> Vec<ThreadClock> {
+        let Some(h) = &self.hyperv else {
+            return Vec::new();
+        };
+        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+            return Vec::new();
+        };
+        let signals = Arc::new(ChannelSignals {
+            synic: synic.clone(),
+            mem: self.mem.clone(),
+            vm: self.vm.clone(),
+            counters: self.counters.clone(),
+            notes: self.notes.clone(),
+            control,
+        });
+        let filter = lock(&self.worker_filter).as_ref().map_or_else(
+            || crate::isolation::seccomp::Target::none("vmbus worker"),
+            |t| t.with_label("vmbus worker"),
+        );
+        match vmbus_worker::start(bus.clone(), self.mem.clone(), signals, filter) {
+            Ok((handle, clock)) => {
+                *lock(&self.vmbus_worker) = Some(handle);
+                clock.into_iter().collect()
+            }
+            Err(e) => {
+                self.note(format!("vmbus: {e}; channels are offered but never served"));
+                Vec::new()
+            }
+        }
     }
 
     /// With `hv-stimer`: one thread per partition that kicks a vCPU whose timer is due (the
@@ -247,16 +313,17 @@ impl EnlightenmentHost {
         }
     }
 
-    /// Remarks for the run's records (taken once).
+    /// Remarks for the run's records (taken once), with the channel devices' counters.
     pub fn take_notes(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.notes))
+        let mut notes = std::mem::take(&mut *lock(&self.notes));
+        if let Some(bus) = self.hyperv.as_ref().and_then(|h| h.vmbus.as_ref()) {
+            notes.extend(bus.stats());
+        }
+        notes
     }
 
     fn note(&self, msg: String) {
-        let mut n = lock(&self.notes);
-        if !n.contains(&msg) && n.len() < 32 {
-            n.push(msg);
-        }
+        add_note(&self.notes, msg);
     }
 
     fn stopping(&self) -> bool {
@@ -325,12 +392,7 @@ impl EnlightenmentHost {
 
     /// One MSI per SynIC interrupt.
     fn raise(&self, irqs: &[Irq]) {
-        for irq in irqs {
-            if let Some(mask) = 1u64.checked_shl(irq.vp) {
-                bump(&self.counters.synic_irqs, 1);
-                self.signal_msis(mask, irq.vector);
-            }
-        }
+        raise_synic(&self.vm, &self.counters, &self.notes, irqs);
     }
 
     /// Called by vCPU `index`'s loop right after KVM_RUN returns.
@@ -530,34 +592,17 @@ impl EnlightenmentHost {
         }
     }
 
-    /// A guest signal on a VMBus channel: serve its ring (on this vCPU's thread) and raise
-    /// the guest's channel event when the reply protocol asks for it.
+    /// A guest signal on a VMBus channel: mark it for the channel worker (which serves the
+    /// rings and signals back), as an ioeventfd doorbell would.
     fn vmbus_signal(&self, h: &HypervState, channel: u32) -> u16 {
-        use crate::devices::vmbus::channel::ChannelError;
         use hvlab_protocol::hyperv as tlfs;
-        let (Some(bus), Some(synic)) = (&h.vmbus, &h.synic) else {
+        let Some(bus) = &h.vmbus else {
             return tlfs::STATUS_INVALID_CONNECTION_ID;
         };
         bump(&self.counters.vmbus_signals, 1);
-        match bus.on_signal(&self.mem, channel) {
-            Ok(s) => {
-                bump(&self.counters.vmbus_packets, s.packets);
-                bump(&self.counters.vmbus_signals_suppressed, s.suppressed);
-                if s.signal_guest {
-                    bump(&self.counters.vmbus_guest_signals, 1);
-                    if let Ok(irq) = synic.signal_event(&self.mem, 0, vmbus::SINT_CHANNEL, channel)
-                    {
-                        self.raise(irq.as_slice());
-                    }
-                }
-                tlfs::STATUS_SUCCESS
-            }
-            Err(ChannelError::NotOpen) => tlfs::STATUS_INVALID_PORT_ID,
-            Err(ChannelError::Ring(e)) => {
-                bump(&self.counters.vmbus_ring_errors, 1);
-                self.note(format!("vmbus channel {channel} closed: {e}"));
-                tlfs::STATUS_INVALID_PORT_ID
-            }
+        match bus.signal(channel) {
+            Ok(()) => tlfs::STATUS_SUCCESS,
+            Err(_) => tlfs::STATUS_INVALID_PORT_ID,
         }
     }
 
@@ -632,21 +677,118 @@ impl EnlightenmentHost {
 
     /// One MSI (physical destination = APIC ID = vCPU index) per vCPU in `mask`.
     fn signal_msis(&self, mask: u64, vector: u32) {
-        for t in 0..self.vcpus.min(64) {
-            if mask & (1 << t) == 0 {
-                continue;
-            }
-            let msi = kvm_msi {
-                address_lo: 0xfee0_0000 | (t << 12),
-                address_hi: 0,
-                data: vector,
-                ..Default::default()
-            };
-            match self.vm.signal_msi(msi) {
-                Ok(_) => bump(&self.counters.msis, 1),
-                Err(e) => self.note(format!("KVM_SIGNAL_MSI failed: {e}")),
-            }
+        signal_msis(
+            &self.vm,
+            &self.counters,
+            &self.notes,
+            self.vcpus,
+            mask,
+            vector,
+        );
+    }
+}
+
+fn add_note(notes: &Mutex<Vec<String>>, msg: String) {
+    let mut n = lock(notes);
+    if !n.contains(&msg) && n.len() < 32 {
+        n.push(msg);
+    }
+}
+
+/// One MSI (physical destination = APIC ID = vCPU index) per vCPU in `mask` below `vcpus`.
+fn signal_msis(
+    vm: &VmFd,
+    counters: &EnlightenmentCounters,
+    notes: &Mutex<Vec<String>>,
+    vcpus: u32,
+    mask: u64,
+    vector: u32,
+) {
+    for t in 0..vcpus.min(64) {
+        if mask & (1 << t) == 0 {
+            continue;
         }
+        let msi = kvm_msi {
+            address_lo: 0xfee0_0000 | (t << 12),
+            address_hi: 0,
+            data: vector,
+            ..Default::default()
+        };
+        match vm.signal_msi(msi) {
+            Ok(_) => bump(&counters.msis, 1),
+            Err(e) => add_note(notes, format!("KVM_SIGNAL_MSI failed: {e}")),
+        }
+    }
+}
+
+/// One MSI per SynIC interrupt.
+fn raise_synic(
+    vm: &VmFd,
+    counters: &EnlightenmentCounters,
+    notes: &Mutex<Vec<String>>,
+    irqs: &[Irq],
+) {
+    for irq in irqs {
+        if let Some(mask) = 1u64.checked_shl(irq.vp) {
+            bump(&counters.synic_irqs, 1);
+            signal_msis(vm, counters, notes, 64, mask, irq.vector);
+        }
+    }
+}
+
+/// The channel worker's way into the SynIC (it runs on its own thread, so it holds what it
+/// needs rather than the host).
+struct ChannelSignals {
+    synic: Arc<Synic>,
+    mem: GuestMemoryMmap,
+    vm: Arc<VmFd>,
+    counters: Arc<EnlightenmentCounters>,
+    notes: Arc<Mutex<Vec<String>>>,
+    control: Arc<RunControl>,
+}
+
+impl vmbus_worker::GuestSignals for ChannelSignals {
+    fn channel_event(&self, channel: u32) {
+        bump(&self.counters.vmbus_guest_signals, 1);
+        // An event the guest's SIEFP cannot take (not enabled yet) is dropped, as in Hyper-V.
+        if let Ok(irq) = self
+            .synic
+            .signal_event(&self.mem, 0, vmbus::SINT_CHANNEL, channel)
+        {
+            raise_synic(&self.vm, &self.counters, &self.notes, irq.as_slice());
+        }
+    }
+
+    fn management(&self, payload: Vec<u8>) {
+        let msg = messages::Message {
+            kind: vmbus::MSG_TYPE,
+            port: u64::from(vmbus::CONN_MANAGEMENT),
+            payload,
+        };
+        match self.synic.queue(&self.mem, 0, vmbus::SINT_MANAGEMENT, msg) {
+            Queued::Delivered(irq) => {
+                bump(&self.counters.vmbus_closed_notices, 1);
+                raise_synic(&self.vm, &self.counters, &self.notes, irq.as_slice());
+            }
+            Queued::Waiting => bump(&self.counters.vmbus_closed_notices, 1),
+            Queued::Dropped => bump(&self.counters.synic_busy, 1),
+        }
+    }
+
+    fn served(&self, s: &Served) {
+        bump(&self.counters.vmbus_packets, s.packets);
+        bump(&self.counters.vmbus_replies, s.replies);
+        bump(&self.counters.vmbus_signals_suppressed, s.suppressed);
+        bump(&self.counters.vmbus_deferred, u64::from(s.deferred));
+    }
+
+    fn ring_error(&self, channel: u32, e: RingError) {
+        bump(&self.counters.vmbus_ring_errors, 1);
+        add_note(&self.notes, format!("vmbus channel {channel} closed: {e}"));
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.stopping()
     }
 }
 

@@ -36,17 +36,26 @@ pub enum ThreadKind {
     Vcpu,
     /// A synthetic device's worker: epoll on doorbells, virtqueue service, disk I/O, irqfd.
     Worker,
+    /// A VMBus-style channel worker: a worker that also raises SynIC interrupts, whose vectors
+    /// the guest picks at run time (so no irqfd route fits): the worker list plus
+    /// KVM_SIGNAL_MSI, and no other ioctl.
+    ChannelWorker,
 }
 
 impl ThreadKind {
-    /// Both kinds.
-    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vcpu, ThreadKind::Worker];
+    /// Every kind.
+    pub const ALL: [ThreadKind; 3] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Worker,
+        ThreadKind::ChannelWorker,
+    ];
 
     /// Name in statuses and notes.
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Worker => "worker",
+            ThreadKind::ChannelWorker => "channel worker",
         }
     }
 }
@@ -223,15 +232,28 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
                 .collect::<Result<Vec<_>, _>>()?;
             r.insert(libc::SYS_ioctl, rules);
         }
-        ThreadKind::Worker => always(
-            &mut r,
-            &[
-                libc::SYS_epoll_wait,
-                libc::SYS_epoll_pwait,
-                libc::SYS_epoll_ctl,
-                libc::SYS_epoll_create1,
-            ],
-        ),
+        ThreadKind::Worker | ThreadKind::ChannelWorker => {
+            always(
+                &mut r,
+                &[
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_create1,
+                ],
+            );
+            if kind == ThreadKind::ChannelWorker {
+                r.insert(
+                    libc::SYS_ioctl,
+                    vec![SeccompRule::new(vec![cond(
+                        1,
+                        Dword,
+                        Eq,
+                        KVM_SIGNAL_MSI(),
+                    )?])?],
+                );
+            }
+        }
     }
     Ok(r)
 }
@@ -256,9 +278,11 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
     static VCPU: OnceLock<BpfProgram> = OnceLock::new();
     static WORKER: OnceLock<BpfProgram> = OnceLock::new();
+    static CHANNEL_WORKER: OnceLock<BpfProgram> = OnceLock::new();
     let cell = match kind {
         ThreadKind::Vcpu => &VCPU,
         ThreadKind::Worker => &WORKER,
+        ThreadKind::ChannelWorker => &CHANNEL_WORKER,
     };
     if let Some(p) = cell.get() {
         return Ok(p);
@@ -565,6 +589,14 @@ impl Target {
         }
     }
 
+    /// The same partition's filter for another thread.
+    pub fn with_label(&self, label: impl Into<String>) -> Target {
+        Target {
+            monitor: self.monitor.clone(),
+            label: label.into(),
+        }
+    }
+
     /// A thread that runs unfiltered (benches and unit tests that build devices without a
     /// partition).
     pub fn none(label: impl Into<String>) -> Target {
@@ -793,6 +825,10 @@ mod tests {
         assert_eq!(vcpu[&libc::SYS_ioctl].len(), vcpu_ioctls().len());
         assert!(!worker.contains_key(&libc::SYS_ioctl));
         assert!(worker.contains_key(&libc::SYS_epoll_wait));
+        // A channel worker may ioctl, but only KVM_SIGNAL_MSI.
+        let channel = allowed(ThreadKind::ChannelWorker).unwrap();
+        assert_eq!(channel[&libc::SYS_ioctl].len(), 1);
+        assert!(channel.contains_key(&libc::SYS_epoll_wait));
         assert!(!vcpu.contains_key(&libc::SYS_epoll_wait));
         // What a guest-steered bug would want is on neither list.
         for nr in [
