@@ -1,5 +1,5 @@
 //! Results analysis: `runs.jsonl` + `manifest.json` -> tables (Parquet, CSV), plots (SVG, PNG)
-//! and reports (Markdown, self-contained HTML). See DESIGN.md §1 and §5.
+//! and reports (Markdown, self-contained HTML).
 //!
 //! Entry points: [`load`], [`write_report`], [`compare`]. The record types are `hv::record`'s;
 //! this crate never redefines them.

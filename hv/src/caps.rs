@@ -3,7 +3,7 @@
 //!
 //! Two kinds of answers:
 //! - **advertised**: `KVM_CHECK_EXTENSION` and `KVM_GET_SUPPORTED_CPUID`. Cheap, but a nested or
-//!   paravirtual KVM (kvm_pvm) advertises things that do not work (DESIGN.md §6).
+//!   paravirtual KVM (kvm_pvm) advertises things that do not work.
 //! - **behavioural**: CPL0 instruction emulation and hypercall instructions, measured by the
 //!   probe guests of [`crate::host_probe`] (which run through the partition code like any guest,
 //!   each under a watchdog, so the probe cannot hang).
@@ -575,7 +575,7 @@ mod tests {
         assert_eq!(info.kvm_flavour, caps.flavour);
         assert!(info.caps.contains_key("probe.hypercalls"));
         assert!(!caps.enlightenments.is_empty());
-        // On a nested PVM host the probes must find what is known of it (DESIGN.md §6):
+        // On a nested PVM host the probes must find what is known of it:
         // emulated CPL0 and no working hypercalls, and hypercall enlightenments unsupported.
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
             assert_eq!(caps.flavour, "nested-pvm");

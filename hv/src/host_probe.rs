@@ -468,7 +468,7 @@ mod tests {
         let vmcall = probe_hypercall_insn(&kvm, HypercallInsn::Vmcall);
         let vmmcall = probe_hypercall_insn(&kvm, HypercallInsn::Vmmcall);
         eprintln!("vmcall: {vmcall:?}; vmmcall: {vmmcall:?}");
-        // On a nested PVM host (DESIGN.md §6; ours are AMD): vmcall never returns, vmmcall
+        // On a nested PVM host (ours are AMD): vmcall never returns, vmmcall
         // raises #UD.
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
             assert!(

@@ -1,4 +1,4 @@
-//! The results schema (DESIGN.md §5): one [`RunRecord`] per run and phase, one JSON object per
+//! The results schema: one [`RunRecord`] per run and phase, one JSON object per
 //! line in `runs.jsonl`. Everything downstream (analysis, reports, comparisons between hosts)
 //! reads only this, so fields are added, never renamed; `schema` bumps when meaning changes.
 
@@ -70,7 +70,7 @@ pub struct CpuTime {
     pub worker_ns: u64,
 }
 
-/// One run and phase. See DESIGN.md §5.
+/// One run and phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub schema: u32,

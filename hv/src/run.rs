@@ -497,7 +497,11 @@ fn build_one(
         max_exits: req.max_exits,
         echo_console: req.echo_console,
         kvm_pv_features: 0,
-        enlightenments: Some(req.enlightenments),
+        enlightenments: Some(devices::with_required_enlightenments(
+            &req.devices,
+            info.devices,
+            req.enlightenments,
+        )),
         seccomp: req.seccomp,
         ..PartitionConfig::default()
     };

@@ -1,5 +1,6 @@
 //! blk-io: sequential or random reads and writes of `bs` bytes at queue depth `qd` through the
-//! block device hv attached (ATA PIO or virtio-blk, named by the `blk=` word hv adds), with
+//! block device hv attached (ATA PIO, virtio-blk, or hv's VMBus-style block channel, named by
+//! the `blk=` word hv adds), with
 //! every byte verified. Each sector carries a header (seed, LBA) and a fill word derived from
 //! both, so a later run (even through the other device kind) can verify what an earlier one
 //! wrote (`prep=0`). One latency sample per operation (submit to completion seen).
@@ -31,7 +32,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "blk-io",
-    summary: "block I/O through ATA PIO or virtio-blk: seq/rand, read/write/mixed, bs, qd; verified",
+    summary: "block I/O through ATA PIO, virtio-blk or a VMBus-style channel: seq/rand, read/write/mixed, bs, qd; verified",
     params: &[
         Param {
             key: "rw",
@@ -51,7 +52,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "qd",
             default: "1",
-            help: "requests in flight (virtio; ATA is always 1)",
+            help: "requests in flight (virtio, vmbus; ATA is always 1)",
         },
         Param {
             key: "count",
@@ -109,9 +110,14 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
             help: "after the final FLUSH print `blk-io: flushed` and halt (crash tests)",
         },
         Param {
+            key: "ram",
+            default: "32m",
+            help: "guest RAM bytes, for the hostile cases that aim just past it",
+        },
+        Param {
             key: "how",
             default: "normal",
-            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m), reready-overlap, renegotiate | ata: past-end, out-of-order",
+            help: "normal | virtio: desc-index, loop, long, oob-addr, len-overflow, avail-idx, reready-end-of-ram (ram=RAM bytes, default 32m), reready-overlap, renegotiate | ata: past-end, out-of-order | vmbus: oob-buffer, bad-request, bad-index, oversized, bad-open, signal-storm (ram= as for virtio)",
         },
     ],
     min_vcpus: 1,
@@ -135,7 +141,10 @@ mod guest {
         F_VERSION_1, Mmio, RingMem, S_NEEDS_RESET, VirtQueue, blk,
     };
     use hvlab_guest_rt::phase::{self, Histogram};
+    use hvlab_guest_rt::pv::{synic, vmbus};
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, println};
+    use hvlab_protocol::hyperv as tlfs;
+    use hvlab_protocol::vmbus::{self as vb, blk as vblk};
 
     const ARENA_BYTES: usize = 512 * 1024;
     const MAX_SLOTS: usize = 64;
@@ -190,6 +199,11 @@ mod guest {
         if PRINTED.fetch_add(1, Ordering::Relaxed) < MAX_PRINTED {
             println!("blk-io: io error: {args}");
         }
+    }
+
+    /// Completion interrupts so far: the device's own vector, or the VMBus channel's SINT.
+    fn irqs() -> u64 {
+        IRQS.load(Ordering::Relaxed) + vmbus::channel_irqs()
     }
 
     /// A transport found on the command line holds its line until acknowledged; 0 = none.
@@ -417,9 +431,107 @@ mod guest {
         }
     }
 
+    /// hv's VMBus-style block device (`hvlab_protocol::vmbus::blk`): one request packet per
+    /// I/O (transaction id = its slot), one completion each; the doorbell is
+    /// HvCallSignalEvent, the completion interrupt the channel's SynIC event.
+    struct VmbBlk {
+        ch: vmbus::Channel,
+        sectors: u64,
+    }
+
+    /// The channel's rings: 3 pages guest -> hv, 3 pages hv -> guest.
+    static VMB_RINGS: vmbus::RingPages<6> = vmbus::RingPages::new();
+    /// How long a request may take before the run fails (TSC ticks).
+    const VMB_LIMIT: u64 = 1 << 36;
+
+    fn le64(b: &[u8]) -> u64 {
+        b.iter()
+            .take(8)
+            .enumerate()
+            .fold(0, |v, (i, &x)| v | u64::from(x) << (8 * i))
+    }
+
+    fn vmb_request(op: u32, sectors: u32, lba: u64, gpa: u64) -> [u8; vblk::REQUEST_BYTES] {
+        let mut r = [0u8; vblk::REQUEST_BYTES];
+        r[0..4].copy_from_slice(&op.to_le_bytes());
+        r[4..8].copy_from_slice(&sectors.to_le_bytes());
+        r[8..16].copy_from_slice(&lba.to_le_bytes());
+        r[16..24].copy_from_slice(&gpa.to_le_bytes());
+        r
+    }
+
+    impl VmbBlk {
+        fn open() -> Result<VmbBlk, Fail> {
+            let client = vmbus::Client::connect()
+                .map_err(|_| Fail::Unsupported("vmbus block: the SynIC is not shown (hv-synic)"))?;
+            let id = client
+                .find(vb::DEVICE_BLOCK)
+                .map_err(|_| Fail::Unsupported("vmbus block: no block channel offered"))?;
+            // SAFETY: the static's pages belong to this channel from now on.
+            let ch = unsafe { client.open(id, VMB_RINGS.as_ptr(), 3, 3) }
+                .map_err(|_| Fail::Check("vmbus block: open refused"))?;
+            let mut d = VmbBlk { ch, sectors: 0 };
+            let mut h = Histogram::default();
+            let info = d.submit_wait(&[vmb_request(vblk::OP_INFO, 0, 0, 0)], &mut h)?;
+            if info.0 != 0 {
+                return Err(Fail::Check("vmbus block: INFO failed"));
+            }
+            d.sectors = info.1;
+            Ok(d)
+        }
+
+        /// Sends `reqs` (transaction = index), then waits for all their completions, one
+        /// latency sample each from the first send. Returns (failed mask, last value).
+        fn submit_wait(
+            &mut self,
+            reqs: &[[u8; vblk::REQUEST_BYTES]],
+            hist: &mut Histogram,
+        ) -> Result<(u64, u64), Fail> {
+            let t0 = cpu::rdtsc();
+            for (i, r) in reqs.iter().enumerate() {
+                if !self
+                    .ch
+                    .queue(vb::PACKET_DATA, vb::FLAG_COMPLETION_REQUESTED, i as u64, r)
+                {
+                    return Err(Fail::Check("vmbus block: request ring full"));
+                }
+            }
+            self.ch
+                .kick()
+                .map_err(|_| Fail::Check("vmbus block: hv refused the signal"))?;
+            let (mut failed, mut value, mut got) = (0u64, 0u64, 0);
+            let mut buf = [0u8; vblk::COMPLETION_BYTES];
+            while got < reqs.len() {
+                let Some((kind, t, n)) = self.ch.recv(&mut buf) else {
+                    if self.ch.closed() {
+                        return Err(Fail::Check("vmbus block: hv closed the channel"));
+                    }
+                    if !self.ch.wait(VMB_LIMIT) {
+                        return Err(Fail::Check("vmbus block: no completion"));
+                    }
+                    continue;
+                };
+                hist.record(cpu::rdtsc().wrapping_sub(t0));
+                got += 1;
+                let status = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                if kind != vb::PACKET_COMPLETION || n < vblk::COMPLETION_BYTES || t >= 64 {
+                    return Err(Fail::Check("vmbus block: malformed completion"));
+                }
+                value = le64(&buf[8..16]);
+                if status != vblk::STATUS_OK {
+                    let sector = le64(&reqs[t as usize % reqs.len()][8..16]);
+                    print_error(format_args!("vmbus-blk status={status} sector={sector}"));
+                    failed |= 1 << t;
+                }
+            }
+            Ok((failed, value))
+        }
+    }
+
     enum Dev {
         Ata(Ata),
         Virtio(VBlk),
+        Vmbus(VmbBlk),
     }
 
     impl Dev {
@@ -427,6 +539,7 @@ mod guest {
             match self {
                 Dev::Ata(a) => a.sectors,
                 Dev::Virtio(v) => v.sectors,
+                Dev::Vmbus(v) => v.sectors,
             }
         }
 
@@ -434,6 +547,7 @@ mod guest {
             match self {
                 Dev::Ata(_) => 0,
                 Dev::Virtio(v) => v.kicks,
+                Dev::Vmbus(v) => v.ch.signals,
             }
         }
 
@@ -481,6 +595,19 @@ mod guest {
                     }
                     Ok(failed)
                 }
+                Dev::Vmbus(v) => {
+                    let mut reqs = [[0u8; vblk::REQUEST_BYTES]; MAX_SLOTS];
+                    for (i, op) in ops.iter().enumerate() {
+                        let kind = if op.write {
+                            vblk::OP_WRITE
+                        } else {
+                            vblk::OP_READ
+                        };
+                        let buf = arena((slot0 + i) * bs as usize) as u64;
+                        reqs[i] = vmb_request(kind, n as u32, op.lba, buf);
+                    }
+                    v.submit_wait(&reqs[..ops.len()], hist).map(|r| r.0)
+                }
                 Dev::Virtio(v) => {
                     let t0 = cpu::rdtsc();
                     for (i, op) in ops.iter().enumerate() {
@@ -509,6 +636,11 @@ mod guest {
                     }
                     Err(_) => Err(Fail::Check("ATA flush failed")),
                 },
+                Dev::Vmbus(v) => {
+                    let mut h = Histogram::default();
+                    let r = v.submit_wait(&[vmb_request(vblk::OP_FLUSH, 0, 0, 0)], &mut h)?;
+                    Ok(r.0 == 0)
+                }
                 // Without FLUSH negotiated the device made every write stable already.
                 Dev::Virtio(v) if !v.flush => Ok(true),
                 Dev::Virtio(v) => {
@@ -558,8 +690,9 @@ mod guest {
                 Ok(Dev::Ata(a))
             }
             "virtio" => Ok(Dev::Virtio(VBlk::open(ctx, 128, false)?)),
+            "vmbus" => Ok(Dev::Vmbus(VmbBlk::open()?)),
             _ => Err(Fail::Unsupported(
-                "no block device (hv adds blk=ata|virtio)",
+                "no block device (hv adds blk=ata|virtio|vmbus)",
             )),
         }
     }
@@ -728,7 +861,7 @@ mod guest {
                 plan[b * qd..b * qd + n].copy_from_slice(&ops[..n]);
             }
         }
-        let irq0 = IRQS.load(Ordering::Relaxed);
+        let irq0 = irqs();
         let kick0 = dev.kicks();
         let (mut r, mut m) = (Rng(rng.0), Rng(mixed.0));
         let mut made;
@@ -754,7 +887,7 @@ mod guest {
             settle(ops, mask, &mut errors)?;
         }
         let f = p.end(count as u64);
-        let irqs = IRQS.load(Ordering::Relaxed) - irq0;
+        let irqs = irqs() - irq0;
         report(
             f,
             &[
@@ -840,8 +973,135 @@ mod guest {
         }
     }
 
+    /// Halts until hv's CHANNEL_CLOSED notice for `ch` came (bounded).
+    fn wait_closed(ch: &vmbus::Channel) -> bool {
+        let start = cpu::rdtsc();
+        while !ch.closed() {
+            if cpu::rdtsc().wrapping_sub(start) > VMB_LIMIT {
+                return false;
+            }
+            cpu::cli();
+            if !ch.closed() {
+                cpu::sti_hlt();
+            }
+            cpu::sti();
+        }
+        true
+    }
+
+    /// Hostile guests against the VMBus-style block channel. Each case checks that hv refused
+    /// what it must and that the device (reopened where hv closed the channel) still works.
+    fn hostile_vmbus(ctx: &Ctx, how: &str) -> Result<(), Fail> {
+        let ram = ctx.args.u64_or("ram", 32 << 20)?;
+        let mut d = VmbBlk::open()?;
+        let mut h = Histogram::default();
+        let works = |d: &mut VmbBlk, h: &mut Histogram| -> Result<bool, Fail> {
+            let r = d.submit_wait(&[vmb_request(vblk::OP_READ, 1, 0, arena(0) as u64)], h)?;
+            Ok(r.0 == 0)
+        };
+        let reopen = |d: &mut VmbBlk| -> Result<(), Fail> {
+            let client = vmbus::Client;
+            // SAFETY: the same pages, which the closed channel no longer uses.
+            d.ch = unsafe { client.open(d.ch.id, VMB_RINGS.as_ptr(), 3, 3) }
+                .map_err(|_| Fail::Check("vmbus block: reopen refused"))?;
+            Ok(())
+        };
+        match how {
+            // Buffers past RAM, straddling its end, in the MMIO window, above 4 GiB: each is
+            // BAD_REQUEST alone, the channel stays open.
+            "oob-buffer" => {
+                let bad = [ram, ram - 256, 0xd000_0000, 1 << 40, u64::MAX - 100];
+                let mut refused = 0;
+                for (i, gpa) in bad.iter().enumerate() {
+                    let r =
+                        d.submit_wait(&[vmb_request(vblk::OP_READ, 1, i as u64, *gpa)], &mut h)?;
+                    refused += u64::from(r.0 != 0);
+                }
+                let ok = refused == bad.len() as u64 && works(&mut d, &mut h)?;
+                report_hostile(how, "refused", refused, ok)
+            }
+            // Garbage in the request fields: unknown op, 0 and huge transfers, a short packet.
+            "bad-request" => {
+                let reqs = [
+                    vmb_request(99, 1, 0, arena(0) as u64),
+                    vmb_request(vblk::OP_READ, 0, 0, arena(0) as u64),
+                    vmb_request(vblk::OP_WRITE, u32::MAX, 0, arena(0) as u64),
+                    vmb_request(vblk::OP_READ, 1, u64::MAX, arena(0) as u64),
+                ];
+                let r = d.submit_wait(&reqs, &mut h)?;
+                d.ch.send(
+                    vb::PACKET_DATA,
+                    vb::FLAG_COMPLETION_REQUESTED,
+                    9,
+                    &[1, 2, 3],
+                )
+                .map_err(|_| Fail::Check("signal refused"))?;
+                let mut buf = [0u8; vblk::COMPLETION_BYTES];
+                let short = d.ch.wait(VMB_LIMIT)
+                    && matches!(d.ch.recv(&mut buf), Some((vb::PACKET_COMPLETION, 9, _)))
+                    && buf[0] == vblk::STATUS_BAD_REQUEST as u8;
+                let ok = r.0 == 0b1111 && short && works(&mut d, &mut h)?;
+                report_hostile(how, "failed", r.0, ok)
+            }
+            // A write index that is not a packet boundary, and a descriptor claiming more than
+            // the ring holds: hv closes the channel, says so, refuses its signals, and a fresh
+            // open brings it back.
+            "bad-index" | "oversized" => {
+                if how == "bad-index" {
+                    d.ch.out.set_write_index_raw(12);
+                } else {
+                    d.ch.out
+                        .write_raw(u64::from(vb::PACKET_DATA) | 2 << 16 | 0xffff << 32, 24);
+                }
+                let first = synic::signal_event(vb::CONN_CHANNEL_BASE + d.ch.id, 0);
+                let noticed = wait_closed(&d.ch);
+                let after = synic::signal_event(vb::CONN_CHANNEL_BASE + d.ch.id, 0);
+                reopen(&mut d)?;
+                let ok = first == 0
+                    && noticed
+                    && after == tlfs::STATUS_INVALID_PORT_ID
+                    && works(&mut d, &mut h)?;
+                report_hostile(how, "after", u64::from(after), ok)
+            }
+            // Rings outside RAM or in the MMIO window, and unknown channels, are refused at
+            // open; signals to channels that do not exist are refused; the device still works.
+            "bad-open" => {
+                let client = vmbus::Client;
+                let outside = [ram, ram - 4096, 0xd000_0000, 1 << 40];
+                let mut refused = 0;
+                for gpa in outside {
+                    let r = client.open_raw(d.ch.id, gpa, 3, 3);
+                    refused += u64::from(r == Err(vmbus::VmbusError::Open(vb::OPEN_BAD_RING)));
+                }
+                let unknown = client.open_raw(77, VMB_RINGS.as_ptr() as u64, 3, 3)
+                    == Err(vmbus::VmbusError::Open(vb::OPEN_UNKNOWN_CHANNEL));
+                let signal = synic::signal_event(vb::CONN_CHANNEL_BASE + 77, 0);
+                // The refused opens closed the channel (its old rings are gone): open it again.
+                reopen(&mut d)?;
+                let ok = refused == outside.len() as u64
+                    && unknown
+                    && signal == tlfs::STATUS_INVALID_PORT_ID
+                    && works(&mut d, &mut h)?;
+                report_hostile(how, "refused", refused, ok)
+            }
+            // A signal storm on an empty ring: every signal succeeds, hv's worker finds nothing
+            // to do, and the device still works.
+            "signal-storm" => {
+                let mut refused = 0;
+                for _ in 0..2000 {
+                    refused +=
+                        u64::from(synic::signal_event(vb::CONN_CHANNEL_BASE + d.ch.id, 0) != 0);
+                }
+                let ok = refused == 0 && works(&mut d, &mut h)?;
+                report_hostile(how, "refused", refused, ok)
+            }
+            _ => Err(Fail::BadArg("how")),
+        }
+    }
+
     fn hostile(ctx: &mut Ctx, how: &str) -> Result<(), Fail> {
         match ctx.args.str_or("blk", "none") {
+            "vmbus" => hostile_vmbus(ctx, how),
             "ata" => {
                 let a = Ata::probe(PioMode {
                     wide: false,

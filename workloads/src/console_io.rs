@@ -1,8 +1,9 @@
 //! console-io: writes `bytes` bytes in lines of `line` bytes to the console device hv attached
-//! (the 16550 on COM1, or virtio-console, named by the `con=` word hv adds), one latency sample
-//! per line, then reads them back through a loopback and verifies them: the 16550's own
-//! loopback mode (MCR.LOOP, emulated by hv), or hv's virtio-console loopback (what the driver
-//! transmits comes back on the receive queue).
+//! (the 16550 on COM1, virtio-console, or hv's VMBus-style console channel, named by the `con=`
+//! word hv adds), one latency sample per line, then reads them back through a loopback and
+//! verifies them: the 16550's own loopback mode (MCR.LOOP, emulated by hv), hv's
+//! virtio-console loopback (what the driver transmits comes back on the receive queue), or the
+//! channel's loopback flag (the line comes back as a packet).
 //!
 //! virtio-console is where hv's `con_mmio=`/`con_irq=` words say, else the first console
 //! device named by a `virtio_mmio.device=` word (QEMU's microvm with `virtio-serial-device`
@@ -14,7 +15,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "console-io",
-    summary: "console output in lines, and read-back through a loopback: 16550 UART or virtio-console",
+    summary: "console output in lines, and read-back through a loopback: 16550 UART, virtio-console or a VMBus-style channel",
     params: &[
         Param {
             key: "bytes",
@@ -50,7 +51,9 @@ mod guest {
         S_NEEDS_RESET, VirtQueue,
     };
     use hvlab_guest_rt::phase::{self, Histogram};
+    use hvlab_guest_rt::pv::vmbus;
     use hvlab_guest_rt::{Ctx, Fail, apic, cpu, idt, println};
+    use hvlab_protocol::vmbus::{self as vb, console as vcon};
 
     const COM1: u16 = hvlab_protocol::CONSOLE_PORT;
     const MCR: u16 = COM1 + 4;
@@ -194,6 +197,72 @@ mod guest {
         }
     }
 
+    /// hv's VMBus-style console (`hvlab_protocol::vmbus::console`): one data packet per line,
+    /// answered by a completion (writes) or by the line itself (read-back through hv's
+    /// loopback flag).
+    struct VmbCon {
+        ch: vmbus::Channel,
+    }
+
+    /// The channel's rings: 2 pages each way (a line of up to 1 KiB fits).
+    static VMB_RINGS: vmbus::RingPages<4> = vmbus::RingPages::new();
+    static mut VMB_PACKET: [u8; 8 + MAX_LINE] = [0; 8 + MAX_LINE];
+    const VMB_LIMIT: u64 = 1 << 36;
+
+    impl VmbCon {
+        fn open() -> Result<VmbCon, Fail> {
+            let client = vmbus::Client::connect().map_err(|_| {
+                Fail::Unsupported("vmbus console: the SynIC is not shown (hv-synic)")
+            })?;
+            let id = client
+                .find(vb::DEVICE_CONSOLE)
+                .map_err(|_| Fail::Unsupported("vmbus console: no console channel offered"))?;
+            // SAFETY: the static's pages belong to this channel from now on.
+            let ch = unsafe { client.open(id, VMB_RINGS.as_ptr(), 2, 2) }
+                .map_err(|_| Fail::Check("vmbus console: open refused"))?;
+            Ok(VmbCon { ch })
+        }
+
+        /// Sends TXBUF's first `len` bytes with `flags` and waits for hv's answer; with
+        /// FLAG_LOOPBACK the bytes that came back are in RXBUF. Returns the byte count hv
+        /// reported.
+        fn send(&mut self, len: usize, flags: u16) -> Result<usize, Fail> {
+            // SAFETY: one vCPU runs the workload; these statics are only used here.
+            let (pkt, tx, rx) = unsafe {
+                (
+                    &mut *core::ptr::addr_of_mut!(VMB_PACKET),
+                    &*core::ptr::addr_of!(TXBUF),
+                    &mut *core::ptr::addr_of_mut!(RXBUF),
+                )
+            };
+            pkt[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            pkt[4..8].fill(0);
+            pkt[8..8 + len].copy_from_slice(&tx[..len]);
+            match self.ch.send(vb::PACKET_DATA, flags, 0, &pkt[..8 + len]) {
+                Ok(true) => {}
+                Ok(false) => return Err(Fail::Check("vmbus console: ring full")),
+                Err(_) => return Err(Fail::Check("vmbus console: hv refused the signal")),
+            }
+            loop {
+                if let Some((kind, _, n)) = self.ch.recv(&mut pkt[..]) {
+                    let said = u32::from_le_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]) as usize;
+                    if kind == vb::PACKET_DATA {
+                        let got = said.min(n.saturating_sub(8)).min(MAX_LINE);
+                        rx[..got].copy_from_slice(&pkt[8..8 + got]);
+                        return Ok(got);
+                    }
+                    return Ok(said);
+                }
+                if self.ch.closed() {
+                    return Err(Fail::Check("vmbus console: hv closed the channel"));
+                }
+                if !self.ch.wait(VMB_LIMIT) {
+                    return Err(Fail::Check("vmbus console: no answer"));
+                }
+            }
+        }
+    }
+
     fn uart_put(b: u8, in_fifo: &mut usize) {
         if *in_fifo >= 16 {
             let mut polls = 0;
@@ -215,22 +284,37 @@ mod guest {
         }
         let lines = (bytes / len).max(1);
         let mut hist = Histogram::default();
-        let mut vcon = match ctx.args.str_or("con", "none") {
-            "uart" => None,
-            "virtio" => Some(VCon::open(ctx)?),
+        let (mut vcon, mut vmb) = match ctx.args.str_or("con", "none") {
+            "uart" => (None, None),
+            "virtio" => (Some(VCon::open(ctx)?), None),
+            "vmbus" => (None, Some(VmbCon::open()?)),
             _ => {
                 return Err(Fail::Unsupported(
-                    "no console device (hv adds con=uart|virtio)",
+                    "no console device (hv adds con=uart|virtio|vmbus)",
                 ));
             }
         };
-        let irq0 = IRQS.load(Ordering::Relaxed);
-        let kick0 = vcon.as_ref().map_or(0, |v| v.kicks);
+        let irqs = || IRQS.load(Ordering::Relaxed) + vmbus::channel_irqs();
+        let kicks = |vcon: &Option<VCon>, vmb: &Option<VmbCon>| {
+            vcon.as_ref().map_or(0, |v| v.kicks) + vmb.as_ref().map_or(0, |v| v.ch.signals)
+        };
+        let irq0 = irqs();
+        let kick0 = kicks(&vcon, &vmb);
         let p = phase::begin("con-write");
         let mut in_fifo = 16;
         for l in 0..lines {
             let t0 = cpu::rdtsc();
             match vcon.as_mut() {
+                None if vmb.is_some() => {
+                    // SAFETY: the buffer is this run's.
+                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
+                    for (i, b) in buf.iter_mut().enumerate().take(len) {
+                        *b = line_byte(l, i, len);
+                    }
+                    if let Some(v) = vmb.as_mut() {
+                        v.send(len, vb::FLAG_COMPLETION_REQUESTED)?;
+                    }
+                }
                 None => {
                     for i in 0..len {
                         uart_put(line_byte(l, i, len), &mut in_fifo);
@@ -251,8 +335,8 @@ mod guest {
         f.report(
             &[
                 ("bytes", (lines * len) as u64),
-                ("interrupts", IRQS.load(Ordering::Relaxed) - irq0),
-                ("kicks", vcon.as_ref().map_or(0, |v| v.kicks) - kick0),
+                ("interrupts", irqs() - irq0),
+                ("kicks", kicks(&vcon, &vmb) - kick0),
                 ("irq_ack", u64::from(ACK_BASE.load(Ordering::Relaxed) != 0)),
             ],
             Some(&hist),
@@ -261,9 +345,10 @@ mod guest {
             return Ok(());
         }
         let mut hist = Histogram::default();
-        let irq0 = IRQS.load(Ordering::Relaxed);
-        let kick0 = vcon.as_ref().map_or(0, |v| v.kicks);
-        if vcon.is_none() {
+        let irq0 = irqs();
+        let kick0 = kicks(&vcon, &vmb);
+        let uart = vcon.is_none() && vmb.is_none();
+        if uart {
             cpu::outb(MCR, MCR_LOOP | MCR_DEFAULT);
         }
         let p = phase::begin("con-readback");
@@ -271,6 +356,27 @@ mod guest {
         for l in 0..lines {
             let t0 = cpu::rdtsc();
             match vcon.as_mut() {
+                None if vmb.is_some() => {
+                    // SAFETY: the buffers are this run's.
+                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
+                    for (i, b) in buf.iter_mut().enumerate().take(len) {
+                        *b = line_byte(l, i, len);
+                    }
+                    let got = match vmb.as_mut() {
+                        Some(v) => v.send(len, vcon::FLAG_LOOPBACK)?,
+                        None => 0,
+                    };
+                    // SAFETY: `send` filled `got` bytes.
+                    let rx = unsafe { &*core::ptr::addr_of!(RXBUF) };
+                    if got != len {
+                        bad += 1;
+                    }
+                    for (i, &b) in rx.iter().enumerate().take(got.min(len)) {
+                        if b != line_byte(l, i, len) {
+                            bad += 1;
+                        }
+                    }
+                }
                 None => {
                     for i in 0..len {
                         let want = line_byte(l, i, len);
@@ -313,14 +419,14 @@ mod guest {
             hist.record(cpu::rdtsc().wrapping_sub(t0));
         }
         let f = p.end(lines as u64);
-        if vcon.is_none() {
+        if uart {
             cpu::outb(MCR, MCR_DEFAULT);
         }
         f.report(
             &[
                 ("bytes", (lines * len) as u64),
-                ("interrupts", IRQS.load(Ordering::Relaxed) - irq0),
-                ("kicks", vcon.as_ref().map_or(0, |v| v.kicks) - kick0),
+                ("interrupts", irqs() - irq0),
+                ("kicks", kicks(&vcon, &vmb) - kick0),
                 ("mismatches", bad),
             ],
             Some(&hist),

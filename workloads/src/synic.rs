@@ -24,9 +24,9 @@
 //!   then `iters` requests one at a time (`vmbus-echo`: write, signal, wait for the channel
 //!   event, read the echo) and `iters` bursts of 8 (`vmbus-echo-burst`: 8 writes, one signal,
 //!   one event, 8 reads), counting the signals the ring protocol asked for; then
-//!   `vmbus-hostile`: an unaligned write index closes the channel (the signal returns
-//!   HV_STATUS_INVALID_PORT_ID, and so does the next one), and after a fresh open the echo
-//!   works again.
+//!   `vmbus-hostile`: an unaligned write index closes the channel (the signal succeeds, hv's
+//!   channel worker finds the index and posts CHANNEL_CLOSED with reason BAD_INDEX, the next
+//!   signal returns HV_STATUS_INVALID_PORT_ID), and after a fresh open the echo works again.
 //!
 //! Reports per phase `ops`, `delivered` (handler runs that consumed something), `failed`
 //! (calls with an unexpected status) and, for timers, `expiries` and `elapsed_100ns`.
@@ -473,10 +473,16 @@ mod guest {
                 return Err(Fail::Check("VMBus echo mismatch"));
             }
         }
-        // Hostile: a broken write index closes the channel; reopening brings it back.
+        // Hostile: a broken write index closes the channel (hv's worker finds it after the
+        // signal, which succeeds, and says so in a CHANNEL_CLOSED message); later signals are
+        // refused; reopening brings it back.
         let p = phase::begin("vmbus-hostile");
         out.set_write_index_raw(12);
+        let m0 = MSGS[0].load(Ordering::Acquire);
         let broken = synic::signal_event(conn, 0);
+        halt_for(&MSGS[0], m0 + 1, "no VMBus CHANNEL_CLOSED notice")?;
+        let notice = LAST_MSG[0].load(Ordering::Acquire);
+        let reason = LAST_MSG[1].load(Ordering::Acquire) as u32;
         let closed = synic::signal_event(conn, 0);
         // SAFETY: as above; the rings start over.
         let (out, inr) = unsafe { (Ring::new(base, 2), Ring::new(base.add(2 * 4096), 2)) };
@@ -494,13 +500,16 @@ mod guest {
         f.report(
             &[
                 ("broken", u64::from(broken)),
+                ("reason", u64::from(reason)),
                 ("closed", u64::from(closed)),
                 ("reopen", r[1] & 0xffff_ffff),
                 ("echoed", u64::from(echoed)),
             ],
             None,
         );
-        let ok = broken == tlfs::STATUS_INVALID_PORT_ID
+        let ok = broken == tlfs::STATUS_SUCCESS
+            && notice == u64::from(vb::CHANNEL_CLOSED) | u64::from(channel) << 32
+            && reason == vb::CLOSED_BAD_INDEX
             && closed == tlfs::STATUS_INVALID_PORT_ID
             && r[1] as u32 == vb::OPEN_OK
             && again == 0

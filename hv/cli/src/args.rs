@@ -25,11 +25,14 @@ pub struct RunArgs {
     /// Wall-clock limit for the run, seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
-    /// Print run records as JSON lines (DESIGN.md §5) instead of a table.
+    /// Print run records as JSON lines (one per phase; results/README.md has the fields) instead
+    /// of a table.
     #[arg(long)]
     pub json: bool,
-    /// Device variant for the workload's device classes: none, emulated, synthetic, or both
-    /// (emulated then synthetic, back to back).
+    /// Device variant for the workload's device classes: none, emulated (registers that
+    /// trap), synthetic (virtio), vmbus (VMBus-style channels over the SynIC; turns on
+    /// hv-synic), or a comma list run back to back and compared (`both` = emulated,synthetic;
+    /// `all` = emulated,synthetic,vmbus).
     #[arg(long, default_value = "none")]
     pub device: String,
     /// Raw disk image for the block device (created when missing); default: in memory.

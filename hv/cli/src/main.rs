@@ -38,7 +38,7 @@ enum Command {
     ///   hv run exit-floor
     ///   hv run exit-floor --json -- iters=5000 tests=pio-out,pio-in
     ///   hv run mem-pattern --partitions 2 --cpus 0,1
-    ///   hv run blk-io --device both --qd 32 --bs 4K --pattern rand
+    ///   hv run blk-io --device emulated,synthetic,vmbus --qd 32 --bs 4K --pattern rand
     ///   hv run net-io --device both --partitions 2 -- size=1514 mode=stream
     ///   hv run chaos --device synthetic --cpus 0 --neighbour mem-pattern --timeout 5 -- seed=7
     #[command(verbatim_doc_comment)]
@@ -240,13 +240,7 @@ fn parse_timeout(secs: f64) -> Result<Duration> {
 }
 
 fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {
-    let variants = match a.device.as_str() {
-        "none" => vec![DeviceVariant::None],
-        "emulated" => vec![DeviceVariant::Emulated],
-        "synthetic" => vec![DeviceVariant::Synthetic],
-        "both" => vec![DeviceVariant::Emulated, DeviceVariant::Synthetic],
-        other => bail!("--device {other}: expected none, emulated, synthetic or both"),
-    };
+    let variants = parse_device_list(&a.device)?;
     let mut code = ExitCode::SUCCESS;
     let mut done = Vec::new();
     for v in variants {
@@ -256,12 +250,33 @@ fn cmd_run(a: args::RunArgs) -> Result<ExitCode> {
         }
         done.push(records);
     }
-    if let [emulated, synthetic] = done.as_slice() {
-        if !a.json {
-            print!("{}", table::side_by_side(emulated, synthetic));
-        }
+    if done.len() > 1 && !a.json {
+        print!("{}", table::side_by_side(&done));
     }
     Ok(code)
+}
+
+/// `--device`: one variant, a comma list run back to back, `both` (emulated,synthetic) or
+/// `all` (emulated,synthetic,vmbus).
+fn parse_device_list(s: &str) -> Result<Vec<DeviceVariant>> {
+    let words: Vec<&str> = match s {
+        "both" => vec!["emulated", "synthetic"],
+        "all" => vec!["emulated", "synthetic", "vmbus"],
+        _ => s.split(',').map(str::trim).collect(),
+    };
+    let mut out = Vec::new();
+    for w in words {
+        let v = DeviceVariant::parse(w).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--device {s}: `{w}` is not a device variant (expected none, emulated, synthetic, vmbus, a comma list of them, both or all)"
+            )
+        })?;
+        if out.contains(&v) {
+            bail!("--device {s}: `{w}` is listed twice");
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 fn cmd_run_one(

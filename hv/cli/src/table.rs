@@ -131,55 +131,49 @@ fn cell(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// `--device both`: the emulated and synthetic runs of each phase next to each other.
-pub fn side_by_side(a: &[RunRecord], b: &[RunRecord]) -> String {
+/// The device variants of one `hv run --device a,b,...`, one table per phase with a row per
+/// variant: time, exits, interrupts and worker CPU per operation, latency p50/p99 (the
+/// guest's histogram), and time relative to the first variant.
+pub fn side_by_side(variants: &[Vec<RunRecord>]) -> String {
     let mut s = String::new();
-    let (la, lb) = (
-        a.first().map_or("A", |r| r.variant.as_str()),
-        b.first().map_or("B", |r| r.variant.as_str()),
-    );
+    let Some(first) = variants.first() else {
+        return s;
+    };
     let _ = writeln!(
         s,
-        "\nside by side: {la} | {lb}   (per operation; latency from the guest's histogram)"
+        "\nside by side (per operation; latency from the guest's histogram; x = time / {})",
+        first.first().map_or("first", |r| r.variant.as_str())
     );
-    let _ = writeln!(
-        s,
-        "  {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
-        "phase",
-        "ns/op A",
-        "ns/op B",
-        "exits A",
-        "exits B",
-        "irqs A",
-        "irqs B",
-        "p50 A",
-        "p50 B",
-        "B/A"
-    );
-    for ra in a.iter().filter(|r| r.partition == 0) {
-        let Some(rb) = b.iter().find(|r| r.partition == 0 && r.phase == ra.phase) else {
-            continue;
-        };
-        let exits = |r: &RunRecord| r.exits_per_op("total");
-        let p50 = |r: &RunRecord| r.latency.as_ref().map(|l| l.p50);
-        let ratio = match (ra.ns_per_op(), rb.ns_per_op()) {
-            (Some(x), Some(y)) if x > 0.0 => format!("{:.2}", y / x),
-            _ => "-".into(),
-        };
+    for ra in first.iter().filter(|r| r.partition == 0) {
         let _ = writeln!(
             s,
-            "  {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
-            ra.phase,
-            cell(ra.ns_per_op(), 0),
-            cell(rb.ns_per_op(), 0),
-            cell(exits(ra), 2),
-            cell(exits(rb), 2),
-            cell(metric(ra, "interrupts"), 2),
-            cell(metric(rb, "interrupts"), 2),
-            cell(p50(ra), 0),
-            cell(p50(rb), 0),
-            ratio
+            "  {:<12} {:<24} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6}",
+            ra.phase, "variant", "ns/op", "exits", "irqs", "worker ns", "p50", "p99", "x"
         );
+        let base = ra.ns_per_op();
+        for v in variants {
+            let Some(r) = v.iter().find(|r| r.partition == 0 && r.phase == ra.phase) else {
+                continue;
+            };
+            let worker = (r.ops > 0).then(|| r.cpu.worker_ns as f64 / r.ops as f64);
+            let ratio = match (base, r.ns_per_op()) {
+                (Some(x), Some(y)) if x > 0.0 => format!("{:.2}", y / x),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<24} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6}",
+                "",
+                r.variant,
+                cell(r.ns_per_op(), 0),
+                cell(r.exits_per_op("total"), 2),
+                cell(metric(r, "interrupts").map(|n| n / r.ops.max(1) as f64), 2),
+                cell(worker, 0),
+                cell(r.latency.as_ref().map(|l| l.p50), 0),
+                cell(r.latency.as_ref().map(|l| l.p99), 0),
+                ratio
+            );
+        }
     }
     s
 }

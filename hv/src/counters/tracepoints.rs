@@ -6,7 +6,7 @@
 //! `Tracepoint::with_name`, which only looks under `/sys/kernel/debug/tracing`.
 //!
 //! Which tracepoints count depends on the KVM flavour: under kvm_pvm `kvm_exit`/`kvm_entry`
-//! never fire (DESIGN.md §6). Names this kernel does not have are skipped.
+//! never fire. Names this kernel does not have are skipped.
 
 use std::io;
 use std::path::{Path, PathBuf};

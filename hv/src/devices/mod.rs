@@ -1,6 +1,8 @@
 //! Devices a partition can have. `hv_ports` are hv's own protocol ports; `emulated/` devices are
-//! driven register by register (every access traps); `synthetic/` devices use shared-memory
-//! rings and doorbells, served by a worker thread.
+//! driven register by register (every access traps); `synthetic/` devices use virtio's
+//! shared-memory rings and doorbells, served by a worker thread; `vmbus/` devices use Hyper-V's
+//! design (VMBus-style rings, SynIC messages and events, hypercall signals), served by a
+//! worker thread too.
 
 pub mod disk;
 pub mod emulated;
@@ -79,6 +81,9 @@ pub enum DeviceVariant {
     Emulated,
     /// virtio over virtio-mmio: rings in guest memory, ioeventfd doorbells, irqfd completions.
     Synthetic,
+    /// VMBus-style channels: rings in guest memory, HvCallSignalEvent doorbells, SynIC event
+    /// completions (needs `hv-synic`, which hv turns on for it).
+    Vmbus,
 }
 
 impl DeviceVariant {
@@ -88,7 +93,20 @@ impl DeviceVariant {
             DeviceVariant::None => "none",
             DeviceVariant::Emulated => "emulated",
             DeviceVariant::Synthetic => "synthetic",
+            DeviceVariant::Vmbus => "vmbus",
         }
+    }
+
+    /// Parses a CLI / spec spelling.
+    pub fn parse(s: &str) -> Option<DeviceVariant> {
+        [
+            DeviceVariant::None,
+            DeviceVariant::Emulated,
+            DeviceVariant::Synthetic,
+            DeviceVariant::Vmbus,
+        ]
+        .into_iter()
+        .find(|v| v.name() == s)
     }
 }
 
@@ -123,6 +141,8 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
     for &class in classes {
         match (class, opts.variant) {
             ("block", DeviceVariant::Emulated) => words.push("blk=ata".to_string()),
+            ("block", DeviceVariant::Vmbus) => words.push("blk=vmbus".to_string()),
+            ("console", DeviceVariant::Vmbus) => words.push("con=vmbus".to_string()),
             ("block", _) => {
                 words.push("blk=virtio".into());
                 words.push(format!("blk_mmio={:#x}", virtio_mmio_base(BLK_SLOT.into())));
@@ -156,6 +176,22 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
     words
 }
 
+/// `set` plus the enlightenments the devices of `classes` in the chosen variant ride on:
+/// VMBus-style channels need the SynIC (`hv-synic`, with its `hv-vpindex`). The run's label
+/// keeps the user's set; the partition's notes list what it ran with.
+pub fn with_required_enlightenments(
+    opts: &DeviceOptions,
+    classes: &[&str],
+    set: crate::enlightenments::EnlightenmentSet,
+) -> crate::enlightenments::EnlightenmentSet {
+    if opts.variant != DeviceVariant::Vmbus || classes.is_empty() {
+        return set;
+    }
+    ["hv-vpindex", "hv-synic"]
+        .into_iter()
+        .fold(set, |s, name| s.with(name).unwrap_or(s))
+}
+
 /// Attaches the devices of `classes` (as a workload declares them: `console`, `block`) in the
 /// chosen variant to `partition` (the guest learns them from [`cmdline_words`]).
 pub fn attach(
@@ -184,6 +220,18 @@ pub fn attach(
                     1,
                     Arc::new(Mutex::new(AtaControlBlock(core))),
                 )?;
+            }
+            ("block", DeviceVariant::Vmbus) => {
+                let disk = open_disk(opts)?;
+                let dev = vmbus::blk::Blk::new(disk, partition.device_notes());
+                partition.add_vmbus_device(Box::new(dev))?;
+            }
+            ("console", DeviceVariant::Vmbus) => {
+                let dev = vmbus::console::Console::new(
+                    partition.console_sink(),
+                    partition.device_notes(),
+                );
+                partition.add_vmbus_device(Box::new(dev))?;
             }
             ("block", _) => {
                 let disk = open_disk(opts)?;
@@ -229,6 +277,10 @@ pub fn attach_net(
         .ok_or_else(|| HvError::Setup(format!("switch has {} ports already", switch::MAX_PORTS)))?;
     match opts.variant {
         DeviceVariant::Emulated => emulated::ne2000::attach(partition, switch.clone(), port),
+        DeviceVariant::Vmbus => Err(HvError::Config(
+            "the net class has no VMBus-style device yet: use --device emulated or synthetic"
+                .into(),
+        )),
         _ => {
             let backend =
                 synthetic::net::Net::new(switch.clone(), port.clone(), partition.device_notes());
@@ -310,6 +362,7 @@ pub fn device_options(label: &str) -> DeviceOptions {
         "synthetic" => (DeviceVariant::Synthetic, false, true),
         "synthetic-poll" => (DeviceVariant::Synthetic, true, true),
         "synthetic-noevidx" => (DeviceVariant::Synthetic, false, false),
+        "vmbus" => (DeviceVariant::Vmbus, false, true),
         _ => (DeviceVariant::None, false, true),
     };
     DeviceOptions {

@@ -82,7 +82,7 @@ impl Mechanism {
 
 /// One switchable enlightenment.
 pub trait Enlightenment: Sync + fmt::Debug {
-    /// CLI spelling (DESIGN.md §4).
+    /// CLI spelling.
     fn name(&self) -> &'static str;
     /// One line for `hv caps`.
     fn description(&self) -> &'static str;
