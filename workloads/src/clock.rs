@@ -312,8 +312,7 @@ mod guest {
         /// The first TSC value at which the reference time reads `t`.
         fn tsc_of(self, t: u64) -> u64 {
             let rel = (i128::from(t) - i128::from(self.offset)).max(0) as u128;
-            let s = u128::from(self.scale);
-            (((rel << 64) + s - 1) / s) as u64
+            (rel << 64).div_ceil(u128::from(self.scale)) as u64
         }
 
         /// TSC cycles in `t` reference-time units.
