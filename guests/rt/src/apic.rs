@@ -24,6 +24,8 @@ const REG_TIMER_DIV: u32 = 0x3e0;
 
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+const LVT_TIMER_TSC_DEADLINE: u32 = 2 << 17;
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Divide configuration "divide by 1".
 const TIMER_DIV_1: u32 = 0xb;
 
@@ -158,6 +160,25 @@ pub fn timer_periodic(vector: u8, count: u32) {
     write(REG_TIMER_DIV, TIMER_DIV_1);
     write(REG_LVT_TIMER, u32::from(vector) | LVT_TIMER_PERIODIC);
     write(REG_TIMER_INIT, count);
+}
+
+/// True when CPUID offers the APIC timer's TSC-deadline mode.
+pub fn tsc_deadline_available() -> bool {
+    cpuid(1, 0).ecx & (1 << 24) != 0
+}
+
+/// Puts this CPU's APIC timer in TSC-deadline mode on `vector`, disarmed; arm it with
+/// [`timer_set_deadline`]. Only when [`tsc_deadline_available`].
+pub fn timer_deadline_mode(vector: u8) {
+    write(REG_LVT_TIMER, u32::from(vector) | LVT_TIMER_TSC_DEADLINE);
+    // The SDM asks for a fence between the LVT write (MMIO in xAPIC mode) and the first
+    // IA32_TSC_DEADLINE write.
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Arms the TSC-deadline timer: one interrupt once the TSC reaches `tsc` (0 disarms).
+pub fn timer_set_deadline(tsc: u64) {
+    wrmsr(IA32_TSC_DEADLINE, tsc);
 }
 
 /// Masks this CPU's local interrupt pins: LINT0 (the 8259 PIC's ExtINT path, which KVM leaves

@@ -180,3 +180,16 @@ pub fn stimer_start(n: u32, config: u64, count: u64) {
 pub fn stimer_stop(n: u32) {
     wrmsr(tlfs::MSR_STIMER0_CONFIG + 2 * (n % 4), 0);
 }
+
+/// STIMER CONFIG for a one-shot timer re-armed by COUNT writes alone (as Linux's Hyper-V
+/// clockevent does): auto-enable set, enable clear, so the first [`stimer_set_count`] enables
+/// it; message mode into `sint`, or direct mode with `vector`.
+pub fn stimer_config_auto(direct: Option<u8>, sint: u32) -> u64 {
+    (stimer_config(false, direct, sint) & !tlfs::STIMER_ENABLE) | tlfs::STIMER_AUTO_ENABLE
+}
+
+/// Writes STIMER `n`'s COUNT only (one MSR write): with [`stimer_config_auto`] in its CONFIG
+/// this arms a one-shot timer to expire at `count` (absolute reference time).
+pub fn stimer_set_count(n: u32, count: u64) {
+    wrmsr(tlfs::MSR_STIMER0_CONFIG + 2 * (n % 4) + 1, count);
+}
