@@ -266,6 +266,11 @@ fn device_support(req: &RunRequest, machine: Machine) -> Result<(), String> {
     let d = &req.devices;
     for &class in device_classes(req) {
         match (class, d.variant, machine) {
+            (_, DeviceVariant::Vmbus, _) => {
+                return Err(format!(
+                    "vmbus {class}: hv's VMBus-style channels are hv's own protocol over its SynIC; QEMU's hv-vmbus speaks Microsoft's VMBus to Windows and Linux drivers, which this guest does not have"
+                ));
+            }
             (_, DeviceVariant::Synthetic, Machine::Pc) => {
                 return Err(format!(
                     "synthetic {class} on -M pc: QEMU's pc has virtio only over PCI and the guest drives virtio-mmio; the `qemu` column runs it on microvm"

@@ -106,7 +106,7 @@ pub struct Experiment {
     /// Workload arguments: each key maps to one value or a list (every combination runs).
     #[serde(default)]
     pub args: BTreeMap<String, OneOrMany>,
-    /// `none`, `emulated`, `synthetic`, `synthetic-poll`, `synthetic-noevidx`.
+    /// `none`, `emulated`, `synthetic`, `synthetic-poll`, `synthetic-noevidx`, `vmbus`.
     #[serde(default = "default_devices")]
     pub devices: Vec<String>,
     /// Enlightenment sets as `--enlighten` spells them (`none`, `all`, `a,b`).
@@ -219,6 +219,7 @@ pub const DEVICE_VARIANTS: &[&str] = &[
     "synthetic",
     "synthetic-poll",
     "synthetic-noevidx",
+    "vmbus",
 ];
 
 impl Spec {
