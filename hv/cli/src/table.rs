@@ -132,7 +132,8 @@ fn cell(v: Option<f64>, digits: usize) -> String {
 }
 
 /// The device variants of one `hv run --device a,b,...`, one table per phase with a row per
-/// variant: time, exits, interrupts and worker CPU per operation, latency p50/p99 (the
+/// variant: time, userspace exits, doorbells (the guest's `kicks`: virtio notifications or
+/// VMBus signals), interrupts and device-worker CPU per operation, latency p50/p99 (the
 /// guest's histogram), and time relative to the first variant.
 pub fn side_by_side(variants: &[Vec<RunRecord>]) -> String {
     let mut s = String::new();
@@ -147,8 +148,17 @@ pub fn side_by_side(variants: &[Vec<RunRecord>]) -> String {
     for ra in first.iter().filter(|r| r.partition == 0) {
         let _ = writeln!(
             s,
-            "  {:<12} {:<24} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6}",
-            ra.phase, "variant", "ns/op", "exits", "irqs", "worker ns", "p50", "p99", "x"
+            "  {:<12} {:<24} {:>10} {:>8} {:>9} {:>8} {:>10} {:>10} {:>10} {:>6}",
+            ra.phase,
+            "variant",
+            "ns/op",
+            "exits",
+            "doorbells",
+            "irqs",
+            "worker ns",
+            "p50",
+            "p99",
+            "x"
         );
         let base = ra.ns_per_op();
         for v in variants {
@@ -162,11 +172,12 @@ pub fn side_by_side(variants: &[Vec<RunRecord>]) -> String {
             };
             let _ = writeln!(
                 s,
-                "  {:<12} {:<24} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6}",
+                "  {:<12} {:<24} {:>10} {:>8} {:>9} {:>8} {:>10} {:>10} {:>10} {:>6}",
                 "",
                 r.variant,
                 cell(r.ns_per_op(), 0),
                 cell(r.exits_per_op("total"), 2),
+                cell(metric(r, "kicks").map(|n| n / r.ops.max(1) as f64), 2),
                 cell(metric(r, "interrupts").map(|n| n / r.ops.max(1) as f64), 2),
                 cell(worker, 0),
                 cell(r.latency.as_ref().map(|l| l.p50), 0),

@@ -238,3 +238,37 @@ fn a_second_hv_cannot_open_an_image_in_use_and_names_the_holder() {
     assert!(ro_err.contains("in use"), "{ro_err}");
     let _ = std::fs::remove_file(&img);
 }
+
+#[test]
+fn device_lists_run_side_by_side_and_bad_ones_are_refused() {
+    let (code, out, err) = hv(&[
+        "run",
+        "blk-io",
+        "--device",
+        "emulated,synthetic,vmbus",
+        "--qd",
+        "4",
+        "--",
+        "count=8",
+    ]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    let table = out
+        .split("side by side")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    for v in ["emulated", "synthetic", "vmbus"] {
+        assert!(table.contains(v), "{v} missing from:\n{table}");
+    }
+    assert!(
+        table.contains("doorbells") && table.contains("worker ns"),
+        "{table}"
+    );
+    for (bad, says) in [
+        ("vmbus,bogus", "`bogus` is not a device variant"),
+        ("synthetic,synthetic", "listed twice"),
+    ] {
+        let (code, _, err) = hv(&["run", "blk-io", "--device", bad]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
