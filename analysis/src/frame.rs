@@ -79,6 +79,10 @@ fn tlb_count(r: &RunRecord, column: &str) -> Option<f64> {
     }
 }
 
+/// Column of hv's VMBus signals suppressed per op (the ring protocol found the guest still
+/// draining or masked), from `hv-enl:vmbus_signals_suppressed`.
+pub const VMBUS_SUPPRESSED: &str = "vmbus.signals_suppressed";
+
 /// `(kind, reason)` of a status.
 pub fn status_parts(s: &RecordStatus) -> (&'static str, &str) {
     match s {
@@ -163,6 +167,11 @@ pub fn records_frame(records: &[RunRecord]) -> Result<DataFrame, AnalysisError> 
             counted_per_op(r, exits_total(r) as f64)
         }),
         o("cpu.vcpu_ns_per_op", &vcpu_ns_per_op),
+        o(VMBUS_SUPPRESSED, &|r| {
+            r.exits_by_device
+                .get("hv-enl:vmbus_signals_suppressed")
+                .and_then(|&v| per_op(r, v as f64))
+        }),
         o("cpu.worker_ns_per_op", &|r| {
             counted_per_op(r, r.cpu.worker_ns as f64)
         }),

@@ -27,6 +27,7 @@ mod plots;
 mod report;
 mod scale;
 pub mod stats;
+mod transports;
 
 pub use frame::records_frame;
 pub use polars::prelude::DataFrame;
@@ -414,6 +415,69 @@ mod tests {
         assert!(md.contains("| run | emulated | ok | 2 |"), "{md}");
         assert!(md.contains("| run | emulated | guest-exit-3 | 1 |"), "{md}");
         assert!(md.contains("| emulated | ata_err | 6 | 3 |"), "{md}");
+    }
+
+    #[test]
+    fn report_puts_the_three_device_transports_in_one_table_and_plot() {
+        let mut recs = Vec::new();
+        for rep in 0..2 {
+            for (dev, ns, kicks, irqs, exits) in [
+                ("emulated", 800.0, 0.0, 0.0, 2300),
+                ("synthetic", 300.0, 100.0, 60.0, 0),
+                ("vmbus", 500.0, 100.0, 100.0, 100),
+            ] {
+                let mut r = rec("blk", "blk-io", "blk-read", dev, rep, ns);
+                r.device = dev.into();
+                r.metrics.insert("kicks".into(), kicks);
+                r.metrics.insert("interrupts".into(), irqs);
+                let reason = if dev == "vmbus" { "msr_write" } else { "io_in" };
+                r.exits.insert(reason.into(), exits);
+                if dev == "vmbus" {
+                    r.exits_by_device
+                        .insert("hv-enl:vmbus_signals_suppressed".into(), 50);
+                }
+                recs.push(r);
+            }
+        }
+        let d = results_dir("transports", &recs, None);
+        let out = temp_dir("transports-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        // The transport table's rows are the ones that name a doorbell.
+        let row = |dev: &str| {
+            md.lines()
+                .find(|l| {
+                    l.starts_with(&format!("| blk-read | {dev} | "))
+                        && ["trap", "ioeventfd", "MSR exit"]
+                            .iter()
+                            .any(|d| l.contains(d))
+                })
+                .unwrap_or_else(|| panic!("no transport row for {dev}:\n{md}"))
+                .to_string()
+        };
+        let vmbus = row("vmbus");
+        assert!(
+            vmbus.contains(
+                "| HvCallSignalEvent (MSR exit) | 1.00 | 1.00 | msr_write 1.00 | 1.00 | 0.500 |"
+            ),
+            "{vmbus}"
+        );
+        let virtio = row("synthetic");
+        assert!(
+            virtio.contains("| ioeventfd (in KVM) | 1.00 | 0 |  | 0.600 | – |"),
+            "{virtio}"
+        );
+        assert!(row("emulated").contains("| register access (trap) | – | 23.00 |"));
+        assert!(out.join("plots/transports_blk_blk-io.png").exists());
+        // Without a VMBus-style row there is no transport table.
+        let no_vmbus: Vec<_> = recs.into_iter().filter(|r| r.device != "vmbus").collect();
+        let d = results_dir("transports-none", &no_vmbus, None);
+        let out = temp_dir("transports-none-out");
+        let files =
+            write_report(std::slice::from_ref(&d), &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(!md.contains("Device transports per request"), "{md}");
     }
 
     #[test]

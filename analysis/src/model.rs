@@ -87,6 +87,11 @@ pub struct Row {
     pub ci: Option<Estimate>,
     /// TLB flushes per op by source column (`tlb.*`), only the sources that were measured.
     pub tlb: Vec<(String, f64)>,
+    /// Device workloads: the guest's doorbells (`kicks`: virtio notifications or VMBus
+    /// signals) and completion interrupts per op, and hv's VMBus signals suppressed per op.
+    pub doorbells_per_op: Option<f64>,
+    pub guest_irqs_per_op: Option<f64>,
+    pub suppressed_per_op: Option<f64>,
     /// The variant this row compares with.
     pub baseline: Option<String>,
 }
@@ -298,6 +303,9 @@ fn row_at(df: &DataFrame, i: usize) -> Row {
             .iter()
             .filter_map(|(c, _)| f(c).map(|v| (c.to_string(), v)))
             .collect(),
+        doorbells_per_op: f("metrics.kicks"),
+        guest_irqs_per_op: f("metrics.interrupts"),
+        suppressed_per_op: f(crate::frame::VMBUS_SUPPRESSED),
         baseline: None,
     }
 }

@@ -44,17 +44,17 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn opt(v: Option<f64>) -> String {
+pub(crate) fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), num)
 }
 
 /// A host-counter cell (exits, KVM stats, host CPU): `None` means hv did not measure it (QEMU
 /// rows, counters unavailable), which the table says instead of a dash or a 0.
-fn measured(v: Option<f64>) -> String {
+pub(crate) fn measured(v: Option<f64>) -> String {
     v.map_or_else(|| "not measured".into(), num)
 }
 
-fn est(e: Option<Estimate>) -> String {
+pub(crate) fn est(e: Option<Estimate>) -> String {
     e.map_or_else(
         || "–".into(),
         |e| format!("{} [{}, {}]", num(e.point), num(e.lo), num(e.hi)),
@@ -146,7 +146,7 @@ fn host_blocks(l: &Loaded, label: &str) -> Vec<Block> {
 }
 
 /// Whether the rows ran in more than one shape (vCPUs × partitions), so labels must say which.
-fn multi_shape(rows: &[&&Row]) -> bool {
+pub(crate) fn multi_shape(rows: &[&&Row]) -> bool {
     rows.iter()
         .map(|r| (r.key.vcpus, r.key.partitions))
         .collect::<BTreeSet<_>>()
@@ -154,7 +154,7 @@ fn multi_shape(rows: &[&&Row]) -> bool {
         > 1
 }
 
-fn row_label(r: &Row, multi_shape: bool) -> String {
+pub(crate) fn row_label(r: &Row, multi_shape: bool) -> String {
     let mut s = r.variant.clone();
     if r.key.vmm != "hv" {
         s.push_str(&format!(" ({})", r.key.vmm));
@@ -223,7 +223,7 @@ fn opt_time(v: Option<f64>) -> String {
 }
 
 /// A latency cell: times when the unit is ns, else the number and its unit.
-fn latency(v: Option<f64>, unit: &str) -> String {
+pub(crate) fn latency(v: Option<f64>, unit: &str) -> String {
     match v {
         None => "–".into(),
         Some(v) if unit == "ns" || unit.is_empty() => time(v),
@@ -611,6 +611,12 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
     if n_exits == 0 {
         notes.push("Exits per operation: skipped, no record has exit counts.".into());
     }
+    // (1b) the device transports' per-request counts, where a VMBus-style row is there.
+    for ((exp, w), rows) in &wl {
+        if let Some(p) = crate::transports::plot(exp, w, rows, &palette, dir)? {
+            plots.push(p);
+        }
+    }
     // (2) TLB flushes per op by source.
     let mut tlb_zero = Vec::new();
     let mut n_tlb = 0;
@@ -945,6 +951,10 @@ pub fn write_report(
             )));
         }
         b.push(workload_table(rows, m.has_qemu));
+        if let Some(t) = crate::transports::table(rows) {
+            b.push(Block::Para(crate::transports::INTRO.into()));
+            b.push(t);
+        }
         if w == "tlb-shootdown"
             && let Some(t) = tlb_table(rows)
         {
