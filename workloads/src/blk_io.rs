@@ -444,11 +444,11 @@ mod guest {
     /// How long a request may take before the run fails (TSC ticks).
     const VMB_LIMIT: u64 = 1 << 36;
 
+    /// The little-endian u64 at the start of `b` (0 when shorter): one load.
     fn le64(b: &[u8]) -> u64 {
-        b.iter()
-            .take(8)
-            .enumerate()
-            .fold(0, |v, (i, &x)| v | u64::from(x) << (8 * i))
+        b.get(..8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
     }
 
     fn vmb_request(op: u32, sectors: u32, lba: u64, gpa: u64) -> [u8; vblk::REQUEST_BYTES] {
@@ -472,7 +472,7 @@ mod guest {
                 .map_err(|_| Fail::Check("vmbus block: open refused"))?;
             let mut d = VmbBlk { ch, sectors: 0 };
             let mut h = Histogram::default();
-            let info = d.submit_wait(&[vmb_request(vblk::OP_INFO, 0, 0, 0)], &mut h)?;
+            let info = d.submit_wait(1, |_| vmb_request(vblk::OP_INFO, 0, 0, 0), &mut h)?;
             if info.0 != 0 {
                 return Err(Fail::Check("vmbus block: INFO failed"));
             }
@@ -480,19 +480,24 @@ mod guest {
             Ok(d)
         }
 
-        /// Sends `reqs` (transaction = index), then waits for all their completions, one
-        /// latency sample each from the first send. Returns (failed mask, last value).
+        /// Sends `n` requests, request `i` made by `req(i)` (transaction = i), then waits for
+        /// all their completions, one latency sample each from the first send. Returns (failed
+        /// mask, the last completion's value). Requests are made one at a time, into the ring:
+        /// no array of them to fill (guest code is emulated instruction by instruction here).
         fn submit_wait(
             &mut self,
-            reqs: &[[u8; vblk::REQUEST_BYTES]],
+            n: usize,
+            req: impl Fn(usize) -> [u8; vblk::REQUEST_BYTES],
             hist: &mut Histogram,
         ) -> Result<(u64, u64), Fail> {
             let t0 = cpu::rdtsc();
-            for (i, r) in reqs.iter().enumerate() {
-                if !self
-                    .ch
-                    .queue(vb::PACKET_DATA, vb::FLAG_COMPLETION_REQUESTED, i as u64, r)
-                {
+            for i in 0..n {
+                if !self.ch.queue(
+                    vb::PACKET_DATA,
+                    vb::FLAG_COMPLETION_REQUESTED,
+                    i as u64,
+                    &req(i),
+                ) {
                     return Err(Fail::Check("vmbus block: request ring full"));
                 }
             }
@@ -501,7 +506,7 @@ mod guest {
                 .map_err(|_| Fail::Check("vmbus block: hv refused the signal"))?;
             let (mut failed, mut value, mut got) = (0u64, 0u64, 0);
             let mut buf = [0u8; vblk::COMPLETION_BYTES];
-            while got < reqs.len() {
+            while got < n {
                 let Some((kind, t, n)) = self.ch.recv(&mut buf) else {
                     if self.ch.closed() {
                         return Err(Fail::Check("vmbus block: hv closed the channel"));
@@ -519,7 +524,7 @@ mod guest {
                 }
                 value = le64(&buf[8..16]);
                 if status != vblk::STATUS_OK {
-                    let sector = le64(&reqs[t as usize % reqs.len()][8..16]);
+                    let sector = le64(&req(t as usize)[8..16]);
                     print_error(format_args!("vmbus-blk status={status} sector={sector}"));
                     failed |= 1 << t;
                 }
@@ -596,17 +601,17 @@ mod guest {
                     Ok(failed)
                 }
                 Dev::Vmbus(v) => {
-                    let mut reqs = [[0u8; vblk::REQUEST_BYTES]; MAX_SLOTS];
-                    for (i, op) in ops.iter().enumerate() {
+                    let req = |i: usize| {
+                        let op = &ops[i % ops.len()];
                         let kind = if op.write {
                             vblk::OP_WRITE
                         } else {
                             vblk::OP_READ
                         };
                         let buf = arena((slot0 + i) * bs as usize) as u64;
-                        reqs[i] = vmb_request(kind, n as u32, op.lba, buf);
-                    }
-                    v.submit_wait(&reqs[..ops.len()], hist).map(|r| r.0)
+                        vmb_request(kind, n as u32, op.lba, buf)
+                    };
+                    v.submit_wait(ops.len(), req, hist).map(|r| r.0)
                 }
                 Dev::Virtio(v) => {
                     let t0 = cpu::rdtsc();
@@ -638,7 +643,7 @@ mod guest {
                 },
                 Dev::Vmbus(v) => {
                     let mut h = Histogram::default();
-                    let r = v.submit_wait(&[vmb_request(vblk::OP_FLUSH, 0, 0, 0)], &mut h)?;
+                    let r = v.submit_wait(1, |_| vmb_request(vblk::OP_FLUSH, 0, 0, 0), &mut h)?;
                     Ok(r.0 == 0)
                 }
                 // Without FLUSH negotiated the device made every write stable already.
@@ -996,7 +1001,7 @@ mod guest {
         let mut d = VmbBlk::open()?;
         let mut h = Histogram::default();
         let works = |d: &mut VmbBlk, h: &mut Histogram| -> Result<bool, Fail> {
-            let r = d.submit_wait(&[vmb_request(vblk::OP_READ, 1, 0, arena(0) as u64)], h)?;
+            let r = d.submit_wait(1, |_| vmb_request(vblk::OP_READ, 1, 0, arena(0) as u64), h)?;
             Ok(r.0 == 0)
         };
         let reopen = |d: &mut VmbBlk| -> Result<(), Fail> {
@@ -1013,8 +1018,11 @@ mod guest {
                 let bad = [ram, ram - 256, 0xd000_0000, 1 << 40, u64::MAX - 100];
                 let mut refused = 0;
                 for (i, gpa) in bad.iter().enumerate() {
-                    let r =
-                        d.submit_wait(&[vmb_request(vblk::OP_READ, 1, i as u64, *gpa)], &mut h)?;
+                    let r = d.submit_wait(
+                        1,
+                        |_| vmb_request(vblk::OP_READ, 1, i as u64, *gpa),
+                        &mut h,
+                    )?;
                     refused += u64::from(r.0 != 0);
                 }
                 let ok = refused == bad.len() as u64 && works(&mut d, &mut h)?;
@@ -1028,7 +1036,7 @@ mod guest {
                     vmb_request(vblk::OP_WRITE, u32::MAX, 0, arena(0) as u64),
                     vmb_request(vblk::OP_READ, 1, u64::MAX, arena(0) as u64),
                 ];
-                let r = d.submit_wait(&reqs, &mut h)?;
+                let r = d.submit_wait(reqs.len(), |i| reqs[i % reqs.len()], &mut h)?;
                 d.ch.send(
                     vb::PACKET_DATA,
                     vb::FLAG_COMPLETION_REQUESTED,

@@ -114,10 +114,20 @@ impl Ring {
             | u64::from(flags) << 48;
         self.put(at, d0);
         self.put(at + 8, transaction);
-        for (i, chunk) in payload.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.put(at + DESC + 8 * i, u64::from_le_bytes(b));
+        // Whole words straight from the payload (one load each: kernel-mode guest code may be
+        // emulated instruction by instruction), the tail byte by byte.
+        let whole = payload.len() / 8;
+        for i in 0..whole {
+            // SAFETY: bytes 8i..8i+8 are inside `payload`; unaligned reads are allowed.
+            let w = unsafe { core::ptr::read_unaligned(payload.as_ptr().add(8 * i) as *const u64) };
+            self.put(at + DESC + 8 * i, w);
+        }
+        if payload.len() > 8 * whole {
+            let w = payload[8 * whole..]
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| w << 8 | u64::from(b));
+            self.put(at + DESC + 8 * whole, w);
         }
         self.put(at + len, u64::from(write) << 32);
         fence(Ordering::SeqCst);
@@ -162,9 +172,10 @@ impl Ring {
         let r = self.read(buf)?;
         fence(Ordering::SeqCst);
         let pending = self.ctl(12);
-        let wants = self.ctl(64) & 1 != 0
-            && pending != 0
+        // Cheapest test first: a writer that asked for nothing (the usual case) costs one load.
+        let wants = pending != 0
             && free_before < pending
+            && self.ctl(64) & 1 != 0
             && self.free() >= pending;
         Some((r.0, r.1, r.2, wants))
     }
@@ -188,9 +199,17 @@ impl Ring {
         }
         let n = len - offset;
         let take = n.min(buf.len());
-        for (i, chunk) in buf[..take].chunks_mut(8).enumerate() {
-            let w = self.get(at + offset + 8 * i).to_le_bytes();
-            chunk.copy_from_slice(&w[..chunk.len()]);
+        let whole = take / 8;
+        for i in 0..whole {
+            let w = self.get(at + offset + 8 * i);
+            // SAFETY: bytes 8i..8i+8 are inside `buf` (8i + 8 <= take <= buf.len()).
+            unsafe { core::ptr::write_unaligned(buf.as_mut_ptr().add(8 * i) as *mut u64, w) };
+        }
+        if take > 8 * whole {
+            let w = self.get(at + offset + 8 * whole);
+            for (j, b) in buf[8 * whole..take].iter_mut().enumerate() {
+                *b = (w >> (8 * j)) as u8;
+            }
         }
         fence(Ordering::SeqCst);
         self.set_ctl(4, ((at + len + TRAILER) % self.size as usize) as u32);
