@@ -6,7 +6,7 @@
 //!
 //! It runs under the partition's seccomp filter for channel workers (the device worker's list
 //! plus KVM_SIGNAL_MSI, which raises the SynIC interrupt) and ends within [`POLL`] of its
-//! partition's end.
+//! partition's end, or at once when its handle drops (which waits for it).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -41,17 +41,25 @@ pub trait GuestSignals: Send + Sync {
     fn stopping(&self) -> bool;
 }
 
-/// Stops the worker when dropped (without waiting for it: it ends within [`POLL`]).
+/// How long dropping the handle waits for the worker to end (a round in progress finishes
+/// first; past this the thread is left to end on its own, within a round and [`POLL`]).
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Stops the worker when dropped and waits (at most [`STOP_WAIT`]) until it has ended, so
+/// that the partition's guest memory and VM are released with the partition.
 #[derive(Debug)]
 pub struct WorkerHandle {
     stop: EventFd,
     stopped: Arc<AtomicBool>,
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Release);
         let _ = self.stop.write(1);
+        // The sender drops when the thread ends, however it ends.
+        let _ = self.ended.recv_timeout(STOP_WAIT);
     }
 }
 
@@ -80,16 +88,25 @@ pub fn start(
         stopped: stopped.clone(),
     };
     let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("vmbus-worker".into())
         .spawn(move || {
+            let _ended = ended_tx;
             seccomp::install(ThreadKind::ChannelWorker, &filter);
             let _ = clock_tx.send(ThreadClock::current());
             worker.run();
         })
         .map_err(|e| HvError::Thread(e.to_string()))?;
     let clock = clock_rx.recv().ok().flatten();
-    Ok((WorkerHandle { stop, stopped }, clock))
+    Ok((
+        WorkerHandle {
+            stop,
+            stopped,
+            ended,
+        },
+        clock,
+    ))
 }
 
 struct Worker {
@@ -171,5 +188,95 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use crate::devices::vmbus::ring::{CONTROL, Packet, Ring};
+
+    #[derive(Default)]
+    struct Seen {
+        events: Mutex<Vec<u32>>,
+        messages: Mutex<Vec<Vec<u8>>>,
+        packets: std::sync::atomic::AtomicU64,
+    }
+
+    impl GuestSignals for Seen {
+        fn channel_event(&self, channel: u32) {
+            self.events.lock().unwrap().push(channel);
+        }
+        fn management(&self, payload: Vec<u8>) {
+            self.messages.lock().unwrap().push(payload);
+        }
+        fn served(&self, s: &Served) {
+            self.packets.fetch_add(s.packets, Ordering::SeqCst);
+        }
+        fn ring_error(&self, _: u32, _: RingError) {}
+        fn stopping(&self) -> bool {
+            false
+        }
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A signal wakes the worker, which echoes and raises the channel event; a broken ring
+    /// brings a CHANNEL_CLOSED notice; dropping the handle ends the thread.
+    #[test]
+    fn the_worker_serves_signals_reports_closes_and_stops() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let bus = Arc::new(Vmbus::new());
+        let open = words_to_bytes(&[proto::OPEN, 1, 0x20000, 0, 2, 2]);
+        bus.on_message(&mem, &open).unwrap();
+        let seen = Arc::new(Seen::default());
+        let (handle, clock) = start(
+            bus.clone(),
+            mem.clone(),
+            seen.clone(),
+            seccomp::Target::none("test"),
+        )
+        .unwrap();
+        assert!(clock.is_some());
+        let out = Ring::new(&mem, 0x20000, 2 * CONTROL).unwrap();
+        let p = Packet {
+            kind: proto::PACKET_DATA,
+            flags: 0,
+            transaction: 3,
+            payload: vec![1; 8],
+        };
+        out.write(&mem, &p).unwrap().unwrap();
+        bus.signal(1).unwrap();
+        wait_for("no channel event", || {
+            !seen.events.lock().unwrap().is_empty()
+        });
+        assert_eq!(seen.packets.load(Ordering::SeqCst), 1);
+        assert_eq!(*seen.events.lock().unwrap(), vec![1]);
+        // An unaligned write index: the worker closes the channel and says why.
+        mem.write_obj(12u32, GuestAddress(0x20000)).unwrap();
+        bus.signal(1).unwrap();
+        wait_for("no CHANNEL_CLOSED", || {
+            !seen.messages.lock().unwrap().is_empty()
+        });
+        assert_eq!(
+            seen.messages.lock().unwrap()[0],
+            words_to_bytes(&[proto::CHANNEL_CLOSED, 1, proto::CLOSED_BAD_INDEX])
+        );
+        assert_eq!(bus.signal(1), Err(ChannelError::NotOpen));
+        // Dropping the handle waits for the thread: its Arc of the bus is gone after.
+        drop(handle);
+        wait_for("worker still holds the bus", || {
+            Arc::strong_count(&bus) == 1
+        });
     }
 }
