@@ -88,7 +88,7 @@ impl ChannelDevice for Console {
                 payload: reply,
             });
         }
-        (p.flags & proto::FLAG_COMPLETION_REQUESTED != 0).then(|| Packet {
+        (p.flags & proto::FLAG_COMPLETION_REQUESTED != 0).then_some(Packet {
             kind: proto::PACKET_COMPLETION,
             flags: 0,
             transaction: p.transaction,
