@@ -146,7 +146,7 @@ fn host_blocks(l: &Loaded, label: &str) -> Vec<Block> {
 }
 
 /// Whether the rows ran in more than one shape (vCPUs × partitions), so labels must say which.
-pub(crate) fn multi_shape(rows: &[&&Row]) -> bool {
+fn multi_shape(rows: &[&&Row]) -> bool {
     rows.iter()
         .map(|r| (r.key.vcpus, r.key.partitions))
         .collect::<BTreeSet<_>>()
@@ -154,7 +154,15 @@ pub(crate) fn multi_shape(rows: &[&&Row]) -> bool {
         > 1
 }
 
-pub(crate) fn row_label(r: &Row, multi_shape: bool) -> String {
+/// One category per row: "phase · variant" (with the shape where rows differ in it).
+pub(crate) fn phase_categories(rows: &[&&Row]) -> Vec<String> {
+    let multi = multi_shape(rows);
+    rows.iter()
+        .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
+        .collect()
+}
+
+fn row_label(r: &Row, multi_shape: bool) -> String {
     let mut s = r.variant.clone();
     if r.key.vmm != "hv" {
         s.push_str(&format!(" ({})", r.key.vmm));
@@ -585,15 +593,11 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
         if rows.is_empty() {
             continue;
         }
-        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: exits per operation");
         let chart = Bars {
             title: title.clone(),
             x_label: "exits / op (median)".into(),
-            categories: rows
-                .iter()
-                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
-                .collect(),
+            categories: phase_categories(&rows),
             category_colors: rows.iter().map(|r| palette.of(&r.variant)).collect(),
             series: vec![(
                 "exits/op".into(),
@@ -637,15 +641,11 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
             tlb_zero.push(format!("{exp} / {w}"));
             continue;
         }
-        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: TLB flushes per operation by source");
         let chart = Bars {
             title: title.clone(),
             x_label: "per op (median)".into(),
-            categories: rows
-                .iter()
-                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
-                .collect(),
+            categories: phase_categories(&rows),
             category_colors: Vec::new(),
             series: sources
                 .iter()
@@ -729,15 +729,11 @@ fn make_plots(m: &Model, dir: &Path) -> Result<(Vec<Plot>, Vec<String>), Analysi
         if rows.is_empty() {
             continue;
         }
-        let multi = multi_shape(&rows);
         let title = format!("{exp} / {w}: time per op vs baseline (95% CI)");
         let chart = ErrorBars {
             title: title.clone(),
             x_label: "time(variant) / time(baseline), log scale; < 1 is faster".into(),
-            categories: rows
-                .iter()
-                .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
-                .collect(),
+            categories: phase_categories(&rows),
             colors: rows.iter().map(|r| palette.of(&r.variant)).collect(),
             points: rows
                 .iter()

@@ -10,7 +10,7 @@ use crate::AnalysisError;
 use crate::doc::Block;
 use crate::model::Row;
 use crate::plots::{Bars, Palette, Plot, render, slug};
-use crate::report::{est, latency, measured, multi_shape, opt, row_label};
+use crate::report::{est, latency, measured, opt, phase_categories};
 
 /// The paragraph above the table.
 pub const INTRO: &str = "Device transports per request: the doorbell (emulated registers trap \
@@ -122,15 +122,11 @@ pub fn plot(
         return Ok(None);
     }
     let refs: Vec<&&Row> = rows.iter().collect();
-    let multi = multi_shape(&refs);
     let title = format!("{exp} / {w}: per request, by transport");
     let chart = Bars {
         title: title.clone(),
         x_label: "per op (median)".into(),
-        categories: rows
-            .iter()
-            .map(|r| format!("{} · {}", r.key.phase, row_label(r, multi)))
-            .collect(),
+        categories: phase_categories(&refs),
         category_colors: rows.iter().map(|r| palette.of(&r.variant)).collect(),
         series: vec![
             (

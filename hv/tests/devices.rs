@@ -42,15 +42,7 @@ fn opts(variant: DeviceVariant) -> DeviceOptions {
     }
 }
 
-fn assert_ok(o: &PartitionOutcome) {
-    assert!(
-        o.status.is_ok(),
-        "status {}\nconsole:\n{}\nnotes: {:?}",
-        o.status,
-        o.console,
-        o.notes
-    );
-}
+use common::assert_ok;
 
 /// The `rec=phase` line of phase `name`: (id, key=value pairs).
 fn phase(o: &PartitionOutcome, name: &str) -> (u32, Vec<(String, u64)>) {

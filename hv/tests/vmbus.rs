@@ -27,13 +27,7 @@ fn run(workload: &str, variant: DeviceVariant, args: &[(&str, &str)]) -> RunResu
 
 fn outcome(r: &RunResult) -> &PartitionOutcome {
     let o = &r.partitions[0].outcome;
-    assert!(
-        o.status.is_ok(),
-        "status {}\nconsole:\n{}\nnotes: {:?}",
-        o.status,
-        o.console,
-        o.notes
-    );
+    common::assert_ok(o);
     o
 }
 

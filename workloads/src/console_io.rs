@@ -263,6 +263,29 @@ mod guest {
         }
     }
 
+    /// Puts line `l` (`len` bytes) into TXBUF.
+    fn fill_line(l: usize, len: usize) {
+        // SAFETY: one vCPU runs the workload; the device reads TXBUF only after a send.
+        let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
+        for (i, b) in buf.iter_mut().enumerate().take(len) {
+            *b = line_byte(l, i, len);
+        }
+    }
+
+    /// Bytes of line `l` that did not come back into RXBUF (`got` bytes came), plus one when
+    /// the length is wrong.
+    fn mismatches(l: usize, len: usize, got: usize) -> u64 {
+        // SAFETY: the device (or the VMBus client) wrote `got` bytes before answering.
+        let rx = unsafe { &*core::ptr::addr_of!(RXBUF) };
+        let wrong = rx
+            .iter()
+            .enumerate()
+            .take(got.min(len))
+            .filter(|&(i, &b)| b != line_byte(l, i, len))
+            .count() as u64;
+        wrong + u64::from(got != len)
+    }
+
     fn uart_put(b: u8, in_fifo: &mut usize) {
         if *in_fifo >= 16 {
             let mut polls = 0;
@@ -306,11 +329,7 @@ mod guest {
             let t0 = cpu::rdtsc();
             match vcon.as_mut() {
                 None if vmb.is_some() => {
-                    // SAFETY: the buffer is this run's.
-                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
-                    for (i, b) in buf.iter_mut().enumerate().take(len) {
-                        *b = line_byte(l, i, len);
-                    }
+                    fill_line(l, len);
                     if let Some(v) = vmb.as_mut() {
                         v.send(len, vb::FLAG_COMPLETION_REQUESTED)?;
                     }
@@ -321,11 +340,7 @@ mod guest {
                     }
                 }
                 Some(v) => {
-                    // SAFETY: the buffer is this run's; the device reads it after the kick.
-                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
-                    for (i, b) in buf.iter_mut().enumerate().take(len) {
-                        *b = line_byte(l, i, len);
-                    }
+                    fill_line(l, len);
                     v.send(len)?;
                 }
             }
@@ -357,25 +372,12 @@ mod guest {
             let t0 = cpu::rdtsc();
             match vcon.as_mut() {
                 None if vmb.is_some() => {
-                    // SAFETY: the buffers are this run's.
-                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
-                    for (i, b) in buf.iter_mut().enumerate().take(len) {
-                        *b = line_byte(l, i, len);
-                    }
+                    fill_line(l, len);
                     let got = match vmb.as_mut() {
                         Some(v) => v.send(len, vcon::FLAG_LOOPBACK)?,
                         None => 0,
                     };
-                    // SAFETY: `send` filled `got` bytes.
-                    let rx = unsafe { &*core::ptr::addr_of!(RXBUF) };
-                    if got != len {
-                        bad += 1;
-                    }
-                    for (i, &b) in rx.iter().enumerate().take(got.min(len)) {
-                        if b != line_byte(l, i, len) {
-                            bad += 1;
-                        }
-                    }
+                    bad += mismatches(l, len, got);
                 }
                 None => {
                     for i in 0..len {
@@ -397,23 +399,10 @@ mod guest {
                     if v.rx.kick(v.dev) {
                         v.kicks += 1;
                     }
-                    // SAFETY: as above.
-                    let buf = unsafe { &mut *core::ptr::addr_of_mut!(TXBUF) };
-                    for (i, b) in buf.iter_mut().enumerate().take(len) {
-                        *b = line_byte(l, i, len);
-                    }
+                    fill_line(l, len);
                     v.send(len)?;
                     let got = v.wait(true)? as usize;
-                    // SAFETY: the device wrote `got` bytes before the used entry.
-                    let rx = unsafe { &*core::ptr::addr_of!(RXBUF) };
-                    if got != len {
-                        bad += 1;
-                    }
-                    for (i, &b) in rx.iter().enumerate().take(got.min(len)) {
-                        if b != line_byte(l, i, len) {
-                            bad += 1;
-                        }
-                    }
+                    bad += mismatches(l, len, got);
                 }
             }
             hist.record(cpu::rdtsc().wrapping_sub(t0));

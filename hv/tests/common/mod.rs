@@ -90,3 +90,14 @@ pub fn enl(p: &PhaseDelta, name: &str) -> u64 {
         .copied()
         .unwrap_or(0)
 }
+
+/// Fails, with the status, console and notes, unless the guest ended with status 0.
+pub fn assert_ok(o: &PartitionOutcome) {
+    assert!(
+        o.status.is_ok(),
+        "status {}\nconsole:\n{}\nnotes: {:?}",
+        o.status,
+        o.console,
+        o.notes
+    );
+}

@@ -76,6 +76,12 @@ impl Blk {
         (status, 0, 0)
     }
 
+    fn bad_buffer(&mut self, what: &str, gpa: u64, n: usize) -> (u32, u32, u64) {
+        self.failed(wire::STATUS_BAD_REQUEST, || {
+            format!("{what} buffer {gpa:#x}+{n} not in guest RAM")
+        })
+    }
+
     fn disk_error(&mut self, e: DiskError) -> (u32, u32, u64) {
         self.failed(wire::STATUS_IOERR, || format!("IOERR: {e}"))
     }
@@ -151,10 +157,7 @@ impl Blk {
         }
         // The whole buffer or nothing: a range that leaves RAM is refused before any byte lands.
         if !in_ram(mem, gpa, data.len()) || mem.write_slice(data, GuestAddress(gpa)).is_err() {
-            let n = data.len();
-            return self.failed(wire::STATUS_BAD_REQUEST, || {
-                format!("read buffer {gpa:#x}+{n} not in guest RAM")
-            });
+            return self.bad_buffer("read", gpa, data.len());
         }
         self.stats.reads += 1;
         self.stats.bytes += data.len() as u64;
@@ -169,10 +172,7 @@ impl Blk {
         data: &mut [u8],
     ) -> (u32, u32, u64) {
         if !in_ram(mem, gpa, data.len()) || mem.read_slice(data, GuestAddress(gpa)).is_err() {
-            let n = data.len();
-            return self.failed(wire::STATUS_BAD_REQUEST, || {
-                format!("write buffer {gpa:#x}+{n} not in guest RAM")
-            });
+            return self.bad_buffer("write", gpa, data.len());
         }
         let r = self
             .disk
