@@ -1168,13 +1168,15 @@ mod guest {
         status
     }
 
-    /// A payload word: addresses a device or hv may be pointed at (never the image), small
-    /// numbers, or values with bit 63 set (never RAM).
+    /// A payload word that hv may take for an address, a page number or a length, whatever a
+    /// channel's protocol makes of it: a DMA address, a number below 64, or any value with bit
+    /// 31 of both halves set. Neither it nor either half, as an address or as a page number,
+    /// lands in the image.
     fn payload_word(env: &Env, r: &mut Rng) -> u64 {
         match r.below(3) {
-            0 => env.target(r),
-            1 => r.below(0x1000),
-            _ => r.next() | 1 << 63,
+            0 => env.dma + r.below(DMA_BYTES),
+            1 => r.below(64),
+            _ => r.next() | 0x8000_0000_8000_0000,
         }
     }
 
@@ -1541,7 +1543,7 @@ mod guest {
                 store(env, ring + 4 * r.below(4), 4, v);
             } else {
                 let at = ring + 4096 + r.below(data.max(8)) & !7;
-                store(env, at, 8, r.next());
+                store(env, at, 8, payload_word(env, r));
             }
             add(C::vmbus_pokes, 1);
         }
