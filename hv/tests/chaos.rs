@@ -14,6 +14,7 @@
 //!
 //! `CHAOS_SEEDS`, `CHAOS_OPS`, `CHAOS_THREADS` and `CHAOS_FIRST_SEED` override the defaults
 //! (`CHAOS_SYNIC_SEEDS` the SynIC campaign's seed count).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
