@@ -7,6 +7,21 @@
 //! ends, floods of result lines, huge histograms); interrupt storms (self-IPIs, the APIC timer
 //! at a tiny period); and sessions at CPL3 that do MMIO and memory chaos there.
 //!
+//! With the Hyper-V SynIC exposed (`hv-synic`; detected by CPUID as the `synic` workload does)
+//! two more kinds join `all`: `synic` (random reads and writes of the SynIC and STIMER MSRs:
+//! SCONTROL, SVERSION, SIMP/SIEFP pages in the DMA area, past RAM, in the MMIO window or with
+//! reserved bits, SINT0-15 with random vectors, mask, auto-EOI and polling bits, EOM, STIMER0-3
+//! with tiny periods, one-shot, direct mode and random SINTs; HvCallPostMessage and
+//! HvCallSignalEvent, fast and slow, with random connection ids, message types, sizes and input
+//! addresses) and `vmbus` (hv's VMBus-style channel: offers, opens with random ring places and
+//! page counts, random bytes in ring control pages and data areas, packets, signals to random
+//! channels). A refused MSR access (#GP) comes back as an error through the runtime's
+//! `fixup::wrmsr_safe`/`rdmsr_safe` and is counted (`msr_refused`); no status hv returns is
+//! judged. Without the SynIC they get no weight and the phase reports `synic_absent=1`.
+//! Storms stay bounded so the guest always progresses: every SINT vector and direct-mode timer
+//! vector is one chaos handles (or the SINT is masked), armed timers are stopped after a few
+//! operations, and at the end all timers stop and all SINTs are masked.
+//!
 //! What it must never do is hang: every wait on hv is a bounded poll. Its own ends are defined
 //! exit statuses ([`END_STATUSES`]): 0 after all operations, [`EARLY_EXIT`] when a random port
 //! write hit the exit port (with probability `exit` per million port operations), or, for
@@ -18,7 +33,10 @@
 //! Device DMA is confined by construction: every address the guest gives a device (rings,
 //! buffers, indirect tables) is in the top [`DMA_BYTES`] of RAM, the first page, past the end of
 //! RAM, in the MMIO window or above 4 GiB, never in the image, so a device doing what the guest
-//! asked cannot make the guest corrupt (and hang) itself.
+//! asked cannot make the guest corrupt (and hang) itself. The same holds for what hv writes:
+//! SIMP/SIEFP pages and VMBus rings are only ever placed in the DMA area (or the first page, for
+//! the SynIC pages) or outside RAM, and hypercall input that hv reads is built in a page of the
+//! image that devices are never pointed at.
 //!
 //! Metrics of the `chaos` phase count what was done and the device errors seen
 //! (`virtio_needs_reset`, `ata_err`, `ata_timeouts`, `unmapped_reads`, ...).
@@ -27,7 +45,7 @@ use crate::{Param, WorkloadInfo};
 
 pub const INFO: WorkloadInfo = WorkloadInfo {
     name: "chaos",
-    summary: "seeded random abuse of every port, MMIO region, virtio queue, ATA register and protocol port, from CPL0 and CPL3",
+    summary: "seeded random abuse of every port, MMIO region, virtio queue, ATA register and protocol port, from CPL0 and CPL3; SynIC MSRs, hypercalls and the VMBus channel with hv-synic",
     params: &[
         Param {
             key: "seed",
@@ -42,7 +60,7 @@ pub const INFO: WorkloadInfo = WorkloadInfo {
         Param {
             key: "mix",
             default: "all",
-            help: "all, or a comma list of: port, mmio, virtio, ata, proto, irq, mem, user",
+            help: "all, or a comma list of: port, mmio, virtio, ata, proto, irq, mem, user, synic, vmbus (the last two need hv-synic)",
         },
         Param {
             key: "fault",
@@ -77,7 +95,7 @@ pub const DMA_BYTES: u64 = 256 * 1024;
 
 /// Operation kinds, in `mix` spelling.
 pub const KINDS: &[&str] = &[
-    "port", "mmio", "virtio", "ata", "proto", "irq", "mem", "user",
+    "port", "mmio", "virtio", "ata", "proto", "irq", "mem", "user", "synic", "vmbus",
 ];
 
 /// The deliberate end of a `fault` seed (host and guest agree: the seed decides).
@@ -125,6 +143,7 @@ pub use guest::run;
 
 #[cfg(target_os = "none")]
 mod guest {
+    use core::cell::UnsafeCell;
     use core::ptr::{read_volatile, write_volatile};
     use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -135,7 +154,10 @@ mod guest {
         REG_STATUS, S_ACKNOWLEDGE, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK, S_NEEDS_RESET,
     };
     use hvlab_guest_rt::entry::allow_user_mmio;
-    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, hv, idt, phase, println, user};
+    use hvlab_guest_rt::pv::hyperv;
+    use hvlab_guest_rt::{Ctx, Fail, apic, cpu, fixup, hv, idt, phase, println, user};
+    use hvlab_protocol::hyperv as tlfs;
+    use hvlab_protocol::vmbus as vb;
     use hvlab_protocol::{
         CONSOLE_PORT, EXIT_PORT, KERNEL_PORT, MMIO_WINDOW_BASE, PHASE_END, PHASE_PORT,
         START_INFO_ADDR, TEST_MMIO_BASE, TEST_PORT,
@@ -188,6 +210,19 @@ mod guest {
         timer_bursts,
         markers,
         fake_lines,
+        synic_ops,
+        vmbus_ops,
+        msr_writes,
+        msr_reads,
+        msr_refused,
+        stimer_arms,
+        hv_calls,
+        hv_call_errors,
+        vmbus_replies,
+        vmbus_offers,
+        vmbus_opens,
+        vmbus_pokes,
+        vmbus_packets,
     );
     static COUNTS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];
 
@@ -963,6 +998,605 @@ mod guest {
         }
     }
 
+    // ---- SynIC, synthetic timers and the VMBus-style channel ----
+
+    /// Reads of a reply slot before giving up on it (hv may answer from another thread).
+    const REPLY_POLLS: u32 = 64;
+    /// Channel ids remembered from an OFFERS reply.
+    const MAX_CHANNELS: usize = 8;
+    /// The SIMP slot of management replies and the SIEFP flags of channel signals.
+    const SINT_MGMT: u32 = vb::SINT_MANAGEMENT;
+    const SINT_CHAN: u32 = vb::SINT_CHANNEL;
+
+    /// A page in the image that hv reads hypercall input from: never a device target, so
+    /// nothing but chaos's own stores changes it between building the input and the call.
+    #[repr(C, align(4096))]
+    struct InputPage(UnsafeCell<[u64; 512]>);
+    // SAFETY: only the BSP's chaos loop touches these pages (volatile stores), hv reads them.
+    unsafe impl Sync for InputPage {}
+    static INPUT: InputPage = InputPage(UnsafeCell::new([0; 512]));
+    /// Input at an unaligned address lands in this page of 0xa5 bytes (connection 0xa5a5a5a5).
+    static JUNK: InputPage = InputPage(UnsafeCell::new([0xa5a5_a5a5_a5a5_a5a5; 512]));
+
+    fn input_set(words: &[u64]) {
+        let base = INPUT.0.get() as *mut u64;
+        for (i, w) in words.iter().take(512).enumerate() {
+            // SAFETY: inside the static page (i < 512); see the Sync impl.
+            unsafe { write_volatile(base.add(i), *w) };
+        }
+    }
+
+    /// What chaos knows about the SynIC and the channel it abuses.
+    struct Syn {
+        stimer: bool,
+        direct: bool,
+        /// The enabled SIMP / SIEFP page chaos last set where it may read and write (the DMA
+        /// area or page 0), for polling replies; `None` when elsewhere or disabled.
+        simp: Option<u64>,
+        siefp: Option<u64>,
+        channels: [u32; MAX_CHANNELS],
+        offered: usize,
+        /// The last ring pair chaos opened in the DMA area: GPA, out pages, in pages.
+        ring: Option<(u64, u64, u64)>,
+        /// Operations until armed timers are stopped (0: none armed).
+        timer_left: u64,
+    }
+
+    fn msr_write(msr: u32, v: u64) -> bool {
+        add(C::msr_writes, 1);
+        let ok = fixup::wrmsr_safe(msr, v).is_ok();
+        if !ok {
+            add(C::msr_refused, 1);
+        }
+        ok
+    }
+
+    fn msr_read(msr: u32) -> Option<u64> {
+        add(C::msr_reads, 1);
+        let v = fixup::rdmsr_safe(msr).ok();
+        if v.is_none() {
+            add(C::msr_refused, 1);
+        }
+        v
+    }
+
+    /// A vector chaos has a handler for (so a SINT or direct timer never hits an exception
+    /// gate or an unregistered vector).
+    fn safe_vector(r: &mut Rng) -> u64 {
+        u64::from(FIRST_VECTOR) + r.below(u64::from(LAST_VECTOR - FIRST_VECTOR) + 1)
+    }
+
+    /// Where a SynIC page may go: the DMA area (mostly), page 0, past RAM, the MMIO window,
+    /// above 4 GiB. Never the image (enabling a page makes hv clear it).
+    fn page_target(env: &Env, r: &mut Rng) -> u64 {
+        match r.below(8) {
+            0..=3 => env.dma + r.below(DMA_BYTES / 4096) * 4096,
+            4 => 0,
+            5 => env.ram_end + r.below(((MMIO_WINDOW_BASE - env.ram_end) / 4096).max(1)) * 4096,
+            6 => MMIO_WINDOW_BASE + r.below(0x4000_0000 / 4096) * 4096,
+            _ => ((1 << 32) + r.below(1 << 40)) & !0xfff,
+        }
+    }
+
+    /// Where a ring pair may go: the DMA area (any page counts: a pair that does not fit ends
+    /// past RAM, which hv refuses), sometimes unaligned, or outside RAM. Never page 0 or the
+    /// image.
+    fn ring_target(env: &Env, r: &mut Rng) -> (u64, u64, u64) {
+        let pages = |r: &mut Rng| match r.below(8) {
+            0 => 0,
+            1 => 1,
+            2 => r.next() & 0xffff_ffff,
+            3 => 3 + r.below(8),
+            _ => 2,
+        };
+        let (out, inp) = (pages(r), pages(r));
+        let gpa = match r.below(10) {
+            0..=5 => {
+                let total = (out + inp).min(DMA_BYTES / 4096);
+                let mut g = env.dma + r.below(DMA_BYTES / 4096 - total + 1) * 4096;
+                if r.chance(100) {
+                    g += 8 * r.below(512);
+                }
+                g
+            }
+            6 => env.ram_end - 4096 * (1 + r.below(3)),
+            7 => env.ram_end + r.below(0x10_0000) * 4096,
+            8 => MMIO_WINDOW_BASE + r.below(0x4000_0000 / 4096) * 4096,
+            _ => u64::MAX - r.below(0x10_0000),
+        };
+        (gpa, out, inp)
+    }
+
+    /// A channel id: one hv offered (mostly, once known), a small one, or any.
+    fn channel(r: &mut Rng, s: &Syn) -> u32 {
+        if s.offered > 0 && r.chance(700) {
+            s.channels[r.below(s.offered as u64) as usize]
+        } else if r.chance(900) {
+            r.below(8) as u32
+        } else {
+            r.next() as u32 & 0xffff
+        }
+    }
+
+    /// A connection id: the management connection, hv's loopback message and event
+    /// connections (for VPs that exist and do not), channels, and nonsense.
+    fn connection(r: &mut Rng, s: &Syn) -> u32 {
+        match r.below(8) {
+            0 => vb::CONN_MANAGEMENT,
+            1 => tlfs::CONN_MSG_BASE + r.below(32) as u32,
+            2 => tlfs::CONN_EVENT_BASE + r.below(32) as u32,
+            3 => vb::CONN_CHANNEL_BASE + channel(r, s),
+            4 => vb::CONN_CHANNEL_BASE + 0x1_0000 + r.below(16) as u32,
+            5 => r.below(8) as u32,
+            6 => tlfs::CONN_MSG_BASE + r.next() as u32 % 0x3_0000,
+            _ => r.next() as u32,
+        }
+    }
+
+    /// The GPA of a slow call's input: the input page (mostly), an unaligned address in the
+    /// junk page, across the end of RAM, past RAM, the MMIO window, above 4 GiB, wrapping.
+    fn input_gpa(env: &Env, r: &mut Rng) -> u64 {
+        match r.below(16) {
+            0 => JUNK.0.get() as u64 + 1 + r.below(7),
+            1 => env.ram_end - 1 - r.below(255),
+            2 => env.ram_end + r.below(0x10_0000),
+            3 => MMIO_WINDOW_BASE + r.below(0x4000_0000),
+            4 => (1 << 32) + r.below(1 << 40),
+            5 => u64::MAX - r.below(0x1000),
+            _ => INPUT.0.get() as u64,
+        }
+    }
+
+    /// One hypercall (sometimes with rep count or variable header bits set); its status.
+    fn hv_call(r: &mut Rng, code: u16, fast: bool, p1: u64, p2: u64) -> u16 {
+        let (var, reps) = if r.chance(30) {
+            (r.below(4) as u16, r.below(4) as u16)
+        } else {
+            (0, 0)
+        };
+        let input = tlfs::input(code, fast, var, reps, 0);
+        let rax = if fast {
+            hyperv::hypercall_fast(input, p1, p2)
+        } else {
+            hyperv::hypercall(input, p1, p2)
+        };
+        add(C::hv_calls, 1);
+        let status = tlfs::status(rax);
+        if status != tlfs::STATUS_SUCCESS {
+            add(C::hv_call_errors, 1);
+        }
+        status
+    }
+
+    /// A payload word that hv may take for an address, a page number or a length, whatever a
+    /// channel's protocol makes of it: a DMA address, a number below 64, or any value with bit
+    /// 31 of both halves set. Neither it nor either half, as an address or as a page number,
+    /// lands in the image.
+    fn payload_word(env: &Env, r: &mut Rng) -> u64 {
+        match r.below(3) {
+            0 => env.dma + r.below(DMA_BYTES),
+            1 => r.below(64),
+            _ => r.next() | 0x8000_0000_8000_0000,
+        }
+    }
+
+    /// HvCallPostMessage with a message built in the input page (header: connection, type,
+    /// size; then 240 payload bytes). A management OPEN always names a [`ring_target`].
+    fn post(env: &Env, r: &mut Rng, conn: u32, kind: u32, size: u32, payload: &[u64]) -> u16 {
+        let mut w = [0u64; 32];
+        w[0] = u64::from(conn);
+        if r.chance(30) {
+            w[0] |= r.next() << 32; // reserved half
+        }
+        w[1] = u64::from(kind) | u64::from(size) << 32;
+        for (i, slot) in w[2..].iter_mut().enumerate() {
+            *slot = payload
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| payload_word(env, r));
+        }
+        if w[2] as u32 == vb::OPEN {
+            let (gpa, out, inp) = ring_target(env, r);
+            w[3] = gpa;
+            w[4] = out & 0xffff_ffff | (inp & 0xffff_ffff) << 32;
+        }
+        input_set(&w);
+        let fast = r.chance(30);
+        if fast {
+            hv_call(r, tlfs::CALL_POST_MESSAGE, true, w[0], w[1])
+        } else {
+            let gpa = input_gpa(env, r);
+            let out = env.target(r) * u64::from(r.chance(100));
+            hv_call(r, tlfs::CALL_POST_MESSAGE, false, gpa, out)
+        }
+    }
+
+    fn signal(env: &Env, r: &mut Rng, conn: u32) -> u16 {
+        let flag = if r.chance(800) {
+            r.below(4)
+        } else {
+            r.next() & 0xffff
+        };
+        let mut w = u64::from(conn) | flag << 32;
+        if r.chance(30) {
+            w |= r.next() << 48; // reserved bits
+        }
+        if r.chance(800) {
+            hv_call(r, tlfs::CALL_SIGNAL_EVENT, true, w, 0)
+        } else {
+            input_set(&[w]);
+            let gpa = input_gpa(env, r);
+            hv_call(r, tlfs::CALL_SIGNAL_EVENT, false, gpa, 0)
+        }
+    }
+
+    /// Bounded wait for a message in slot `sint` of chaos's SIMP page; consumes it (type
+    /// NONE, then EOM when hv marked another pending) and returns its first payload words.
+    fn take_message(s: &Syn, sint: u32) -> Option<[u64; MAX_CHANNELS + 1]> {
+        let slot = s.simp? + u64::from(sint) * tlfs::MSG_SLOT_SIZE;
+        for _ in 0..REPLY_POLLS {
+            if raw_read(slot, 4) != 0 {
+                let words = core::array::from_fn(|i| raw_read(slot + 16 + 8 * i as u64, 8));
+                let pending = raw_read(slot + 5, 1) as u8 & tlfs::MSG_FLAG_PENDING != 0;
+                raw_write(slot, 4, 0);
+                if pending {
+                    msr_write(tlfs::MSR_EOM, 0);
+                }
+                add(C::vmbus_replies, 1);
+                return Some(words);
+            }
+            cpu::pause();
+        }
+        None
+    }
+
+    /// Stops every timer and masks every SINT: the end of a session, and of the run.
+    fn synic_quiesce(s: &mut Syn) {
+        for n in 0..4 {
+            msr_write(tlfs::MSR_STIMER0_CONFIG + 2 * n, 0);
+        }
+        for n in 0..16 {
+            msr_write(tlfs::MSR_SINT0 + n, tlfs::SINT_MASKED);
+        }
+        s.timer_left = 0;
+    }
+
+    /// A sane starting point (no random numbers drawn): SIMP and SIEFP in the first DMA
+    /// pages, SynIC on, the management and channel SINTs unmasked.
+    fn synic_setup(env: &Env, s: &mut Syn) {
+        hyperv::enable_hypercalls();
+        if msr_write(tlfs::MSR_SIMP, env.dma | tlfs::MSR_ENABLE) {
+            s.simp = Some(env.dma);
+        }
+        if msr_write(tlfs::MSR_SIEFP, (env.dma + 0x1000) | tlfs::MSR_ENABLE) {
+            s.siefp = Some(env.dma + 0x1000);
+        }
+        msr_write(tlfs::MSR_SCONTROL, 1);
+        msr_write(tlfs::MSR_SINT0 + SINT_MGMT, u64::from(FIRST_VECTOR) + 0x30);
+        msr_write(tlfs::MSR_SINT0 + SINT_CHAN, u64::from(FIRST_VECTOR) + 0x31);
+    }
+
+    fn synic_op(env: &Env, r: &mut Rng, s: &mut Syn) {
+        add(C::synic_ops, 1);
+        match r.below(12) {
+            0 => {
+                // SIMP or SIEFP: a page anywhere allowed, usually enabled, sometimes with
+                // reserved bits (refused).
+                let simp = r.chance(500);
+                let mut v = page_target(env, r);
+                if r.chance(900) {
+                    v |= tlfs::MSR_ENABLE;
+                }
+                if r.chance(100) {
+                    v |= (r.next() & 0xffe) | 2;
+                }
+                let msr = if simp {
+                    tlfs::MSR_SIMP
+                } else {
+                    tlfs::MSR_SIEFP
+                };
+                if msr_write(msr, v) {
+                    let page = v & !0xfff;
+                    let known =
+                        (v & tlfs::MSR_ENABLE != 0 && env.writable(page, 4096)).then_some(page);
+                    if simp {
+                        s.simp = known;
+                    } else {
+                        s.siefp = known;
+                    }
+                }
+            }
+            1 => {
+                let v = match r.below(4) {
+                    0 => 0,
+                    1 | 2 => 1,
+                    _ => r.next(),
+                };
+                msr_write(tlfs::MSR_SCONTROL, v);
+            }
+            2 | 3 => {
+                // A SINT: handled vector, mask / auto-EOI / polling bits; sometimes reserved
+                // bits or a vector below 16 unmasked (both refused), or a low vector masked.
+                let mut v = safe_vector(r);
+                if r.chance(300) {
+                    v |= tlfs::SINT_MASKED;
+                }
+                if r.chance(200) {
+                    v |= tlfs::SINT_AUTO_EOI;
+                }
+                if r.chance(50) {
+                    v |= tlfs::SINT_POLLING;
+                }
+                match r.below(20) {
+                    0 => v |= 1 << (19 + r.below(45)),
+                    1 => v = r.below(16),
+                    2 => v = r.below(32) | tlfs::SINT_MASKED,
+                    _ => {}
+                }
+                msr_write(tlfs::MSR_SINT0 + r.below(16) as u32, v);
+            }
+            4 => {
+                // EOM, sometimes after consuming a slot (or pretending to).
+                if let (Some(simp), true) = (s.simp, r.chance(500)) {
+                    store(env, simp + r.below(16) * tlfs::MSG_SLOT_SIZE, 4, 0);
+                }
+                msr_write(tlfs::MSR_EOM, r.next() * u64::from(r.chance(100)));
+            }
+            5 => {
+                // Reads of every index in the SynIC/STIMER block (some do not exist); writes
+                // only to the ones that do not (refused).
+                let msr = tlfs::MSR_SCONTROL + r.below(0x40) as u32;
+                let unhandled = (0x4000_0085..0x4000_0090).contains(&msr)
+                    || (0x4000_00a0..0x4000_00b0).contains(&msr)
+                    || msr >= 0x4000_00b8;
+                if unhandled && r.chance(300) {
+                    msr_write(msr, r.next());
+                } else {
+                    let _ = msr_read(msr);
+                }
+                if r.chance(100) {
+                    msr_write(tlfs::MSR_SVERSION, r.next());
+                }
+            }
+            6 | 7 => stimer_op(r, s),
+            8 | 9 => {
+                let conn = connection(r, s);
+                let kind = match r.below(6) {
+                    0 => 0,
+                    1 | 2 => vb::MSG_TYPE,
+                    3 => 0x8000_0000 | r.below(0x20) as u32,
+                    4 => r.next() as u32,
+                    _ => 2,
+                };
+                let size = match r.below(5) {
+                    0 => 0,
+                    1 => tlfs::MSG_PAYLOAD_MAX as u32,
+                    2 => tlfs::MSG_PAYLOAD_MAX as u32 + 1 + r.below(32) as u32,
+                    3 => r.next() as u32,
+                    _ => r.below(tlfs::MSG_PAYLOAD_MAX as u64 + 1) as u32,
+                };
+                post(env, r, conn, kind, size, &[]);
+                if r.chance(300) {
+                    let sint = r.below(16) as u32;
+                    let _ = take_message(s, sint);
+                }
+            }
+            _ => {
+                let conn = connection(r, s);
+                signal(env, r, conn);
+                if let (Some(siefp), true) = (s.siefp, r.chance(300)) {
+                    // Take some flags, as a handler would.
+                    store(env, siefp + r.below(16) * 256 + 8 * r.below(32), 8, 0);
+                }
+            }
+        }
+    }
+
+    /// STIMER n: COUNT and CONFIG in either order, tiny periods, one-shot times near now or
+    /// past, direct mode with a handled vector or message mode into any SINT; sometimes
+    /// reserved bits. The timers stop again within a few operations.
+    fn stimer_op(r: &mut Rng, s: &mut Syn) {
+        // Without hv-stimer the MSRs are refused: try now and then.
+        if !s.stimer && r.chance(800) {
+            return;
+        }
+        let n = r.below(4) as u32;
+        let config = tlfs::MSR_STIMER0_CONFIG + 2 * n;
+        let now = hyperv::reference_time().unwrap_or(0);
+        let count = match r.below(7) {
+            0 => 0,
+            1..=3 => 1 + r.below(2000),
+            4 => now + r.below(2000),
+            5 => now.saturating_sub(r.below(100_000)),
+            _ => r.next(),
+        };
+        let mut c = 0;
+        for (bit, per_mille) in [
+            (tlfs::STIMER_ENABLE, 900),
+            (tlfs::STIMER_PERIODIC, 600),
+            (tlfs::STIMER_LAZY, 100),
+            (tlfs::STIMER_AUTO_ENABLE, 300),
+        ] {
+            if r.chance(per_mille) {
+                c |= bit;
+            }
+        }
+        // Direct mode also when the host does not offer it (refused then).
+        if r.chance(if s.direct { 400 } else { 50 }) {
+            c |= tlfs::STIMER_DIRECT | safe_vector(r) << 4;
+        } else {
+            c |= r.below(16) << 16;
+        }
+        if r.chance(50) {
+            c |= 1 << (20 + r.below(44));
+        }
+        if r.chance(500) {
+            msr_write(config + 1, count);
+            msr_write(config, c);
+        } else {
+            msr_write(config, c);
+            msr_write(config + 1, count);
+        }
+        if r.chance(200) {
+            let _ = msr_read(config + r.below(2) as u32);
+        }
+        add(C::stimer_arms, 1);
+        s.timer_left = s.timer_left.max(1 + r.below(8));
+    }
+
+    fn vmbus_op(env: &Env, r: &mut Rng, s: &mut Syn) {
+        add(C::vmbus_ops, 1);
+        match r.below(9) {
+            0 => {
+                // Offers; remember the channel ids hv names (never judged).
+                let size = if r.chance(900) { 4 } else { r.below(64) as u32 };
+                post(
+                    env,
+                    r,
+                    vb::CONN_MANAGEMENT,
+                    vb::MSG_TYPE,
+                    size,
+                    &[u64::from(vb::REQUEST_OFFERS)],
+                );
+                if let Some(w) = take_message(s, SINT_MGMT) {
+                    if w[0] as u32 == vb::OFFERS {
+                        let count = ((w[0] >> 32) as usize).min(MAX_CHANNELS);
+                        for i in 0..count {
+                            s.channels[i] = w[1 + i] as u32;
+                        }
+                        s.offered = s.offered.max(count);
+                        add(C::vmbus_offers, 1);
+                    }
+                }
+            }
+            1 | 2 => {
+                // Open a channel (post() puts the rings at a ring_target).
+                let ch = channel(r, s);
+                let size = if r.chance(900) {
+                    24
+                } else {
+                    r.below(64) as u32
+                };
+                let kind = u64::from(vb::OPEN) | u64::from(ch) << 32;
+                post(env, r, vb::CONN_MANAGEMENT, vb::MSG_TYPE, size, &[kind]);
+                let w = INPUT.0.get() as *const u64;
+                // SAFETY: inside the static input page; post() just wrote it.
+                let (gpa, pages) = unsafe { (read_volatile(w.add(3)), read_volatile(w.add(4))) };
+                let (out, inp) = (pages & 0xffff_ffff, pages >> 32);
+                if gpa >= env.dma && gpa < env.ram_end && out > 0 {
+                    s.ring = Some((gpa & !0xfff, out, inp));
+                }
+                add(C::vmbus_opens, 1);
+                let _ = take_message(s, SINT_MGMT);
+            }
+            3 | 4 => ring_poke(env, r, s),
+            5 => ring_packets(env, r, s),
+            6 | 7 => {
+                let ch = channel(r, s);
+                signal(env, r, vb::CONN_CHANNEL_BASE + ch);
+            }
+            _ => {
+                // Any management message: unknown kinds, short and long sizes, odd types.
+                let kind = match r.below(4) {
+                    0 => r.below(16),
+                    1 => u64::from(vb::REQUEST_OFFERS),
+                    _ => r.next() & 0xffff_ffff,
+                } | r.next() << 32;
+                let size = r.below(260) as u32;
+                let ty = if r.chance(800) {
+                    vb::MSG_TYPE
+                } else {
+                    r.next() as u32
+                };
+                post(env, r, vb::CONN_MANAGEMENT, ty, size, &[kind]);
+                let _ = take_message(s, SINT_MGMT);
+            }
+        }
+    }
+
+    /// The (GPA, pages) of one ring of the last DMA pair: the guest's (out) or hv's (in).
+    fn pick_ring(r: &mut Rng, s: &Syn) -> Option<(u64, u64)> {
+        let (gpa, out, inp) = s.ring?;
+        Some(if r.chance(500) {
+            (gpa, out)
+        } else {
+            (gpa + out * 4096, inp)
+        })
+    }
+
+    /// Random values in a ring's control page (indices, interrupt mask, pending send size)
+    /// and data area. Stores outside the DMA area are dropped by `store`.
+    fn ring_poke(env: &Env, r: &mut Rng, s: &Syn) {
+        let Some((ring, pages)) = pick_ring(r, s) else {
+            return;
+        };
+        let data = pages.saturating_sub(1) * 4096;
+        for _ in 0..1 + r.below(8) {
+            if r.chance(600) {
+                let v = match r.below(5) {
+                    0 => 0,
+                    1 => data,
+                    2 => data.wrapping_sub(8),
+                    3 => 8 * r.below(512) + r.below(2) * 4,
+                    _ => r.next(),
+                };
+                store(env, ring + 4 * r.below(4), 4, v);
+            } else {
+                let at = ring + 4096 + r.below(data.max(8)) & !7;
+                store(env, at, 8, payload_word(env, r));
+            }
+            add(C::vmbus_pokes, 1);
+        }
+        if r.chance(500) {
+            let ch = channel(r, s);
+            signal(env, r, vb::CONN_CHANNEL_BASE + ch);
+        }
+    }
+
+    /// Packets written at the guest ring's write index (mostly well framed, sometimes with a
+    /// bad offset or length), the write index advanced (sometimes wrongly), then a signal.
+    fn ring_packets(env: &Env, r: &mut Rng, s: &Syn) {
+        let Some((gpa, out, _)) = s.ring else { return };
+        let size = out.saturating_sub(1) * 4096;
+        if size == 0 || !env.writable(gpa, 4096) {
+            return;
+        }
+        let mut w = raw_read(gpa, 4);
+        for _ in 0..1 + r.below(4) {
+            let words = 1 + r.below(8);
+            let len = 16 + 8 * words;
+            let kind = if r.chance(900) {
+                u64::from(vb::PACKET_DATA)
+            } else {
+                r.next() & 0xffff
+            };
+            let offset8 = if r.chance(900) { 2 } else { r.next() & 0xffff };
+            let len8 = if r.chance(900) {
+                len / 8
+            } else {
+                r.next() & 0xffff
+            };
+            let at = |k: u64| gpa + 4096 + (w + k) % size;
+            store(env, at(0), 8, kind | offset8 << 16 | len8 << 32);
+            store(env, at(8), 8, r.next());
+            for k in 0..words {
+                store(env, at(16 + 8 * k), 8, payload_word(env, r));
+            }
+            store(env, at(len), 8, w << 32);
+            w = (w + len + 8) % size;
+            add(C::vmbus_packets, 1);
+        }
+        if r.chance(100) {
+            w = r.next() & 0xffff_ffff;
+        }
+        store(env, gpa, 4, w);
+        let ch = channel(r, s);
+        signal(env, r, vb::CONN_CHANNEL_BASE + ch);
+        if r.chance(300) {
+            let _ = take_message(s, SINT_MGMT);
+        }
+    }
+
     // ---- setup and the main loop ----
 
     /// RAM size from the PVH memory map hv writes (entry 0 at START_INFO_ADDR + 0x100).
@@ -1039,11 +1673,18 @@ mod guest {
                 q: [Q::default(); 2],
             }),
         ];
-        // Weights per kind (port, mmio, virtio, ata, proto, irq, mem, user); absent devices
-        // and kinds outside `mix` get none.
-        let mut weights = [20u64, 15, 25, 15, 3, 5, 12, 5];
+        // Weights per kind (port, mmio, virtio, ata, proto, irq, mem, user, synic, vmbus);
+        // absent devices and kinds outside `mix` get none. Without the SynIC its kinds get
+        // none either, so the other kinds' streams stay what they were.
+        let mut weights = [20u64, 15, 25, 15, 3, 5, 12, 5, 15, 12];
         if devs.iter().all(Option::is_none) {
             weights[2] = 0;
+        }
+        let hvinfo = hyperv::detect().unwrap_or_default();
+        let synic = hvinfo.privileges & tlfs::PRIV_SYNIC_MSRS != 0;
+        if !synic {
+            weights[8] = 0;
+            weights[9] = 0;
         }
         if !env.ata {
             weights[3] = 0;
@@ -1073,6 +1714,20 @@ mod guest {
         };
         let mut r = Rng::new(seed);
         let mut timer_left = 0u64;
+        let mut syn = Syn {
+            stimer: hvinfo.privileges & tlfs::PRIV_SYNTIMER_MSRS != 0,
+            direct: hvinfo.features_edx & tlfs::FEAT_STIMER_DIRECT != 0,
+            simp: None,
+            siefp: None,
+            channels: [0; MAX_CHANNELS],
+            offered: 0,
+            ring: None,
+            timer_left: 0,
+        };
+        let synic_used = synic && (weights[8] != 0 || weights[9] != 0);
+        if synic_used {
+            synic_setup(&env, &mut syn);
+        }
         cpu::sti();
         let p = phase::begin("chaos");
         let mut done = 0;
@@ -1082,6 +1737,14 @@ mod guest {
                 timer_left -= 1;
                 if timer_left == 0 {
                     apic::timer_stop();
+                }
+            }
+            if syn.timer_left > 0 {
+                syn.timer_left -= 1;
+                if syn.timer_left == 0 {
+                    for n in 0..4 {
+                        msr_write(tlfs::MSR_STIMER0_CONFIG + 2 * n, 0);
+                    }
                 }
             }
             if total == 0 {
@@ -1101,6 +1764,8 @@ mod guest {
                 4 => proto_op(&mut r),
                 5 => irq_op(&mut r, &mut timer_left),
                 6 => mem_op(&env, &mut r),
+                8 => synic_op(&env, &mut r, &mut syn),
+                9 => vmbus_op(&env, &mut r, &mut syn),
                 _ => {
                     if timer_left > 0 {
                         timer_left = 0;
@@ -1110,14 +1775,19 @@ mod guest {
             }
         }
         apic::timer_stop();
+        if synic_used {
+            synic_quiesce(&mut syn);
+        }
         let f = p.end(done);
         restore_uart();
-        let mut metrics = [("", 0u64); NAMES.len() + 2];
+        let mut metrics = [("", 0u64); NAMES.len() + 3];
         metrics[0] = ("seed", seed);
         metrics[1] = ("planned_fault", u64::from(planned != Planned::Finish));
         for (i, name) in NAMES.iter().enumerate() {
             metrics[i + 2] = (*name, COUNTS[i].load(Ordering::Relaxed));
         }
+        // Asked for (by `all` or by name) but not there: counted, not faked.
+        metrics[NAMES.len() + 2] = ("synic_absent", u64::from(!synic && mask & (3 << 8) != 0));
         f.report(&metrics, None);
         match planned {
             Planned::Finish => Ok(()),

@@ -21,6 +21,7 @@ pub mod net_io;
 pub mod platform;
 pub mod spinlock;
 pub mod synic;
+pub mod synic_hostile;
 pub mod tlb_shootdown;
 pub mod user_mode;
 
@@ -85,6 +86,7 @@ registry!(
     platform,
     net_io,
     synic,
+    synic_hostile,
 );
 
 /// Looks a workload up by name.

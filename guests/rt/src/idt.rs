@@ -134,6 +134,8 @@ const NAMES: [&str; 32] = [
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_exception(frame: &ExceptionFrame) -> ! {
+    // A #GP on `fixup::wrmsr_safe`/`rdmsr_safe` returns to its caller as an error.
+    crate::fixup::resume_if_fixup(frame);
     let name = NAMES.get(frame.vector as usize).copied().unwrap_or("?");
     crate::println!(
         "HVLAB rec=fault vector={} name={} error={:#x} rip={:#x} cs={:#x} rsp={:#x} cr2={:#x}",

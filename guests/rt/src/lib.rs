@@ -15,6 +15,7 @@ pub mod console;
 pub mod cpu;
 pub mod drivers;
 pub mod entry;
+pub mod fixup;
 pub mod hv;
 pub mod idt;
 pub mod multiboot;
