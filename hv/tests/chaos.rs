@@ -72,6 +72,7 @@ fn host_cpus() -> usize {
 enum Dev {
     Emulated,
     Synthetic,
+    Vmbus,
 }
 
 impl Dev {
@@ -86,6 +87,15 @@ impl Dev {
         match self {
             Dev::Emulated => "emulated",
             Dev::Synthetic => "synthetic",
+            Dev::Vmbus => "vmbus",
+        }
+    }
+
+    fn of(v: DeviceVariant) -> Dev {
+        match v {
+            DeviceVariant::Emulated => Dev::Emulated,
+            DeviceVariant::Vmbus => Dev::Vmbus,
+            _ => Dev::Synthetic,
         }
     }
 }
@@ -98,6 +108,11 @@ const SYNIC_SET: &str = "hv-vpindex,hv-time,hv-synic,hv-stimer,hv-stimer-direct"
 /// sessions and memory chaos beside them), the others use `all`.
 fn synic_request(seed: u64, ops: u64, cpu: usize) -> RunRequest {
     let mut req = request(seed, ops, cpu);
+    // A third of the seeds put the block and console devices on VMBus-style channels, so
+    // chaos's channel abuse meets the block and console protocols too.
+    if seed % 3 == 0 {
+        req.devices.variant = DeviceVariant::Vmbus;
+    }
     req.enlightenments =
         hv::enlightenments::EnlightenmentSet::parse(SYNIC_SET).expect("a valid set");
     if seed % 4 >= 2 {
@@ -120,7 +135,7 @@ fn request(seed: u64, ops: u64, cpu: usize) -> RunRequest {
         devices: DeviceOptions {
             variant: match Dev::for_seed(seed) {
                 Dev::Emulated => DeviceVariant::Emulated,
-                Dev::Synthetic => DeviceVariant::Synthetic,
+                _ => DeviceVariant::Synthetic,
             },
             event_idx: true,
             ..DeviceOptions::default()
@@ -160,8 +175,7 @@ fn allowed(label: &str) -> bool {
         })
 }
 
-fn judge(seed: u64, ops: u64, res: Result<hv::run::RunResult, String>) -> Outcome {
-    let dev = Dev::for_seed(seed);
+fn judge(seed: u64, ops: u64, dev: Dev, res: Result<hv::run::RunResult, String>) -> Outcome {
     let out = |label: &str, problem: Option<String>| Outcome {
         seed,
         dev,
@@ -324,7 +338,7 @@ fn campaign(
     let next = Arc::new(AtomicU64::new(first));
     let stop = Arc::new(AtomicBool::new(false));
     // Per worker: the seed it is running and since when (the watchdog's view).
-    let in_flight = Arc::new(Mutex::new(vec![None::<(u64, Instant)>; threads]));
+    let in_flight = Arc::new(Mutex::new(vec![None::<(u64, Dev, Instant)>; threads]));
     let exited = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Outcome>();
     let started = Instant::now();
@@ -346,12 +360,13 @@ fn campaign(
                 if seed >= first + seeds {
                     break;
                 }
-                in_flight.lock().unwrap()[t] = Some((seed, Instant::now()));
                 let req = make(seed, ops, cpu);
+                let dev = Dev::of(req.devices.variant);
+                in_flight.lock().unwrap()[t] = Some((seed, dev, Instant::now()));
                 let r =
                     hv::run::run(&kvm, &req, &RecordContext::adhoc()).map_err(|e| e.to_string());
                 in_flight.lock().unwrap()[t] = None;
-                if tx.send(judge(seed, ops, r)).is_err() {
+                if tx.send(judge(seed, ops, dev, r)).is_err() {
                     break;
                 }
             }
@@ -385,12 +400,12 @@ fn campaign(
         // Watchdog: a run past its timeout plus slack is an hv hang; its worker is abandoned.
         let now = Instant::now();
         for (t, slot) in in_flight.lock().unwrap().iter().enumerate() {
-            if let Some((seed, since)) = *slot {
+            if let Some((seed, dev, since)) = *slot {
                 if !abandoned[t] && now.duration_since(since) > RUN_TIMEOUT + HANG_SLACK {
                     abandoned[t] = true;
                     outcomes.push(Outcome {
                         seed,
-                        dev: Dev::for_seed(seed),
+                        dev,
                         label: "hv-hang".into(),
                         problem: Some(format!(
                             "hv::run did not return within {HANG_SLACK:?} of its {RUN_TIMEOUT:?} timeout"
