@@ -263,14 +263,17 @@ fn device_lists_run_side_by_side_and_bad_ones_are_refused() {
         table.contains("doorbells") && table.contains("worker ns"),
         "{table}"
     );
-    // blk-read at QD4 over the channel: one doorbell and one interrupt per batch of 4.
+    // blk-read at QD4 over the channel: one doorbell per batch of 4, and at most one
+    // interrupt (SynIC events coalesce while the guest has not taken the previous one).
     let vmbus_read = table
         .split("blk-read")
         .nth(1)
         .and_then(|t| t.lines().find(|l| l.contains("vmbus")))
         .unwrap_or_else(|| panic!("{table}"));
     let cols: Vec<&str> = vmbus_read.split_whitespace().collect();
-    assert_eq!((cols[3], cols[4]), ("0.25", "0.25"), "{vmbus_read}");
+    assert_eq!(cols[3], "0.25", "{vmbus_read}");
+    let irqs: f64 = cols[4].parse().unwrap();
+    assert!(irqs > 0.0 && irqs <= 0.25, "{vmbus_read}");
     for (bad, says) in [
         ("vmbus,bogus", "`bogus` is not a device variant"),
         ("synthetic,synthetic", "listed twice"),
