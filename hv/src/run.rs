@@ -205,6 +205,9 @@ pub fn validate(req: &RunRequest) -> Result<&'static WorkloadInfo, HvError> {
             )));
         }
     }
+    if let Some(why) = devices::unsupported(req.devices.variant, info.devices) {
+        return Err(HvError::Config(format!("{}: {why}", info.name)));
+    }
     if req.vcpus < info.min_vcpus {
         return Err(HvError::Config(format!(
             "{} needs at least {} vCPUs",

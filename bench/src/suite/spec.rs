@@ -285,6 +285,10 @@ impl Spec {
                 }
             }
             for d in &e.devices {
+                let variant = hv::devices::device_options(d).variant;
+                if let Some(why) = hv::devices::unsupported(variant, info.devices) {
+                    return Err(bad(e, format!("device variant `{d}`: {why}")));
+                }
                 if !DEVICE_VARIANTS.contains(&d.as_str()) {
                     return Err(bad(
                         e,
@@ -475,6 +479,13 @@ neighbour = "mem-pattern:size=16k"
                 .unwrap_err()
                 .to_string()
                 .contains("warp-drive")
+        );
+        // The net class has no VMBus-style device: said at load, not as failed runs.
+        let net = "name = \"n\"\n[[experiment]]\nname = \"net\"\nworkload = \"net-io\"\ndevices = [\"synthetic\", \"vmbus\"]\npartitions = [2]\n";
+        let e = Spec::parse(net, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("`vmbus`") && e.contains("no VMBus-style device"),
+            "{e}"
         );
     }
 }

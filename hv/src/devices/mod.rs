@@ -176,6 +176,14 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
     words
 }
 
+/// Why the device classes a workload drives (`classes`) cannot run in `variant`, if they
+/// cannot: only block and console exist over VMBus-style channels.
+pub fn unsupported(variant: DeviceVariant, classes: &[&str]) -> Option<String> {
+    (variant == DeviceVariant::Vmbus && classes.contains(&"net")).then(|| {
+        "the net class has no VMBus-style device yet: use --device emulated or synthetic".into()
+    })
+}
+
 /// `set` plus the enlightenments the devices of `classes` in the chosen variant ride on:
 /// VMBus-style channels need the SynIC (`hv-synic`, with its `hv-vpindex`). The run's label
 /// keeps the user's set; the partition's notes list what it ran with.
@@ -278,8 +286,7 @@ pub fn attach_net(
     match opts.variant {
         DeviceVariant::Emulated => emulated::ne2000::attach(partition, switch.clone(), port),
         DeviceVariant::Vmbus => Err(HvError::Config(
-            "the net class has no VMBus-style device yet: use --device emulated or synthetic"
-                .into(),
+            unsupported(opts.variant, classes).unwrap_or_default(),
         )),
         _ => {
             let backend =
