@@ -83,6 +83,9 @@ impl RunRequest {
                 dev.push_str("-noevidx");
             }
         }
+        if self.devices.variant == DeviceVariant::Vmbus && self.devices.polling {
+            dev.push_str("-poll");
+        }
         let enl = self.enlightenments.names().join("+");
         let label = match (self.devices.variant, self.enlightenments.is_empty()) {
             (DeviceVariant::None, true) => "none".into(),

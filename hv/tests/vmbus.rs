@@ -110,6 +110,29 @@ fn blk_io_over_vmbus_at_qd1_and_qd32() {
     }
 }
 
+/// The guest masks the channel's interrupt and polls: hv's worker still serves every request,
+/// but the ring protocol suppresses every completion signal: no event, no interrupt.
+#[test]
+fn a_polling_guest_masks_the_channel_and_gets_no_events() {
+    let kvm = common::kvm();
+    let mut req = common::request("blk-io", &[("qd", "8"), ("count", "32")]);
+    req.devices = hv::devices::device_options("vmbus-poll");
+    let r = hv::run::run(&kvm, &req, &RecordContext::adhoc()).expect("run starts");
+    let o = outcome(&r);
+    let p = named_phase(o, "blk-read");
+    assert_eq!(enl(p, "vmbus_replies"), 32);
+    assert_eq!(
+        enl(p, "vmbus_signals"),
+        4,
+        "the doorbells still ring, one per batch"
+    );
+    assert_eq!(enl(p, "vmbus_guest_signals"), 0);
+    assert_eq!(enl(p, "vmbus_signals_suppressed"), 32);
+    assert_eq!(field(o, "name=blk-read ", "interrupts"), Some(0));
+    let rec = r.records.iter().find(|x| x.phase == "blk-read").unwrap();
+    assert_eq!(rec.variant, "vmbus-poll");
+}
+
 /// Writes through the channel, FLUSH, then reads back through it: every byte verified.
 #[test]
 fn blk_io_writes_flush_and_verify_over_vmbus() {

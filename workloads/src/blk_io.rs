@@ -437,6 +437,9 @@ mod guest {
     struct VmbBlk {
         ch: vmbus::Channel,
         sectors: u64,
+        /// `poll=1`: the guest masks the channel's interrupt (hv then raises no event) and
+        /// spins for completions.
+        poll: bool,
     }
 
     /// The channel's rings: 3 pages guest -> hv, 3 pages hv -> guest.
@@ -461,7 +464,7 @@ mod guest {
     }
 
     impl VmbBlk {
-        fn open() -> Result<VmbBlk, Fail> {
+        fn open(poll: bool) -> Result<VmbBlk, Fail> {
             let client = vmbus::Client::connect()
                 .map_err(|_| Fail::Unsupported("vmbus block: the SynIC is not shown (hv-synic)"))?;
             let id = client
@@ -470,7 +473,12 @@ mod guest {
             // SAFETY: the static's pages belong to this channel from now on.
             let ch = unsafe { client.open(id, VMB_RINGS.as_ptr(), 3, 3) }
                 .map_err(|_| Fail::Check("vmbus block: open refused"))?;
-            let mut d = VmbBlk { ch, sectors: 0 };
+            ch.inr.set_interrupt_mask(poll);
+            let mut d = VmbBlk {
+                ch,
+                sectors: 0,
+                poll,
+            };
             let mut h = Histogram::default();
             let info = d.submit_wait(1, |_| vmb_request(vblk::OP_INFO, 0, 0, 0), &mut h)?;
             if info.0 != 0 {
@@ -511,7 +519,12 @@ mod guest {
                     if self.ch.closed() {
                         return Err(Fail::Check("vmbus block: hv closed the channel"));
                     }
-                    if !self.ch.wait(VMB_LIMIT) {
+                    let came = if self.poll {
+                        self.ch.poll(VMB_LIMIT)
+                    } else {
+                        self.ch.wait(VMB_LIMIT)
+                    };
+                    if !came {
                         return Err(Fail::Check("vmbus block: no completion"));
                     }
                     continue;
@@ -695,7 +708,7 @@ mod guest {
                 Ok(Dev::Ata(a))
             }
             "virtio" => Ok(Dev::Virtio(VBlk::open(ctx, 128, false)?)),
-            "vmbus" => Ok(Dev::Vmbus(VmbBlk::open()?)),
+            "vmbus" => Ok(Dev::Vmbus(VmbBlk::open(ctx.args.bool_or("poll", false)?)?)),
             _ => Err(Fail::Unsupported(
                 "no block device (hv adds blk=ata|virtio|vmbus)",
             )),
@@ -998,7 +1011,7 @@ mod guest {
     /// what it must and that the device (reopened where hv closed the channel) still works.
     fn hostile_vmbus(ctx: &Ctx, how: &str) -> Result<(), Fail> {
         let ram = ctx.args.u64_or("ram", 32 << 20)?;
-        let mut d = VmbBlk::open()?;
+        let mut d = VmbBlk::open(false)?;
         let mut h = Histogram::default();
         let works = |d: &mut VmbBlk, h: &mut Histogram| -> Result<bool, Fail> {
             let r = d.submit_wait(1, |_| vmb_request(vblk::OP_READ, 1, 0, arena(0) as u64), h)?;

@@ -106,7 +106,8 @@ pub struct Experiment {
     /// Workload arguments: each key maps to one value or a list (every combination runs).
     #[serde(default)]
     pub args: BTreeMap<String, OneOrMany>,
-    /// `none`, `emulated`, `synthetic`, `synthetic-poll`, `synthetic-noevidx`, `vmbus`.
+    /// `none`, `emulated`, `synthetic`, `synthetic-poll`, `synthetic-noevidx`, `vmbus`,
+    /// `vmbus-poll`.
     #[serde(default = "default_devices")]
     pub devices: Vec<String>,
     /// Enlightenment sets as `--enlighten` spells them (`none`, `all`, `a,b`).
@@ -220,6 +221,7 @@ pub const DEVICE_VARIANTS: &[&str] = &[
     "synthetic-poll",
     "synthetic-noevidx",
     "vmbus",
+    "vmbus-poll",
 ];
 
 impl Spec {

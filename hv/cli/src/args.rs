@@ -66,6 +66,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub rw: Option<String>,
     /// Synthetic devices: the worker polls the rings and the driver polls for completions.
+    /// VMBus-style block device: the driver masks the channel's interrupt (hv raises no
+    /// event) and polls for completions.
     #[arg(long)]
     pub polling: bool,
     /// Synthetic devices: do not offer VIRTIO_F_EVENT_IDX.

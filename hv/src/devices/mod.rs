@@ -173,6 +173,9 @@ pub fn cmdline_words(opts: &DeviceOptions, classes: &[&str]) -> Vec<String> {
         words.push(format!("evidx={}", u8::from(opts.event_idx)));
         words.push(format!("poll={}", u8::from(opts.polling)));
     }
+    if opts.variant == DeviceVariant::Vmbus && opts.polling {
+        words.push("poll=1".into());
+    }
     words
 }
 
@@ -370,6 +373,7 @@ pub fn device_options(label: &str) -> DeviceOptions {
         "synthetic-poll" => (DeviceVariant::Synthetic, true, true),
         "synthetic-noevidx" => (DeviceVariant::Synthetic, false, false),
         "vmbus" => (DeviceVariant::Vmbus, false, true),
+        "vmbus-poll" => (DeviceVariant::Vmbus, true, true),
         _ => (DeviceVariant::None, false, true),
     };
     DeviceOptions {

@@ -473,6 +473,19 @@ impl Channel {
         }
     }
 
+    /// Spins (no halt, no interrupt needed) until a packet is waiting or `limit` TSC ticks
+    /// passed (false then): for a reader that masked its interrupts.
+    pub fn poll(&self, limit: u64) -> bool {
+        let start = cpu::rdtsc();
+        while !self.inr.has_data() {
+            if cpu::rdtsc().wrapping_sub(start) > limit {
+                return false;
+            }
+            cpu::pause();
+        }
+        true
+    }
+
     /// True once hv closed this channel (a CHANNEL_CLOSED notice came).
     pub fn closed(&self) -> bool {
         CLOSED.load(Ordering::Acquire) & (1u64 << (self.id % 64)) != 0
