@@ -409,10 +409,23 @@ fn chain_panic_hook() {
 }
 
 /// Installs [`on_sigsys`] for the process, once.
+/// glibc's malloc, the first time in a process that it shrinks the heap of a non-main arena
+/// (a thread's own), opens /proc/sys/vm/overcommit_memory. On a filtered thread that `openat`
+/// is refused and ends the run as a violation (`hv/tests/seccomp_heap.rs`). A trim threshold
+/// no heap reaches means heaps are never shrunk, so the file is never opened: freed memory
+/// stays in the heap for the next allocation instead of going back to the kernel (guest
+/// memory is mapped apart from the heap and is not affected). Also fixes glibc's otherwise
+/// adaptive mmap threshold, so hv's memory use does not step with allocation history.
+fn keep_heaps_unshrunk() {
+    // SAFETY: mallopt only changes the allocator's tuning; any value is valid.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+}
+
 fn install_handler() -> Result<(), SeccompError> {
     static ONCE: Once = Once::new();
     static FAILED: AtomicI64 = AtomicI64::new(0);
     ONCE.call_once(|| {
+        keep_heaps_unshrunk();
         // SAFETY: sigaction with a zeroed struct, our handler, SA_SIGINFO and an empty mask is
         // the documented way to install a three-argument handler; the handler only touches
         // atomics, TLS without destructors and the interrupted context.
