@@ -240,11 +240,5 @@ fn two_storming_partitions_leave_each_other_and_a_neighbour_intact() {
 fn without_hv_synic_the_workload_is_unsupported() {
     let kvm = kvm();
     let o = boot(&kvm, "synic-hostile", 1, "hv-vpindex,hv-time");
-    assert_eq!(
-        o.status,
-        hv::RunStatus::GuestExit(hvlab_protocol::status::UNSUPPORTED),
-        "{}",
-        o.console
-    );
-    assert!(o.console.contains("hv-synic_not_exposed"), "{}", o.console);
+    common::assert_unsupported(&o, "hv-synic_not_exposed");
 }

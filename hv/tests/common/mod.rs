@@ -101,3 +101,14 @@ pub fn assert_ok(o: &PartitionOutcome) {
         o.notes
     );
 }
+
+/// Fails unless the guest ended as unsupported because `reason` (e.g. `hv-synic_not_exposed`).
+pub fn assert_unsupported(o: &PartitionOutcome, reason: &str) {
+    assert_eq!(
+        o.status,
+        hv::RunStatus::GuestExit(hvlab_protocol::status::UNSUPPORTED),
+        "{}",
+        o.console
+    );
+    assert!(o.console.contains(reason), "{}", o.console);
+}
