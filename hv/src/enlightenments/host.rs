@@ -695,7 +695,27 @@ fn add_note(notes: &Mutex<Vec<String>>, msg: String) {
     }
 }
 
-/// One MSI (physical destination = APIC ID = vCPU index) per vCPU in `mask` below `vcpus`.
+/// One MSI to vCPU `vp` (physical destination = APIC ID = vCPU index).
+fn send_msi(
+    vm: &VmFd,
+    counters: &EnlightenmentCounters,
+    notes: &Mutex<Vec<String>>,
+    vp: u32,
+    vector: u32,
+) {
+    let msi = kvm_msi {
+        address_lo: 0xfee0_0000 | (vp << 12),
+        address_hi: 0,
+        data: vector,
+        ..Default::default()
+    };
+    match vm.signal_msi(msi) {
+        Ok(_) => bump(&counters.msis, 1),
+        Err(e) => add_note(notes, format!("KVM_SIGNAL_MSI failed: {e}")),
+    }
+}
+
+/// One MSI per vCPU in `mask` below `vcpus`.
 fn signal_msis(
     vm: &VmFd,
     counters: &EnlightenmentCounters,
@@ -704,35 +724,21 @@ fn signal_msis(
     mask: u64,
     vector: u32,
 ) {
-    for t in 0..vcpus.min(64) {
-        if mask & (1 << t) == 0 {
-            continue;
-        }
-        let msi = kvm_msi {
-            address_lo: 0xfee0_0000 | (t << 12),
-            address_hi: 0,
-            data: vector,
-            ..Default::default()
-        };
-        match vm.signal_msi(msi) {
-            Ok(_) => bump(&counters.msis, 1),
-            Err(e) => add_note(notes, format!("KVM_SIGNAL_MSI failed: {e}")),
-        }
+    for t in (0..vcpus.min(64)).filter(|t| mask & (1 << t) != 0) {
+        send_msi(vm, counters, notes, t, vector);
     }
 }
 
-/// One MSI per SynIC interrupt.
+/// One MSI per SynIC interrupt (to its VP alone: no scan of the partition's vCPUs).
 fn raise_synic(
     vm: &VmFd,
     counters: &EnlightenmentCounters,
     notes: &Mutex<Vec<String>>,
     irqs: &[Irq],
 ) {
-    for irq in irqs {
-        if let Some(mask) = 1u64.checked_shl(irq.vp) {
-            bump(&counters.synic_irqs, 1);
-            signal_msis(vm, counters, notes, 64, mask, irq.vector);
-        }
+    for irq in irqs.iter().filter(|irq| irq.vp < 64) {
+        bump(&counters.synic_irqs, 1);
+        send_msi(vm, counters, notes, irq.vp, irq.vector);
     }
 }
 
@@ -759,7 +765,7 @@ impl vmbus_worker::GuestSignals for ChannelSignals {
         }
     }
 
-    fn management(&self, payload: Vec<u8>) {
+    fn closed_notice(&self, payload: Vec<u8>) {
         let msg = messages::Message {
             kind: vmbus::MSG_TYPE,
             port: u64::from(vmbus::CONN_MANAGEMENT),

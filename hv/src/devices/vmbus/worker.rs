@@ -31,8 +31,8 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub trait GuestSignals: Send + Sync {
     /// Sets event flag `channel` in the guest's channel SINT and raises its interrupt.
     fn channel_event(&self, channel: u32);
-    /// Posts a management message with `payload` to the guest.
-    fn management(&self, payload: Vec<u8>);
+    /// Posts the CHANNEL_CLOSED management message with `payload` to the guest.
+    fn closed_notice(&self, payload: Vec<u8>);
     /// Counts one round's work.
     fn served(&self, s: &Served);
     /// Counts and notes a ring error that closed `channel`.
@@ -179,7 +179,7 @@ impl Worker {
                     Err(ChannelError::NotOpen) => {}
                     Err(ChannelError::Ring(e)) => {
                         self.signals.ring_error(channel, e);
-                        self.signals.management(words_to_bytes(&[
+                        self.signals.closed_notice(words_to_bytes(&[
                             proto::CHANNEL_CLOSED,
                             channel,
                             closed_reason(e),
@@ -211,7 +211,7 @@ mod tests {
         fn channel_event(&self, channel: u32) {
             self.events.lock().unwrap().push(channel);
         }
-        fn management(&self, payload: Vec<u8>) {
+        fn closed_notice(&self, payload: Vec<u8>) {
             self.messages.lock().unwrap().push(payload);
         }
         fn served(&self, s: &Served) {
